@@ -1,0 +1,1 @@
+"""The Hydra config tree (shipped as ``sllmx.conf``; Hydra reads it as ``pkg://sllmx.conf``)."""

@@ -1,0 +1,125 @@
+"""Config schemas shared by the core and plugins (dataclasses for Hydra's ConfigStore).
+
+Field names follow the libraries that consume them: PEFT (``r``, ``lora_alpha``),
+TRL / transformers ``TrainingArguments`` (``learning_rate``, ``num_train_epochs``),
+``EarlyStoppingCallback`` (``early_stopping_patience``, ``early_stopping_threshold``).
+Plugins subclass these bases and set ``name`` / ``source`` to their own name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+def _help(text: str, default: Any = MISSING, **kw: Any) -> Any:
+    """``dataclasses.field`` with ``metadata={"help": text}`` (the TRL convention)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    """Base of every ``model=`` config.  ``source`` names the model-source plugin."""
+
+    source: str = _help("model source plugin that resolves this config to a local HF directory")
+
+
+@dataclass
+class DataConfig:
+    """Base of every ``data=`` config.  ``source`` names the data-source plugin."""
+
+    source: str = _help("data source plugin that reads or generates the rows")
+    format: str = _help("row format (a data-format plugin name), or 'auto' to detect it from the columns", "auto")
+    columns: dict[str, str] = _help("column mapping {canonical: column in the file}, e.g. {prompt: Q, completion: A}", {})
+    system: Optional[str] = _help("system prompt put first in every conversation", None)
+    split_seed: int = _help("seed of the dev/test split; fixed apart from the training seed so runs compare on the same data", 0)
+    dev_fraction: float = _help("fraction of train held out (seeded) as the dev split when no dev file is given", 0.1)
+    test_fraction: float = _help("fraction of train held out (seeded) as the test split when no test file is given", 0.0)
+    max_rows: Optional[int] = _help("keep the first N rows of each file (before splitting); null keeps all", None)
+    max_dev_rows: Optional[int] = _help("cap the dev split (evaluations cost time); null keeps all", 200)
+    metric: Optional[str] = _help("generation metric plugin computed on the dev split at each evaluation", None)
+
+
+@dataclass
+class MethodConfig:
+    """Base of every ``method=`` config."""
+
+    name: str = _help("method plugin name")
+
+
+@dataclass
+class TrainerConfig:
+    """Base of every ``trainer=`` config: the TRL / ``TrainingArguments`` fields sllmx sweeps and records.
+
+    Anything else TRL accepts goes in ``args`` (validated by TRL's own config class).
+    """
+
+    name: str = _help("trainer plugin name")
+    learning_rate: float = _help("peak learning rate of AdamW", 2e-4)
+    num_train_epochs: float = _help("passes over the train split", 1.0)
+    max_steps: int = _help("stop after this many optimizer steps (overrides num_train_epochs when > 0)", -1)
+    per_device_train_batch_size: int = _help("examples per device per forward pass", 8)
+    per_device_eval_batch_size: int = _help("examples per device per evaluation forward pass", 8)
+    gradient_accumulation_steps: int = _help("forward passes per optimizer step", 1)
+    max_length: Optional[int] = _help("truncate tokenized examples to this many tokens", 512)
+    warmup_ratio: float = _help("fraction of steps with linear warm-up", 0.0)
+    lr_scheduler_type: str = _help("transformers scheduler name", "linear")
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    max_grad_norm: float = _help("gradient clipping norm", 1.0)
+    logging_steps: int = _help("log train loss every N steps", 5)
+    gradient_checkpointing: Optional[bool] = _help(
+        "recompute activations to save memory; null: on for CUDA, off on CPU where it costs ~30% and is rarely needed",
+        None)
+    args: dict[str, Any] = _help("further keyword arguments for the TRL config class (its own names)", {})
+
+
+@dataclass
+class EvalConfig:
+    """Dev-split evaluation, model selection and early stopping."""
+
+    metric: Optional[str] = _help(
+        "dev metric for model selection, early stopping and sweeps (e.g. eval_loss, support_json); "
+        "null: the trainer's default", None)
+    higher_is_better: Optional[bool] = _help("direction of a metric not registered by a plugin; null: from the plugin", None)
+    eval_steps: int = _help("evaluate on the dev split every N optimizer steps (and at the end)", 20)
+    early_stopping_patience: Optional[int] = _help(
+        "stop after this many evaluations without improvement; null disables early stopping", 3)
+    early_stopping_threshold: float = _help("minimum improvement that resets patience", 0.0)
+    max_new_tokens: int = _help("greedy generation length for generation metrics", 128)
+    generation_batch_size: int = _help("dev prompts per generate() call", 16)
+    before_training: bool = _help("also evaluate the untrained model (the baseline in run.json)", True)
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking.  ``name: none`` turns it off."""
+
+    name: str = _help("wandb or none", "wandb")
+    project: str = _help("W&B project", "sllmx")
+    group: Optional[str] = _help("W&B group (a sweep puts its study name here)", None)
+    run_name: Optional[str] = _help("W&B run name; null: method-trainer-seed", None)
+    tags: list[str] = _help("W&B tags", [])
+    mode: Optional[str] = _help("online, offline or disabled; null: online with WANDB_API_KEY, else offline", None)
+
+
+@dataclass
+class SllmxConfig:
+    """The top-level config composed by Hydra (``conf/config.yaml`` fills the groups)."""
+
+    model: Any = MISSING
+    data: Any = MISSING
+    method: Any = MISSING
+    trainer: Any = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = _help("seed for data splits, initialisation and training", 42)
+    output_dir: str = _help("where run.json, the adapter and checkpoints go", "${hydra:runtime.output_dir}")
+    cache_dir: str = _help("where converted models (GGUF → HF) and built tiny models are cached",
+                           "${oc.env:SLLMX_CACHE,${oc.env:HOME}/.cache/sllmx}")
+    shared_data: str = _help("folder of the shared real datasets used by the data presets",
+                             "${oc.env:SLLMX_SHARED_DATA,../shared/data}")
+    save_model: bool = _help("save the adapter / model with save_pretrained at the end", True)

@@ -1,0 +1,10 @@
+"""The one error type for bad input: printed as a single clear line, exit status 2, no traceback."""
+
+
+class SllmxError(Exception):
+    """A user-facing error: bad input, an unknown option, a config that cannot work.
+
+    The message names the file, line and field, or the option, and says what to do.
+    ``python -m sllmx`` prints ``sllmx: error: <message>`` and exits with status 2; set
+    ``SLLMX_TRACEBACK=1`` (or ``hydra.verbose=true``) to see the traceback as well.
+    """

@@ -1,0 +1,113 @@
+"""Hook specifications: every extension point of sllmx.
+
+A plugin is a module or object with functions named like the stubs below and
+decorated with :data:`sllmx.hookimpl`.  It is found through the ``sllmx``
+entry-point group of its distribution::
+
+    # pyproject.toml of a third-party package
+    [project.entry-points.sllmx]
+    my_methods = "my_package.sllmx_plugin"
+
+The built-in methods, trainers, model sources and data formats are loaded the
+same way (see sllmx's own pyproject.toml).  Modelled on pytest's ``hookspec.py``.
+
+Registration hooks (``sllmx_methods`` ... ``sllmx_metrics``) are called once at
+start-up, before Hydra composes the config, so they must not import heavy
+libraries.  Names must be unique within a kind; a clash is an error naming both
+distributions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from sllmx.interfaces import DataFormat, DataSource, Method, Metric, ModelSource, Trainer
+    from sllmx.records import RunRecord
+    from sllmx.run import RunContext
+
+hookspec = pluggy.HookspecMarker("sllmx")
+
+# -------------------------------------------------------------------------
+# Registration: what a plugin provides.  Each returns a list (may be empty).
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def sllmx_methods() -> list[Method]:
+    """Return the fine-tuning methods (``method=<name>``) this plugin provides.
+
+    Each :class:`~sllmx.interfaces.Method` carries its ``config`` dataclass, which
+    sllmx stores in Hydra's ConfigStore under the ``method`` group.
+    """
+
+
+@hookspec
+def sllmx_trainers() -> list[Trainer]:
+    """Return the training objectives (``trainer=<name>``) this plugin provides.
+
+    Each :class:`~sllmx.interfaces.Trainer` declares the data layouts it needs and its
+    default dev metric with its direction.
+    """
+
+
+@hookspec
+def sllmx_model_sources() -> list[ModelSource]:
+    """Return the model sources (``model.source=<name>``) this plugin provides.
+
+    A source's config dataclass is stored in the ConfigStore ``model`` group under its
+    name, so ``model=<name>`` selects it directly and YAML presets can extend it.
+    """
+
+
+@hookspec
+def sllmx_data_sources() -> list[DataSource]:
+    """Return the data sources (``data.source=<name>``) this plugin provides: files,
+    a hub dataset, a generated task, ...  Stored in the ConfigStore ``data`` group."""
+
+
+@hookspec
+def sllmx_data_formats() -> list[DataFormat]:
+    """Return the row formats (``data.format=<name>``) this plugin can read, e.g. chat
+    ``messages``, Alpaca, ShareGPT pairs."""
+
+
+@hookspec
+def sllmx_metrics() -> list[Metric]:
+    """Return the generation metrics this plugin provides, each with ``higher_is_better``."""
+
+
+# -------------------------------------------------------------------------
+# Run: what a plugin adds to one run, and what it may observe.
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def sllmx_check_combination(method: Method, trainer: Trainer, cfg: Any) -> str | None:
+    """Return a reason why this method × trainer × config cannot work, or ``None``.
+
+    Called before any model is loaded; every non-``None`` answer is reported and the run
+    stops.  (The method's own :meth:`~sllmx.interfaces.Method.check` is asked too.)
+    """
+
+
+@hookspec
+def sllmx_callbacks(run: RunContext) -> list[Any]:
+    """Return extra ``transformers.TrainerCallback`` objects for this run's trainer."""
+
+
+@hookspec
+def sllmx_before_train(run: RunContext) -> None:
+    """Called once the trainer is built, just before ``trainer.train()``."""
+
+
+@hookspec
+def sllmx_after_evaluate(run: RunContext, metrics: dict[str, float]) -> None:
+    """Called after each dev-split evaluation with its metrics (``eval_loss``, task metrics, ...)."""
+
+
+@hookspec
+def sllmx_after_run(record: RunRecord) -> None:
+    """Called after ``run.json`` is written, with the final record (any status)."""

@@ -1,0 +1,239 @@
+"""The objects plugins hand to sllmx through the hooks in :mod:`sllmx.hookspecs`.
+
+Each kind of extension is a small base class with a ``name`` (the value a user
+writes on the command line, e.g. ``method=qlora``) and, where the user can
+configure it, a ``config`` dataclass.  sllmx stores that dataclass in Hydra's
+ConfigStore under the kind's group (``method``, ``trainer``, ``model``,
+``data``), so ``method=<name>`` works for a plugin that ships no YAML.
+
+Nothing here imports torch, transformers, peft or trl: plugin modules are
+imported at start-up (``python -m sllmx --help`` must stay fast), so heavy
+imports belong inside the methods below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Sequence
+
+#: Example layouts a trainer can consume, named by their TRL dataset columns.
+#: See https://huggingface.co/docs/trl/dataset_formats
+LAYOUT_MESSAGES = ("messages",)
+LAYOUT_PROMPT_COMPLETION = ("prompt", "completion")
+LAYOUT_TEXT = ("text",)
+LAYOUT_PREFERENCE = ("prompt", "chosen", "rejected")
+LAYOUT_UNPAIRED = ("prompt", "completion", "label")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Facts about the hardware a run uses, decided once by the runner.
+
+    Attributes:
+        device: ``"cuda"`` or ``"cpu"``.
+        bf16: True where the accelerator computes in bfloat16 (an Ampere or newer GPU).
+        seed: the run's seed (``cfg.seed``).
+    """
+
+    device: str = "cpu"
+    bf16: bool = False
+    seed: int = 42
+
+    @property
+    def compute_dtype(self) -> Any:
+        """``torch.bfloat16`` when ``bf16`` else ``torch.float32``."""
+        import torch
+
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+
+class Plugin:
+    """Base of every named extension: a ``name`` and an optional ``config`` dataclass.
+
+    Attributes:
+        name: what users type (``method=<name>``); unique within its kind.
+        config: a dataclass whose fields are the options, each with
+            ``metadata={"help": ...}``; stored in Hydra's ConfigStore.  ``None``
+            for kinds that take no options.
+        kind: the config group / registry this plugin belongs to (set by subclasses).
+        help: one line shown by ``python -m sllmx.plugins``; defaults to the class docstring's first line.
+    """
+
+    kind: ClassVar[str] = "plugin"
+    name: str = ""
+    config: type | None = None
+
+    @property
+    def help(self) -> str:
+        doc = (type(self).__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+class Method(Plugin):
+    """A fine-tuning method: how the base model is loaded and how it is wrapped.
+
+    Subclasses implement :meth:`load_model` (e.g. QLoRA loads 4-bit weights) and
+    :meth:`wrap` (e.g. build a ``peft.LoraConfig`` and call ``get_peft_model``).
+    """
+
+    kind = "method"
+
+    def check(self, trainer: "Trainer", cfg: Any) -> str | None:
+        """Return a reason why this method cannot work with ``trainer`` (checked before any
+        model is loaded), or ``None`` when the pair works.  Default: every pair works."""
+        return None
+
+    def load_model(self, path: str, cfg: Any, runtime: Runtime) -> Any:
+        """Load the base model from ``path`` (a local Hugging Face directory or hub id).
+
+        Default: ``AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype)``.
+        """
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype)
+
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+        """Return the model to train (a ``peft.PeftModel`` or the model itself)."""
+        raise NotImplementedError
+
+
+class Trainer(Plugin):
+    """A training objective on TRL: which data layout it needs and how its trainer is built.
+
+    Attributes:
+        layouts: the example layouts (tuples of column names, see ``LAYOUT_*``) it accepts,
+            preferred first.
+        dev_metric: the metric (name as the HF Trainer logs it, e.g. ``eval_loss``) used for
+            model selection, early stopping and pruning unless ``eval.metric`` overrides it.
+        higher_is_better: the direction of ``dev_metric``.
+    """
+
+    kind = "trainer"
+    layouts: Sequence[tuple[str, ...]] = ()
+    dev_metric: str = "eval_loss"
+    higher_is_better: bool = False
+
+    def build(
+        self,
+        model: Any,
+        tokenizer: Any,
+        train_dataset: Any,
+        eval_dataset: Any,
+        cfg: Any,
+        args: dict[str, Any],
+        callbacks: list[Any],
+    ) -> Any:
+        """Return a ``transformers.Trainer`` subclass instance ready for ``.train()``.
+
+        Args:
+            model: the wrapped model from :meth:`Method.wrap`.
+            tokenizer: the processing class (tokenizer with a chat template).
+            train_dataset, eval_dataset: ``datasets.Dataset`` in one of ``layouts``.
+            cfg: this trainer's config (an OmegaConf node shaped like ``config``).
+            args: keyword arguments sllmx decided for the TRL config (output_dir, seed,
+                eval/save strategy, precision, device, report_to, ...); the trainer
+                merges them with its own fields.
+            callbacks: ``transformers.TrainerCallback`` objects to pass to the trainer.
+        """
+        raise NotImplementedError
+
+
+class ModelSource(Plugin):
+    """Where a base model comes from: turns a ``model=`` config into a loadable path."""
+
+    kind = "model"
+
+    def resolve(self, cfg: Any, cache_dir: str) -> str:
+        """Return a local Hugging Face model directory (or hub id) holding weights and a
+        tokenizer with a chat template.  May build it once and cache it under ``cache_dir``
+        (GGUF → HF conversion, the tiny test model); the cache is written atomically."""
+        raise NotImplementedError
+
+
+class DataSource(Plugin):
+    """Where examples come from (files, a hub dataset, a generator).
+
+    :meth:`load` returns raw rows per split; sllmx then converts them with a
+    :class:`DataFormat` into the layout the trainer needs.
+    """
+
+    kind = "data"
+
+    def load(self, cfg: Any) -> "RawSplits":  # noqa: F821
+        """Return the raw rows of each split found (``train`` required; ``dev``/``test`` optional)."""
+        raise NotImplementedError
+
+
+@dataclass
+class RawSplit:
+    """Rows read from one place, kept with where they came from for error messages.
+
+    Attributes:
+        rows: one dict per example, as read (before column mapping).
+        origin: the file path or dataset id.
+        line_of: ``line_of(i)`` gives a human position for row ``i`` (``"line 12"``, ``"row 7"``).
+        columns: the column mapping ``{canonical: source}`` given in the data config.
+    """
+
+    rows: list[dict[str, Any]]
+    origin: str
+    line_of: Callable[[int], str] = lambda i: f"row {i + 1}"
+    columns: dict[str, str] = field(default_factory=dict)
+
+
+RawSplits = dict  # {"train": RawSplit, "dev": RawSplit | None, "test": RawSplit | None}
+
+
+class FieldError(ValueError):
+    """A row's field is missing, empty or of the wrong type.  Raised by :meth:`DataFormat.convert`."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class DataFormat(Plugin):
+    """A row shape users have (chat ``messages``, Alpaca, ShareGPT pairs, ...).
+
+    Attributes:
+        columns: the columns a row must have for this format (after column mapping);
+            used to detect the format when ``data.format=auto`` (the format with the
+            most matching columns wins).
+        layouts: the ``LAYOUT_*`` tuples that :meth:`convert` can produce, preferred first.
+            E.g. preference pairs give ``LAYOUT_PREFERENCE``, and also ``LAYOUT_UNPAIRED``
+            (two rows per pair, TRL's ``unpair_preference_dataset``) and
+            ``LAYOUT_PROMPT_COMPLETION`` (the chosen answer) for SFT.
+    """
+
+    kind = "format"
+    columns: tuple[str, ...] = ()
+    layouts: tuple[tuple[str, ...], ...] = ()
+
+    def convert(self, row: dict[str, Any], layout: tuple[str, ...], system: str | None = None) -> list[dict[str, Any]]:
+        """Convert one row into zero or more examples of ``layout`` (TRL's conversational form,
+        i.e. lists of ``{"role", "content"}`` messages, where it applies).
+
+        Args:
+            row: one input row, with columns already renamed by ``data.columns``.
+            layout: one of ``self.layouts``.
+            system: an optional system prompt to put first in every prompt.
+
+        Raises:
+            FieldError: naming the offending field when the row cannot be converted.
+        """
+        raise NotImplementedError
+
+
+class Metric(Plugin):
+    """A dev/test metric computed from greedy generations on the dev split.
+
+    Attributes:
+        higher_is_better: its direction; sweeps, early stopping and tables use it.
+    """
+
+    kind = "metric"
+    higher_is_better: bool = True
+
+    def compute(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        """Return ``{name: value, ...}``; the entry named ``self.name`` is the headline value."""
+        raise NotImplementedError

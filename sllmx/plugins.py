@@ -1,0 +1,156 @@
+"""Plugin loading (pluggy, entry-point group ``sllmx``) and the registry of named extensions.
+
+``python -m sllmx.plugins`` lists every loaded plugin: its names, kinds,
+distribution and version.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from sllmx import hookspecs
+from sllmx.errors import SllmxError
+
+PROJECT = "sllmx"
+
+#: registration hook → kind (the ConfigStore group where the kind has a config).
+REGISTRATION_HOOKS = {
+    "sllmx_methods": "method",
+    "sllmx_trainers": "trainer",
+    "sllmx_model_sources": "model",
+    "sllmx_data_sources": "data",
+    "sllmx_data_formats": "format",
+    "sllmx_metrics": "metric",
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One named extension with where it came from."""
+
+    kind: str
+    name: str
+    obj: Any
+    dist: str
+    version: str
+
+
+class Registry:
+    """Every named extension, by kind and name, built from one plugin manager.
+
+    Raises:
+        SllmxError: when two plugins claim the same name within a kind, or a plugin
+            returns something that is not a :class:`~sllmx.interfaces.Plugin`.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, dists: dict[str, tuple[str, str]]):
+        self.pm = pm
+        self.dists = dists
+        self.entries: dict[str, dict[str, Entry]] = {k: {} for k in REGISTRATION_HOOKS.values()}
+        for hook_name, kind in REGISTRATION_HOOKS.items():
+            caller = getattr(pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                dist, version = dists.get(impl.plugin_name, (impl.plugin_name, ""))
+                try:
+                    objs = impl.function() or []
+                except Exception as exc:  # a plugin's own bug, reported with its name
+                    raise SllmxError(f"plugin {dist!r} ({impl.plugin_name}) failed in {hook_name}(): "
+                                     f"{type(exc).__name__}: {exc}") from exc
+                for obj in objs:
+                    name = getattr(obj, "name", None)
+                    if not name or getattr(obj, "kind", None) != kind:
+                        raise SllmxError(f"plugin {dist!r} returned {obj!r} from {hook_name}(); "
+                                         f"expected a sllmx.interfaces object of kind {kind!r} with a name")
+                    if name in self.entries[kind]:
+                        other = self.entries[kind][name]
+                        raise SllmxError(f"two plugins claim {kind} {name!r}: {other.dist!r} and {dist!r}; "
+                                         f"uninstall one of them")
+                    self.entries[kind][name] = Entry(kind, name, obj, dist, version)
+
+    def get(self, kind: str, name: str) -> Any:
+        """Return the extension ``name`` of ``kind``.
+
+        Raises:
+            SllmxError: naming the unknown option and listing those available.
+        """
+        try:
+            return self.entries[kind][name].obj
+        except KeyError:
+            known = ", ".join(sorted(self.entries[kind])) or "none"
+            raise SllmxError(f"unknown {kind} {name!r}; available: {known}") from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> dict[str, tuple[str, str]]:
+    """Like ``pm.load_setuptools_entrypoints(PROJECT)``, but an error names the distribution.
+
+    Returns ``{plugin name: (distribution, version)}``.
+    """
+    dists = {}
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != PROJECT or pm.get_plugin(ep.name) or pm.is_blocked(ep.name):
+                continue
+            dist_name = dist.metadata["name"]
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise SllmxError(f"plugin {ep.name!r} from distribution {dist_name!r} {dist.version} "
+                                 f"could not be imported ({ep.value}): {type(exc).__name__}: {exc}") from exc
+            if pm.is_registered(plugin):  # the same module under two entry-point names
+                continue
+            try:
+                pm.register(plugin, name=ep.name)
+            except pluggy.PluginValidationError as exc:
+                raise SllmxError(f"plugin {ep.name!r} from distribution {dist_name!r}: {exc}") from exc
+            dists[ep.name] = (dist_name, dist.version)
+    return dists
+
+
+@functools.lru_cache(maxsize=1)
+def registry() -> Registry:
+    """The process-wide registry: entry points loaded once, then cached."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(hookspecs)
+    return Registry(pm, _load_entry_points(pm))
+
+
+def register_configs(reg: Registry) -> None:
+    """Store every plugin's config dataclass in Hydra's ConfigStore under its kind's group."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for kind in ("method", "trainer", "model", "data"):
+        for entry in reg.entries[kind].values():
+            if entry.obj.config is not None:
+                cs.store(group=kind, name=entry.name, node=entry.obj.config, provider=entry.dist)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print a table of every plugin: kind, name, distribution, version, help."""
+    try:
+        reg = registry()
+    except SllmxError as exc:
+        print(f"sllmx: error: {exc}", file=sys.stderr)
+        return 2
+    rows = [(e.kind, e.name, e.dist, e.version, e.obj.help)
+            for kind in reg.entries.values() for e in kind.values()]
+    header = ("kind", "name", "distribution", "version", "description")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    print(fmt.format(*header))
+    for row in rows:
+        print(fmt.format(*row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
