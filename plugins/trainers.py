@@ -1,1 +1,203 @@
-"""placeholder"""
+"""Built-in training objectives on TRL: sft, dpo, orpo, kto.
+
+Each objective is a config dataclass beside its trainer, with TRL's field names.
+sllmx decides the run-level arguments (output_dir, seed, evaluation, precision,
+device, logging) and passes them to :meth:`Trainer.build`; the objective merges
+them with its own fields and ``args`` (any further TRL option) into TRL's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from sllmx import hookimpl
+from sllmx.config import TrainerConfig, _help
+from sllmx.errors import SllmxError
+from sllmx.interfaces import (LAYOUT_MESSAGES, LAYOUT_PREFERENCE, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT,
+                              LAYOUT_UNPAIRED, Trainer)
+
+
+def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
+    """Build TRL's config: run-level ``args``, then this objective's fields, then ``cfg.args``.
+
+    Fields of the sllmx config other than ``name`` and ``args`` pass through under their
+    own (TRL) names.  ``warmup_ratio`` is the one exception: transformers 5 folded it into
+    ``warmup_steps`` (a float in [0, 1) is a ratio), so it is passed as that where the
+    installed version has no ``warmup_ratio``.
+
+    Raises:
+        SllmxError: naming the option when TRL rejects it (unknown name or bad value).
+    """
+    fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    extra = fields.pop("args", {}) or {}
+    fields.pop("name", None)
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    if "warmup_ratio" not in known:
+        ratio = fields.pop("warmup_ratio", 0.0)
+        if not 0.0 <= ratio < 1.0:
+            raise SllmxError(f"trainer.warmup_ratio={ratio}: must be in [0, 1)")
+        fields.setdefault("warmup_steps", ratio)
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise SllmxError(f"trainer.args: {config_cls.__name__} has no option {unknown[0]!r}")
+    kwargs = {**args, **{k: v for k, v in fields.items() if v is not None or k not in args}, **extra}
+    try:
+        return config_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SllmxError(f"trainer={cfg.name}: {config_cls.__name__} rejected the options: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------- SFT
+
+
+@dataclass
+class SFTTrainerConfig(TrainerConfig):
+    """Supervised fine-tuning (``trl.SFTConfig``): next-token loss on the completion / assistant turns."""
+
+    name: str = "sft"
+    completion_only_loss: Optional[bool] = _help(
+        "loss on the completion only for prompt/completion data (null: TRL's default, on)", None)
+    packing: bool = _help("pack several examples into one row (TRL's bfd packing)", False)
+
+
+class SFT(Trainer):
+    """Supervised fine-tuning with trl.SFTTrainer."""
+
+    name = "sft"
+    config = SFTTrainerConfig
+    layouts = (LAYOUT_PROMPT_COMPLETION, LAYOUT_MESSAGES, LAYOUT_TEXT)
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+        from trl import SFTConfig, SFTTrainer
+
+        return SFTTrainer(model=model, args=trl_config(SFTConfig, cfg, args), processing_class=tokenizer,
+                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+
+
+# ----------------------------------------------------------------------------- DPO
+
+
+@dataclass
+class DPOTrainerConfig(TrainerConfig):
+    """Direct Preference Optimization (Rafailov et al., 2023; ``trl.DPOConfig``)."""
+
+    name: str = "dpo"
+    learning_rate: float = _help("peak learning rate (DPO wants far less than SFT)", 5e-6)
+    beta: float = _help("strength of the KL penalty towards the reference model", 0.1)
+    loss_type: Any = _help("TRL loss name(s): sigmoid (DPO), ipo (Azar et al., 2023), hinge, robust, ...",
+                           ["sigmoid"])
+
+
+class DPO(Trainer):
+    """Direct Preference Optimization with trl.DPOTrainer (loss_type=ipo gives IPO)."""
+
+    name = "dpo"
+    config = DPOTrainerConfig
+    layouts = (LAYOUT_PREFERENCE,)
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+        from trl import DPOConfig, DPOTrainer
+
+        config = trl_config(DPOConfig, cfg, args)
+        if isinstance(config.loss_type, str):
+            config.loss_type = [config.loss_type]
+        return DPOTrainer(model=model, args=config, processing_class=tokenizer,
+                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+
+
+# ----------------------------------------------------------------------------- ORPO
+
+
+@dataclass
+class ORPOTrainerConfig(TrainerConfig):
+    """Odds Ratio Preference Optimization (Hong et al., 2024; ``trl.experimental.orpo.ORPOConfig``):
+    SFT and preference in one loss, no reference model."""
+
+    name: str = "orpo"
+    learning_rate: float = _help("peak learning rate", 8e-6)
+    beta: float = _help("weight of the odds-ratio term (lambda in the paper)", 0.1)
+
+
+class ORPO(Trainer):
+    """Odds Ratio Preference Optimization with trl.experimental.orpo.ORPOTrainer."""
+
+    name = "orpo"
+    config = ORPOTrainerConfig
+    layouts = (LAYOUT_PREFERENCE,)
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+        import os
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        class CountingORPOTrainer(ORPOTrainer):
+            """ORPOTrainer that counts the tokens it trains on (its batches carry ``chosen_*`` /
+            ``rejected_*`` tensors but no ``input_ids``, which ``Trainer`` needs to count them),
+            and that works with prompt tuning: a prompt-learning PEFT model returns logits for its
+            virtual tokens too, which ORPO's loss (unlike DPO's) does not strip."""
+
+            def concatenated_forward(self, model, batch):
+                peft_config = getattr(model, "active_peft_config", None)
+                n = peft_config.num_virtual_tokens if getattr(peft_config, "is_prompt_learning", False) else 0
+                if not n:
+                    return super().concatenated_forward(model, batch)
+                forward = model.forward
+
+                def without_virtual_tokens(*args, **kwargs):
+                    out = forward(*args, **kwargs)
+                    out.logits = out.logits[:, n:, :]
+                    return out
+
+                model.forward = without_virtual_tokens
+                try:
+                    return super().concatenated_forward(model, batch)
+                finally:
+                    del model.forward
+
+            def _track_num_input_tokens(self, inputs):
+                masks = [inputs[k] for k in ("chosen_attention_mask", "rejected_attention_mask") if k in inputs]
+                if masks:
+                    self.state.num_input_tokens_seen += int(sum(int(m.sum()) for m in masks))
+                else:
+                    super()._track_num_input_tokens(inputs)
+
+        return CountingORPOTrainer(model=model, args=trl_config(ORPOConfig, cfg, args), processing_class=tokenizer,
+                           train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+
+
+# ----------------------------------------------------------------------------- KTO
+
+
+@dataclass
+class KTOTrainerConfig(TrainerConfig):
+    """Kahneman-Tversky Optimization (Ethayarajh et al., 2024; ``trl.KTOConfig``): unpaired good/bad labels."""
+
+    name: str = "kto"
+    learning_rate: float = _help("peak learning rate", 5e-6)
+    beta: float = _help("strength of the KL penalty towards the reference model", 0.1)
+    desirable_weight: float = _help("loss weight of desirable (label true) examples", 1.0)
+    undesirable_weight: float = _help("loss weight of undesirable (label false) examples", 1.0)
+
+
+class KTO(Trainer):
+    """Kahneman-Tversky Optimization with trl.KTOTrainer."""
+
+    name = "kto"
+    config = KTOTrainerConfig
+    layouts = (LAYOUT_UNPAIRED,)
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOTrainer(model=model, args=trl_config(KTOConfig, cfg, args), processing_class=tokenizer,
+                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+
+
+@hookimpl
+def sllmx_trainers() -> list[Trainer]:
+    return [SFT(), DPO(), ORPO(), KTO()]

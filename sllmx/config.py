@@ -82,7 +82,7 @@ class EvalConfig:
     """Dev-split evaluation, model selection and early stopping."""
 
     metric: Optional[str] = _help(
-        "dev metric for model selection, early stopping and sweeps (e.g. eval_loss, support_json); "
+        "dev metric for model selection, early stopping and sweeps (e.g. eval_loss, json_fields, json_exact); "
         "null: the trainer's default", None)
     higher_is_better: Optional[bool] = _help("direction of a metric not registered by a plugin; null: from the plugin", None)
     eval_steps: int = _help("evaluate on the dev split every N optimizer steps (and at the end)", 20)

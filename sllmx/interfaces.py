@@ -83,14 +83,17 @@ class Method(Plugin):
         model is loaded), or ``None`` when the pair works.  Default: every pair works."""
         return None
 
-    def load_model(self, path: str, cfg: Any, runtime: Runtime) -> Any:
+    def load_model(self, path: str, cfg: Any, runtime: Runtime, **kwargs: Any) -> Any:
         """Load the base model from ``path`` (a local Hugging Face directory or hub id).
 
-        Default: ``AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype)``.
+        ``kwargs`` are the model source's ``from_pretrained`` options (e.g. ``trust_remote_code``).
+        Default: ``AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype, **kwargs)``
+        on ``runtime.device``.
         """
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype, device_map=runtime.device,
+                                                    **kwargs)
 
     def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
         """Return the model to train (a ``peft.PeftModel`` or the model itself)."""
@@ -148,6 +151,11 @@ class ModelSource(Plugin):
         tokenizer with a chat template.  May build it once and cache it under ``cache_dir``
         (GGUF → HF conversion, the tiny test model); the cache is written atomically."""
         raise NotImplementedError
+
+    def from_pretrained_kwargs(self, cfg: Any) -> dict[str, Any]:
+        """Options for ``from_pretrained`` of the model and tokenizer at the resolved path
+        (e.g. ``{"trust_remote_code": False}``).  Default: none."""
+        return {}
 
 
 class DataSource(Plugin):
@@ -228,11 +236,19 @@ class Metric(Plugin):
     """A dev/test metric computed from greedy generations on the dev split.
 
     Attributes:
-        higher_is_better: its direction; sweeps, early stopping and tables use it.
+        higher_is_better: the direction of every value it returns; sweeps, early stopping
+            and tables use it (lm-evaluation-harness registers metrics the same way).
+        keys: the names :meth:`compute` returns (default: just ``name``); any of them can be
+            the dev metric (``eval.metric=<key>``).
     """
 
     kind = "metric"
     higher_is_better: bool = True
+    keys: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        if not self.keys:
+            self.keys = (self.name,)
 
     def compute(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """Return ``{name: value, ...}``; the entry named ``self.name`` is the headline value."""

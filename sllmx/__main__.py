@@ -1,0 +1,79 @@
+"""``python -m sllmx``: the Hydra app.  Plugins are loaded and their config schemas stored
+in Hydra's ConfigStore before Hydra composes the config; torch, transformers, peft and
+trl are imported only when a run starts (``--help`` and ``--cfg job`` stay fast)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from sllmx.config import SllmxConfig
+from sllmx.errors import SllmxError
+from sllmx.plugins import register_configs, registry
+
+
+def _fail(exc: BaseException) -> None:
+    if os.environ.get("SLLMX_TRACEBACK"):
+        traceback.print_exception(exc)
+    print(f"sllmx: error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _setup() -> None:
+    """Load plugins and store every config schema (top level, methods, trainers, sources)."""
+    try:
+        register_configs(registry())
+    except SllmxError as exc:
+        _fail(exc)
+    ConfigStore.instance().store(name="sllmx_schema", node=SllmxConfig)
+
+
+def summary(record) -> str:
+    """The lines printed at the end of a run: dev metric before → after, where run.json is."""
+    dm = record.dev_metric
+    direction = "higher" if dm.higher_is_better else "lower"
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    lines = [f"status: {record.status}",
+             f"dev metric {dm.name} ({direction} is better): before {fmt(dm.baseline)} -> best {fmt(dm.best)} "
+             f"(step {dm.best_step}), final {fmt(dm.final)}"]
+    if dm.history:
+        first = dm.history[0]["metrics"]
+        best = next((h["metrics"] for h in dm.history[1:] if h["step"] == dm.best_step), dm.history[-1]["metrics"])
+        for key in sorted(k for k in best if k.startswith("eval_") and k != dm.name
+                          and not k.endswith(("runtime", "per_second", "preparation_time", "num_tokens"))):
+            lines.append(f"  {key}: before {fmt(first.get(key))} -> at best step {fmt(best.get(key))}")
+    if record.trainable_params:
+        lines.append(f"trainable parameters: {record.trainable_params:,} of {record.total_params:,} "
+                     f"({100 * record.trainable_params / record.total_params:.3f}%)")
+    if record.train_tokens_per_s:
+        lines.append(f"train tokens: {record.train_tokens:,} in {record.train_runtime_s:.1f} s "
+                     f"({record.train_tokens_per_s:.1f} tokens/s); wall time {record.wall_time_s:.1f} s")
+    lines.append(f"record: {os.path.join(record.output_dir, 'run.json')}")
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://sllmx.conf", config_name="config")
+def app(cfg: DictConfig) -> float | None:
+    """Run one experiment; return the best dev metric (what a sweeper optimises)."""
+    from sllmx.run import run
+
+    try:
+        record = run(cfg)
+    except SllmxError as exc:
+        _fail(exc)
+    print(summary(record))
+    return record.dev_metric.best
+
+
+def main() -> None:
+    _setup()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""``run.json``: the record of one run, the contract between runs, sweeps and reports.
+
+The schema is versioned (``schema_version``) and documented in ``docs/run-record.md``.
+It is written atomically (a temporary file in the same folder, then ``os.replace``)
+twice: with ``status: RUNNING`` when the run starts, so a killed run is visible,
+and once more at the end with ``COMPLETE``, ``PRUNED`` or ``FAIL``.  Status names
+are Optuna's ``TrialState`` names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+LIBRARIES = ("sllmx", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
+             "hydra-core", "pluggy", "wandb")
+
+
+@dataclass
+class DevMetric:
+    """The metric that selects models, with its history.
+
+    Attributes:
+        name: as logged, e.g. ``eval_loss`` or ``eval_json_fields``.
+        higher_is_better: its direction.
+        baseline: its value before training (``eval.before_training``), else None.
+        best: the best value over the evaluations during training (by direction).
+        best_step: the optimizer step of ``best``; the saved model is that checkpoint.
+        final: the value at the last evaluation during training.
+        history: ``[{"step": int, "value": float, "metrics": {...all eval metrics}}]``, baseline at step 0.
+    """
+
+    name: str
+    higher_is_better: bool
+    baseline: Optional[float] = None
+    best: Optional[float] = None
+    best_step: Optional[int] = None
+    final: Optional[float] = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, step: int, metrics: dict[str, float], training: bool = True) -> None:
+        """Append one evaluation; update ``best``/``final`` (or ``baseline`` when not ``training``)."""
+        value = metrics.get(self.name)
+        self.history.append({"step": step, "value": value, "metrics": dict(metrics)})
+        if value is None:
+            return
+        if not training:
+            self.baseline = value
+            return
+        self.final = value
+        better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
+        if better:
+            self.best, self.best_step = value, step
+
+
+@dataclass
+class RunRecord:
+    """Everything a report needs about one run (``run.json``, schema version 1).
+
+    Units: ``wall_time_s`` and ``train_runtime_s`` in seconds, ``peak_rss_bytes`` and
+    ``peak_gpu_bytes`` in bytes, ``train_tokens`` counts non-padding tokens fed to
+    the model during training, ``train_tokens_per_s`` = train_tokens / train_runtime_s.
+    """
+
+    status: str
+    method: str
+    trainer: str
+    model: dict[str, Any]
+    data: dict[str, Any]
+    seed: int
+    config: dict[str, Any]
+    dev_metric: DevMetric
+    output_dir: str
+    schema_version: int = SCHEMA_VERSION
+    started_at: Optional[str] = None
+    finished_at: Optional[str] = None
+    trainable_params: Optional[int] = None
+    total_params: Optional[int] = None
+    train_tokens: Optional[int] = None
+    train_runtime_s: Optional[float] = None
+    train_tokens_per_s: Optional[float] = None
+    global_steps: Optional[int] = None
+    wall_time_s: Optional[float] = None
+    peak_rss_bytes: Optional[int] = None
+    peak_gpu_bytes: Optional[int] = None
+    device: Optional[str] = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Optional[str]] = field(default_factory=dict)
+    git_commit: Optional[str] = None
+    error: Optional[str] = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def write(self, directory: str | os.PathLike) -> Path:
+        """Write ``run.json`` into ``directory`` atomically; return its path."""
+        return write_json_atomic(Path(directory) / RUN_FILE, self.to_dict())
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "RunRecord":
+        """Read a ``run.json`` (a file or the run directory).
+
+        Raises:
+            ValueError: if the file is not a run record of a known schema version.
+        """
+        path = Path(path)
+        if path.is_dir():
+            path = path / RUN_FILE
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        data["dev_metric"] = DevMetric(**data["dev_metric"])
+        return cls(**data)
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace`` (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def library_versions() -> dict[str, Optional[str]]:
+    """Installed versions of the libraries a result depends on (None when absent)."""
+    import importlib.metadata
+
+    out: dict[str, Optional[str]] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit(cwd: str | os.PathLike = ".") -> Optional[str]:
+    """The commit of the git checkout at ``cwd`` (with ``-dirty`` when it has changes), or None."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,314 @@
+"""One run, top to bottom: :func:`run` takes the composed config and returns the run record."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from sllmx.errors import SllmxError
+from sllmx.interfaces import Method, Runtime, Trainer
+from sllmx.plugins import Registry, registry
+from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
+
+
+@dataclass
+class RunContext:
+    """What hooks see of a run in progress.
+
+    Attributes:
+        cfg: the composed config.  record: the run record being filled in.
+        training: False during the baseline evaluation, True after ``train()`` starts.
+        model / tokenizer / hf_trainer / splits: set as the run reaches them.
+    """
+
+    cfg: DictConfig
+    registry: Registry
+    method: Method
+    trainer: Trainer
+    runtime: Runtime
+    record: RunRecord
+    output_dir: Path
+    training: bool = False
+    model: Any = None
+    tokenizer: Any = None
+    hf_trainer: Any = None
+    splits: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pm(self) -> Any:
+        return self.registry.pm
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def detect_runtime(seed: int) -> Runtime:
+    """CUDA with bf16 where the GPU supports it, else CPU in float32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Runtime(device="cuda", bf16=torch.cuda.is_bf16_supported(), seed=seed)
+    return Runtime(device="cpu", bf16=False, seed=seed)
+
+
+def dev_metric_of(cfg: DictConfig, trainer: Trainer, reg: Registry) -> DevMetric:
+    """The dev metric (as logged, ``eval_``-prefixed) and its direction.
+
+    ``eval.metric`` may name the trainer's default (e.g. ``eval_loss``), a value a
+    generation metric plugin returns (e.g. ``json_exact`` from ``json_fields``; that
+    plugin must be the data's ``data.metric``), or anything else the trainer logs, whose
+    direction ``eval.higher_is_better`` must then give.
+
+    Raises:
+        SllmxError: when the metric would never be computed or its direction is unknown.
+    """
+    bare = (cfg.eval.metric or trainer.dev_metric).removeprefix("eval_")
+    producer = next((m for m in reg.entries["metric"].values() if bare in m.obj.keys), None)
+    if producer is not None and cfg.data.get("metric") != producer.name:
+        raise SllmxError(f"eval.metric={bare} is computed by the metric plugin {producer.name!r}, which this data "
+                         f"config does not run; set data.metric={producer.name}")
+    higher = cfg.eval.higher_is_better
+    if higher is None:
+        if bare == trainer.dev_metric.removeprefix("eval_"):
+            higher = trainer.higher_is_better
+        elif producer is not None:
+            higher = producer.obj.higher_is_better
+        elif bare.endswith("loss"):
+            higher = False
+        else:
+            raise SllmxError(f"eval.metric={bare}: its direction is unknown; set eval.higher_is_better=true|false")
+    return DevMetric(name=f"eval_{bare}", higher_is_better=bool(higher))
+
+
+def check_combination(method: Method, trainer: Trainer, cfg: DictConfig, reg: Registry) -> None:
+    """Refuse a method × trainer pair that cannot work, before any model is loaded.
+
+    Raises:
+        SllmxError: with every reason given by the method and by ``sllmx_check_combination`` hooks.
+    """
+    reasons = [method.check(trainer, cfg)]
+    reasons += reg.pm.hook.sllmx_check_combination(method=method, trainer=trainer, cfg=cfg)
+    reasons = [r for r in reasons if r]
+    if reasons:
+        raise SllmxError(f"method={method.name} trainer={trainer.name} cannot work: " + "; ".join(reasons))
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count their logical elements (PEFT's rule)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints: Path) -> dict[str, Any]:
+    """The run-level TRL/``TrainingArguments`` options sllmx decides (see :meth:`Trainer.build`)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    gc = cfg.trainer.gradient_checkpointing
+    # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing
+    gc_key = ("activation_checkpointing" if "activation_checkpointing" in
+              {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
+    report = ["wandb"] if cfg.logger.name == "wandb" else []
+    return dict(
+        output_dir=str(checkpoints),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=runtime.device == "cpu",
+        bf16=runtime.bf16,
+        fp16=False,
+        **{gc_key: (runtime.device == "cuda") if gc is None else gc},
+        eval_strategy="steps",
+        eval_steps=cfg.eval.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.eval.eval_steps,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=dev.name,
+        greater_is_better=dev.higher_is_better,
+        report_to=report,
+        run_name=cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}",
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _peak_memory(runtime: Runtime) -> tuple[int, Optional[int]]:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    if runtime.device == "cuda":
+        import torch
+
+        return rss, int(torch.cuda.max_memory_allocated())
+    return rss, None
+
+
+def run(cfg: DictConfig) -> RunRecord:
+    """Fine-tune, evaluate and record one method × trainer × model × data configuration.
+
+    Order (cheap checks first, so bad input fails before anything is loaded or written):
+    plugins → method/trainer/pair check → dev metric → data → ``run.json`` (RUNNING) →
+    model source → method.load_model → method.wrap → callbacks → trainer.build →
+    baseline evaluation → train → save → ``run.json`` (COMPLETE / PRUNED / FAIL) →
+    ``sllmx_after_run``.
+
+    Returns:
+        the final :class:`~sllmx.records.RunRecord` (also written to ``<output_dir>/run.json``).
+
+    Raises:
+        SllmxError: for bad input or a config that cannot work (nothing is written when
+            it is found before training starts).
+        Exception: whatever training raised, after ``run.json`` records ``FAIL`` with it.
+    """
+    from sllmx.data import load_splits
+
+    t0 = time.time()
+    reg = registry()
+    method = reg.get("method", cfg.method.name)
+    trainer = reg.get("trainer", cfg.trainer.name)
+    check_combination(method, trainer, cfg, reg)
+    dev = dev_metric_of(cfg, trainer, reg)
+    out = Path(cfg.output_dir)
+    if (out / RUN_FILE).exists():
+        raise SllmxError(f"{out / RUN_FILE} already exists; choose another hydra.run.dir (nothing is overwritten)")
+    splits = load_splits(cfg.data, reg, trainer)
+
+    runtime = detect_runtime(cfg.seed)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    record = RunRecord(
+        status="RUNNING", method=method.name, trainer=trainer.name, model=resolved["model"],
+        data={**resolved["data"], "format": splits.format, "layout": list(splits.layout),
+              "splits": splits.provenance},
+        seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out), started_at=_now(),
+        device=runtime.device, versions=library_versions(), git_commit=git_commit(os.getcwd()))
+    record.write(out)
+    ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
+                     output_dir=out, splits=splits)
+    wandb_run = None
+    try:
+        wandb_run = _start_logger(cfg, out, resolved)
+        record.status = _train(ctx)
+    except BaseException as exc:
+        record.status = "PRUNED" if type(exc).__name__ == "TrialPruned" else "FAIL"
+        record.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record.finished_at = _now()
+        record.wall_time_s = round(time.time() - t0, 3)
+        record.peak_rss_bytes, record.peak_gpu_bytes = _peak_memory(runtime)
+        record.write(out)
+        _finish_logger(wandb_run, record)
+        reg.pm.hook.sllmx_after_run(record=record)
+    return record
+
+
+def _train(ctx: RunContext) -> str:
+    """The model part of :func:`run`; fills ``ctx.record`` and returns the final status."""
+    import torch
+    from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
+
+    from sllmx.callbacks import GenerationMetricCallback, ObserverCallback
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    cfg, record, out = ctx.cfg, ctx.record, ctx.output_dir
+    set_seed(cfg.seed)
+    source = ctx.registry.get("model", cfg.model.source)
+    path = source.resolve(cfg.model, cfg.cache_dir)
+    kwargs = source.from_pretrained_kwargs(cfg.model)
+    ctx.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = ctx.method.load_model(path, cfg.method, ctx.runtime, **kwargs)
+    ctx.model = ctx.method.wrap(model, cfg.method, ctx.runtime)
+    record.trainable_params, record.total_params = count_parameters(ctx.model)
+
+    callbacks: list[Any] = []
+    gen_cb = None
+    if cfg.data.get("metric"):
+        gen_cb = GenerationMetricCallback(ctx.registry.get("metric", cfg.data.metric), ctx.splits.dev,
+                                          cfg.eval.max_new_tokens, cfg.eval.generation_batch_size,
+                                          out / "generations.jsonl")
+        callbacks.append(gen_cb)
+    callbacks.append(ObserverCallback(ctx))
+    if cfg.eval.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(cfg.eval.early_stopping_patience, cfg.eval.early_stopping_threshold))
+    for extra in ctx.pm.hook.sllmx_callbacks(run=ctx):
+        callbacks.extend(extra)
+
+    checkpoints = out / "checkpoints"
+    args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints)
+    ctx.hf_trainer = ctx.trainer.build(ctx.model, ctx.tokenizer, ctx.splits.train, ctx.splits.dev,
+                                       cfg.trainer, args, callbacks)
+    if gen_cb is not None:
+        gen_cb.trainer = ctx.hf_trainer
+
+    if cfg.eval.before_training:
+        ctx.hf_trainer.evaluate()
+    ctx.training = True
+    ctx.pm.hook.sllmx_before_train(run=ctx)
+    result = ctx.hf_trainer.train()
+
+    state = ctx.hf_trainer.state
+    record.global_steps = state.global_step
+    record.train_runtime_s = round(result.metrics.get("train_runtime", 0.0), 3)
+    record.train_tokens = int(state.num_input_tokens_seen) or None
+    if record.train_tokens and record.train_runtime_s:
+        record.train_tokens_per_s = round(record.train_tokens / record.train_runtime_s, 2)
+    record.metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    loss = record.metrics.get("train_loss")
+    if loss is not None and not torch.isfinite(torch.tensor(loss)):
+        raise FloatingPointError(f"train_loss is {loss}")
+    if cfg.save_model:
+        ctx.hf_trainer.save_model(str(out / "model"))
+        record.artifacts["model"] = "model"
+    if (out / "generations.jsonl").exists():
+        record.artifacts["generations"] = "generations.jsonl"
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return "COMPLETE"
+
+
+def _start_logger(cfg: DictConfig, out: Path, resolved: dict) -> Any:
+    """Start a W&B run (``logger=wandb``): offline without an API key, so it never prompts or hangs."""
+    if cfg.logger.name == "none":
+        return None
+    if cfg.logger.name != "wandb":
+        raise SllmxError(f"logger={cfg.logger.name}: unknown logger; available: wandb, none")
+    mode = cfg.logger.mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY")
+                                                                else "offline")
+    os.environ["WANDB_MODE"] = mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    return wandb.init(project=cfg.logger.project, group=cfg.logger.group, tags=list(cfg.logger.tags),
+                      name=cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}",
+                      config=resolved, dir=str(out), mode=mode, reinit="finish_previous")
+
+
+def _finish_logger(wandb_run: Any, record: RunRecord) -> None:
+    """Put the run record's summary into the W&B run and close it."""
+    if wandb_run is None:
+        return
+    dm = record.dev_metric
+    wandb_run.summary.update({
+        "status": record.status, "dev_metric": dm.name, "dev_metric/best": dm.best, "dev_metric/final": dm.final,
+        "dev_metric/baseline": dm.baseline, "trainable_params": record.trainable_params,
+        "total_params": record.total_params, "train_tokens": record.train_tokens,
+        "train_tokens_per_s": record.train_tokens_per_s, "wall_time_s": record.wall_time_s,
+        "peak_rss_bytes": record.peak_rss_bytes})
+    wandb_run.finish(exit_code=0 if record.status in ("COMPLETE", "PRUNED") else 1)

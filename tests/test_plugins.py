@@ -1,0 +1,120 @@
+"""The plugin system: hookspecs, the registry, entry-point loading and its errors."""
+
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pluggy
+import pytest
+
+from sllmx import hookimpl, hookspecs
+from sllmx.errors import SllmxError
+from sllmx.interfaces import Method
+from sllmx.plugins import REGISTRATION_HOOKS, Registry, registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_hookspec_is_documented_and_prefixed():
+    specs = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("sllmx_")]
+    assert len(specs) >= 11
+    for f in specs:
+        assert f.__doc__ and len(f.__doc__.strip()) > 20, f.__name__
+    assert set(REGISTRATION_HOOKS) <= {f.__name__ for f in specs}
+
+
+def test_builtins_come_through_entry_points():
+    reg = registry()
+    assert set(reg.names("method")) >= {"lora", "qlora", "dora", "prompt_tuning", "full"}
+    assert set(reg.names("trainer")) >= {"sft", "dpo", "orpo", "kto"}
+    # the core holds no reference to the built-in modules: they were registered by entry-point name
+    assert reg.dists["methods"][0] == "sllmx"
+    assert reg.entries["method"]["lora"].dist == "sllmx"
+
+
+def _manager(*plugins):
+    pm = pluggy.PluginManager("sllmx")
+    pm.add_hookspecs(hookspecs)
+    dists = {}
+    for i, (dist, plugin) in enumerate(plugins):
+        pm.register(plugin, name=f"p{i}")
+        dists[f"p{i}"] = (dist, "1.0")
+    return pm, dists
+
+
+class _Plugin:
+    def __init__(self, method):
+        self.method = method
+
+    @hookimpl
+    def sllmx_methods(self):
+        return [self.method]
+
+
+class _Lora(Method):
+    name = "lora"
+
+
+def test_two_plugins_claiming_one_name_is_an_error_naming_both():
+    pm, dists = _manager(("dist-a", _Plugin(_Lora())), ("dist-b", _Plugin(_Lora())))
+    with pytest.raises(SllmxError, match=r"two plugins claim method 'lora': 'dist-.' and 'dist-.'"):
+        Registry(pm, dists)
+
+
+def test_a_plugin_returning_the_wrong_kind_is_named():
+    pm, dists = _manager(("dist-a", _Plugin(object())))
+    with pytest.raises(SllmxError, match="plugin 'dist-a' returned"):
+        Registry(pm, dists)
+
+
+def test_unknown_name_lists_the_available_ones():
+    with pytest.raises(SllmxError, match=r"unknown method 'nope'; available: .*lora"):
+        registry().get("method", "nope")
+
+
+def _fake_distribution(tmp_path: Path, dist: str, module: str, source: str) -> dict:
+    """A distribution on sys.path by hand: dist-info with an sllmx entry point, and its module."""
+    info = tmp_path / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[sllmx]\n{module} = {module}\n")
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+def test_broken_plugin_import_error_names_the_distribution(tmp_path):
+    env = _fake_distribution(tmp_path, "broken-plugin", "broken_mod", "import does_not_exist\n")
+    proc = subprocess.run([sys.executable, "-m", "sllmx.plugins"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "'broken-plugin'" in proc.stderr and "does_not_exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_clash_with_a_builtin_stops_the_cli_with_one_message(tmp_path):
+    env = _fake_distribution(tmp_path, "clash-plugin", "clash_mod", """
+        from sllmx import hookimpl
+        from sllmx.interfaces import Method
+        class Lora(Method):
+            name = "lora"
+        @hookimpl
+        def sllmx_methods():
+            return [Lora()]
+    """)
+    proc = subprocess.run([sys.executable, "-m", "sllmx", "--cfg", "job"], env=env, capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "two plugins claim method 'lora'" in proc.stderr and "clash-plugin" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_plugins_cli_lists_kinds_names_distribution_version():
+    proc = subprocess.run([sys.executable, "-m", "sllmx.plugins"], capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:4] == ["kind", "name", "distribution", "version"]
+    rows = {tuple(line.split()[:3]) for line in lines[1:]}
+    for kind, name in [("method", "qlora"), ("trainer", "kto"), ("model", "tiny"), ("format", "alpaca"),
+                       ("data", "support_ko"), ("metric", "json_fields")]:
+        assert (kind, name, "sllmx") in rows
