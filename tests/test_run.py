@@ -1,0 +1,122 @@
+"""One run's lifecycle: observer hooks, extra callbacks, the run record on failure, the dev metric choice."""
+
+import json
+
+import pytest
+from transformers import TrainerCallback
+
+from sllmx import hookimpl
+from sllmx.errors import SllmxError
+from sllmx.plugins import registry
+from sllmx.records import RunRecord
+from sllmx.run import run
+from tests.common import FAST, compose_config
+
+
+class Observer:
+    """A plugin registered for one test: records what the lifecycle hooks saw."""
+
+    def __init__(self, fail_before_train=False):
+        self.fail_before_train = fail_before_train
+        self.seen = []
+        self.steps = 0
+
+    @hookimpl
+    def sllmx_callbacks(self, run):
+        observer = self
+
+        class CountSteps(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                observer.steps += 1
+
+        return [CountSteps()]
+
+    @hookimpl
+    def sllmx_before_train(self, run):
+        self.seen.append(("before_train", run.trainer.name, run.record.trainable_params))
+        if self.fail_before_train:
+            raise RuntimeError("boom from a plugin")
+
+    @hookimpl
+    def sllmx_after_evaluate(self, run, metrics):
+        self.seen.append(("after_evaluate", run.training, round(metrics["eval_loss"], 6)))
+
+    @hookimpl
+    def sllmx_after_run(self, record):
+        self.seen.append(("after_run", record.status))
+
+
+@pytest.fixture
+def observer():
+    plugins = []
+
+    def add(**kw):
+        plugin = Observer(**kw)
+        registry().pm.register(plugin)
+        plugins.append(plugin)
+        return plugin
+
+    yield add
+    for plugin in plugins:
+        registry().pm.unregister(plugin)
+
+
+def test_hooks_see_the_whole_lifecycle(observer, tmp_path):
+    obs = observer()
+    record = run(compose_config(FAST, tmp_path / "run", tmp_path / "cache"))
+    kinds = [s[0] for s in obs.seen]
+    assert kinds == ["after_evaluate", "before_train", "after_evaluate", "after_evaluate", "after_run"]
+    assert obs.seen[0][1] is False and obs.seen[2][1] is True  # baseline, then training evaluations
+    assert obs.seen[1][2] == record.trainable_params
+    assert obs.steps == 4
+    history = [h["value"] for h in record.dev_metric.history]
+    assert [round(v, 6) for v in history] == [s[2] for s in obs.seen if s[0] == "after_evaluate"]
+    assert obs.seen[-1] == ("after_run", "COMPLETE")
+
+
+def test_a_failing_run_is_recorded_as_fail_with_its_error(observer, tmp_path):
+    obs = observer(fail_before_train=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        run(compose_config(FAST, tmp_path / "run", tmp_path / "cache"))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "FAIL"
+    assert record["error"] == "RuntimeError: boom from a plugin"
+    assert record["finished_at"] and record["wall_time_s"] > 0
+    assert obs.seen[-1] == ("after_run", "FAIL")
+
+
+def test_a_generation_metric_can_be_the_dev_metric(tmp_path):
+    cfg = compose_config([*FAST, "eval.metric=json_fields", "eval.early_stopping_patience=null"],
+                         tmp_path / "run", tmp_path / "cache")
+    record = run(cfg)
+    dm = RunRecord.read(tmp_path / "run").dev_metric
+    assert dm.name == "eval_json_fields" and dm.higher_is_better is True
+    assert dm.best == max(h["value"] for h in dm.history[1:])
+    lines = (tmp_path / "run" / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and {"input", "reference", "prediction"} <= set(json.loads(lines[0]))
+    assert record.artifacts["generations"] == "generations.jsonl"
+
+
+def test_a_dev_metric_nobody_computes_is_refused(tmp_path):
+    with pytest.raises(SllmxError, match="direction is unknown"):
+        run(compose_config([*FAST, "eval.metric=made_up"], tmp_path / "run", tmp_path / "cache"))
+    with pytest.raises(SllmxError, match="set data.metric=json_fields"):
+        run(compose_config([*FAST, "eval.metric=json_exact", "data.metric=null"], tmp_path / "r2", tmp_path / "c"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pair_refused_by_a_plugin_stops_before_loading(observer, tmp_path):
+    class Veto:
+        @hookimpl
+        def sllmx_check_combination(self, method, trainer, cfg):
+            return "prompt tuning cannot learn KTO here" if (method.name, trainer.name) == (
+                "prompt_tuning", "kto") else None
+
+    veto = Veto()
+    registry().pm.register(veto)
+    try:
+        with pytest.raises(SllmxError, match="method=prompt_tuning trainer=kto cannot work: prompt tuning"):
+            run(compose_config([*FAST, "method=prompt_tuning", "trainer=kto"], tmp_path / "run", tmp_path / "c"))
+    finally:
+        registry().pm.unregister(veto)
+    assert not (tmp_path / "run").exists()
