@@ -83,8 +83,7 @@ class FilesDataConfig(DataConfig):
     sample_seed: Optional[int] = _help(
         "with max_rows: take a seeded random sample of N rows instead of the first N "
         "(for files sorted by topic or label); null keeps the first N", None)
-    skip_invalid: bool = _help(
-        "skip rows with a missing, empty or mistyped field (counted in the run record) instead of stopping", False)
+
 
 
 def _opt(cfg: Any, key: str, default: Any = None) -> Any:

@@ -42,6 +42,8 @@ class DataConfig:
     max_rows: Optional[int] = _help("keep the first N rows of each file (before splitting); null keeps all", None)
     max_dev_rows: Optional[int] = _help("cap the dev split (evaluations cost time); null keeps all", 200)
     metric: Optional[str] = _help("generation metric plugin computed on the dev split at each evaluation", None)
+    skip_invalid: bool = _help("skip rows with a missing, empty or mistyped field (counted in run.json) "
+                               "instead of stopping with an error", False)
 
 
 @dataclass

@@ -73,12 +73,6 @@ def _opt(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None or value == "???" else value
 
 
-def _has(cfg: Any, key: str) -> bool:
-    """Whether the config has the option ``key`` at all (a plugin's config may add options)."""
-    sentinel = object()
-    return _opt(cfg, key, sentinel) is not sentinel or (hasattr(cfg, "keys") and key in cfg.keys())
-
-
 def _layout_name(layout: tuple[str, ...]) -> str:
     return "/".join(layout)
 
@@ -361,7 +355,7 @@ def load_splits(data_cfg: Any, registry: Any, trainer: Any) -> Splits:
 
     system = _opt(data_cfg, "system") or None
     skip_invalid = bool(_opt(data_cfg, "skip_invalid", False))
-    hint = "; data.skip_invalid=true skips such rows" if _has(data_cfg, "skip_invalid") else ""
+    hint = "; data.skip_invalid=true skips such rows"
     out: dict[str, Any] = {}
     provenance: dict[str, dict[str, Any]] = {}
     converted: dict[str, dict[int, Optional[list]]] = {}

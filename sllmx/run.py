@@ -179,6 +179,9 @@ def run(cfg: DictConfig) -> RunRecord:
     from sllmx.data import load_splits
 
     t0 = time.time()
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise SllmxError(f"{missing[0]} is required; set it on the command line ({missing[0]}=...)")
     reg = registry()
     method = reg.get("method", cfg.method.name)
     trainer = reg.get("trainer", cfg.trainer.name)

@@ -751,7 +751,8 @@ def test_generated_source_errors_and_splits(reg):
 
     node = SimpleNamespace(source="generated", format="auto", test_fraction=0.25)
     with pytest.raises(SllmxError, match=r"^generated:support/dev, example 0: field 'completion': is empty "
-                                         r"\(data format 'prompt_completion'\)$"):
+                                         r"\(data format 'prompt_completion'; data.skip_invalid=true skips "
+                                         r"such rows\)$"):
         load_splits(node, stand_in_registry(reg, source=Generated("")), SFT)
     s = load_splits(node, stand_in_registry(reg, source=Generated("ok")), SFT)
     assert (len(s.train), len(s.dev), len(s.test)) == (9, 1, 3)

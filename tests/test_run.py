@@ -120,3 +120,34 @@ def test_a_pair_refused_by_a_plugin_stops_before_loading(observer, tmp_path):
     finally:
         registry().pm.unregister(veto)
     assert not (tmp_path / "run").exists()
+
+
+def test_early_stopping_stops_on_a_dev_metric_without_improvement(tmp_path):
+    # A random tiny model never produces the right JSON: json_fields stays 0, so patience 1 stops
+    # training at the second evaluation during training (step 4 of 8).
+    cfg = compose_config([*FAST, "trainer.max_steps=8", "eval.metric=json_fields", "eval.early_stopping_patience=1"],
+                         tmp_path / "run", tmp_path / "cache")
+    record = run(cfg)
+    assert [h["value"] for h in record.dev_metric.history] == [0.0, 0.0, 0.0]
+    assert record.global_steps == 4 and record.status == "COMPLETE"
+
+
+def test_wandb_offline_logs_config_metrics_and_summary(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose_config([*FAST, "logger=wandb", "logger.group=study-1", "logger.tags=[a,b]"],
+                         tmp_path / "run", tmp_path / "cache")
+    record = run(cfg)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    import wandb
+
+    assert wandb.run is None  # finished
+    # The offline run is a protobuf log (no JSON summary until `wandb sync`); its strings are stored as is.
+    log = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for logged in [b"study-1",  # group
+                   b"lora_alpha", b"json_fields",  # the resolved config
+                   b"eval/loss", b"eval/json_fields", b"train/loss",  # metrics, via transformers' WandbCallback
+                   b"dev_metric/best", b"train_tokens_per_s"]:  # the run record's summary
+        assert logged in log, logged
+    assert record.status == "COMPLETE"
