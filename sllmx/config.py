@@ -121,7 +121,7 @@ class SllmxConfig:
     seed: int = _help("seed for data splits, initialisation and training", 42)
     output_dir: str = _help("where run.json, the adapter and checkpoints go", "${hydra:runtime.output_dir}")
     cache_dir: str = _help("where converted models (GGUF → HF) and built tiny models are cached",
-                           "${oc.env:SLLMX_CACHE,${oc.env:HOME}/.cache/sllmx}")
+                           "${oc.env:SLLMX_CACHE,'~/.cache/sllmx'}")
     shared_data: str = _help("folder of the shared real datasets used by the data presets",
                              "${oc.env:SLLMX_SHARED_DATA,../shared/data}")
     save_model: bool = _help("save the adapter / model with save_pretrained at the end", True)

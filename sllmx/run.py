@@ -234,7 +234,7 @@ def _train(ctx: RunContext) -> str:
     cfg, record, out = ctx.cfg, ctx.record, ctx.output_dir
     set_seed(cfg.seed)
     source = ctx.registry.get("model", cfg.model.source)
-    path = source.resolve(cfg.model, cfg.cache_dir)
+    path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
     kwargs = source.from_pretrained_kwargs(cfg.model)
     ctx.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = ctx.method.load_model(path, cfg.method, ctx.runtime, **kwargs)

@@ -151,3 +151,19 @@ def test_wandb_offline_logs_config_metrics_and_summary(tmp_path, monkeypatch):
                    b"dev_metric/best", b"train_tokens_per_s"]:  # the run record's summary
         assert logged in log, logged
     assert record.status == "COMPLETE"
+
+
+def test_the_saved_adapter_loads_with_peft_as_usual(tmp_path):
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    run(compose_config(FAST, tmp_path / "run", tmp_path / "cache"))
+    saved = tmp_path / "run" / "model"
+    model = AutoPeftModelForCausalLM.from_pretrained(saved)
+    tokenizer = AutoTokenizer.from_pretrained(saved)
+    ids = tokenizer("안녕하세요", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert logits.shape[:2] == ids.shape and torch.isfinite(logits).all()
+    assert model.peft_config["default"].r == 16
