@@ -143,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = [(e.kind, e.name, e.dist, e.version, e.obj.help)
             for kind in reg.entries.values() for e in kind.values()]
+    # plugins that only observe or add callbacks: listed by entry-point name with the hooks they implement
+    for name, plugin in reg.pm.list_name_plugin():
+        hooks = sorted(h.name for h in reg.pm.get_hookcallers(plugin) or [] if h.name not in REGISTRATION_HOOKS)
+        if hooks and name in reg.dists:
+            rows.append(("hooks", name, *reg.dists[name], ", ".join(hooks)))
     header = ("kind", "name", "distribution", "version", "description")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"

@@ -118,3 +118,19 @@ def test_plugins_cli_lists_kinds_names_distribution_version():
     for kind, name in [("method", "qlora"), ("trainer", "kto"), ("model", "tiny"), ("format", "alpaca"),
                        ("data", "support_ko"), ("metric", "json_fields")]:
         assert (kind, name, "sllmx") in rows
+
+
+def test_a_plugin_with_only_lifecycle_hooks_is_listed_with_its_hooks(tmp_path):
+    env = _fake_distribution(tmp_path, "obs-plugin", "obs_mod", """
+        from sllmx import hookimpl
+        @hookimpl
+        def sllmx_after_run(record):
+            pass
+        @hookimpl
+        def sllmx_callbacks(run):
+            return []
+    """)
+    proc = subprocess.run([sys.executable, "-m", "sllmx.plugins"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    row = next(line.split(maxsplit=4) for line in proc.stdout.splitlines() if line.startswith("hooks"))
+    assert row == ["hooks", "obs_mod", "obs-plugin", "0.1", "sllmx_after_run, sllmx_callbacks"]
