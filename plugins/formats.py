@@ -669,9 +669,11 @@ FORMATS: tuple[type[DataFormat], ...] = (
 
 @hookimpl
 def sllmx_data_sources() -> list[DataSource]:
+    """Register the files data source."""
     return [FilesSource()]
 
 
 @hookimpl
 def sllmx_data_formats() -> list[DataFormat]:
+    """Register the built-in row formats."""
     return [cls() for cls in FORMATS]

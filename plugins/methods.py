@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from sllmx import hookimpl
 from sllmx.config import MethodConfig, _help
+from sllmx.errors import SllmxError
 from sllmx.interfaces import Method, Runtime
 
 
@@ -91,9 +92,13 @@ class QLoRA(LoRA):
     config = QloraMethodConfig
 
     def load_model(self, path: str, cfg: Any, runtime: Runtime, **kwargs: Any) -> Any:
+        """Load the base model 4-bit (``BitsAndBytesConfig``); compute dtype bf16 on a GPU that has it, else fp32."""
         import torch
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+        if cfg.bnb_4bit_compute_dtype not in (None, "bfloat16", "float16", "float32"):
+            raise SllmxError(f"method.bnb_4bit_compute_dtype={cfg.bnb_4bit_compute_dtype}: "
+                             f"use bfloat16, float16, float32 or null")
         compute = getattr(torch, cfg.bnb_4bit_compute_dtype) if cfg.bnb_4bit_compute_dtype else runtime.compute_dtype
         quant = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -101,10 +106,19 @@ class QLoRA(LoRA):
             bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
             bnb_4bit_compute_dtype=compute,
         )
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             path, quantization_config=quant, dtype=compute, device_map=runtime.device, **kwargs)
+        # bitsandbytes 0.50 repacks a CPU Linear4bit's weights into an inference-only layout the first time
+        # it runs in eval mode without grad (a dev evaluation), and keeps that layout: later training
+        # forwards then use gemv_4bit, which has no autograd kernel, so the gradient through the frozen
+        # 4-bit weights to earlier layers is silently dropped.  Keep the trainable layout.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        return model
 
     def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+        """``peft.prepare_model_for_kbit_training``, then LoRA."""
         from peft import prepare_model_for_kbit_training
 
         # Gradient checkpointing is the trainer's decision (TrainerConfig.gradient_checkpointing).
@@ -161,4 +175,5 @@ class Full(Method):
 
 @hookimpl
 def sllmx_methods() -> list[Method]:
+    """Register lora, qlora, dora, prompt_tuning and full."""
     return [LoRA(), QLoRA(), DoRA(), PromptTuning(), Full()]

@@ -584,4 +584,5 @@ class TinySource(ModelSource):
 
 @hookimpl
 def sllmx_model_sources() -> list[ModelSource]:
+    """Register the hf, gguf and tiny model sources."""
     return [HFSource(), GGUFSource(), TinySource()]

@@ -349,9 +349,11 @@ class JsonFieldsMetric(Metric):
 
 @hookimpl
 def sllmx_data_sources() -> list[DataSource]:
+    """Register the support_ko generated task."""
     return [SupportTaskSource()]
 
 
 @hookimpl
 def sllmx_metrics() -> list[Metric]:
+    """Register the json_fields metric."""
     return [JsonFieldsMetric()]

@@ -200,4 +200,5 @@ class KTO(Trainer):
 
 @hookimpl
 def sllmx_trainers() -> list[Trainer]:
+    """Register sft, dpo, orpo and kto."""
     return [SFT(), DPO(), ORPO(), KTO()]

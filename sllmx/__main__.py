@@ -71,6 +71,7 @@ def app(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    """Console entry point (``sllmx`` / ``python -m sllmx``): load plugins, then run the Hydra app."""
     _setup()
     app()
 

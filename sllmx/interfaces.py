@@ -65,6 +65,7 @@ class Plugin:
 
     @property
     def help(self) -> str:
+        """The first line of the class docstring."""
         doc = (type(self).__doc__ or "").strip().splitlines()
         return doc[0] if doc else ""
 

@@ -86,6 +86,7 @@ class Registry:
             raise SllmxError(f"unknown {kind} {name!r}; available: {known}") from None
 
     def names(self, kind: str) -> list[str]:
+        """Sorted names of every extension of ``kind`` (``method``, ``trainer``, ``model``, ...)."""
         return sorted(self.entries[kind])
 
 

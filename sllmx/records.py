@@ -98,6 +98,7 @@ class RunRecord:
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON-able data (the content of ``run.json``)."""
         return asdict(self)
 
     def write(self, directory: str | os.PathLike) -> Path:

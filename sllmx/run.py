@@ -45,6 +45,7 @@ class RunContext:
 
     @property
     def pm(self) -> Any:
+        """The pluggy plugin manager (``ctx.pm.hook.<name>(...)``)."""
         return self.registry.pm
 
 

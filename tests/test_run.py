@@ -167,3 +167,35 @@ def test_the_saved_adapter_loads_with_peft_as_usual(tmp_path):
         logits = model(input_ids=ids).logits
     assert logits.shape[:2] == ids.shape and torch.isfinite(logits).all()
     assert model.peft_config["default"].r == 16
+
+
+def test_qlora_on_cpu_keeps_gradients_through_4bit_weights_after_an_evaluation(tmp_path):
+    """bitsandbytes repacks CPU 4-bit weights for inference after an eval-mode forward; QLoRA must not let it,
+    or training after a dev evaluation loses the gradient through the frozen 4-bit layers."""
+    import torch
+
+    from sllmx.interfaces import Runtime
+
+    cfg = compose_config([*FAST, "method=qlora"], tmp_path / "run", tmp_path / "cache")
+    reg = registry()
+    qlora = reg.get("method", "qlora")
+    path = reg.get("model", "tiny").resolve(cfg.model, str(tmp_path / "cache"))
+    runtime = Runtime()
+    model = qlora.wrap(qlora.load_model(path, cfg.method, runtime), cfg.method, runtime)
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+
+    def input_gradient():
+        model.train()
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+        model(inputs_embeds=embeds).logits.sum().backward()
+        return embeds.grad
+
+    before = input_gradient()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)  # what a dev evaluation does
+    after = input_gradient()
+
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    assert before.abs().sum() > 0 and torch.allclose(before, after, atol=1e-6)
