@@ -51,6 +51,20 @@ def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
         raise SllmxError(f"trainer={cfg.name}: {config_cls.__name__} rejected the options: {exc}") from exc
 
 
+class TRLObjective(Trainer):
+    """A :class:`~sllmx.interfaces.Trainer` whose work is one TRL trainer class and its config class."""
+
+    def trl_classes(self) -> tuple[type, type]:
+        """``(TRL trainer class, TRL config class)``, imported when a run needs them."""
+        raise NotImplementedError
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+        """``TrainerClass(model, args=ConfigClass(...), processing_class=tokenizer, ...)``; see :func:`trl_config`."""
+        trainer_cls, config_cls = self.trl_classes()
+        return trainer_cls(model=model, args=trl_config(config_cls, cfg, args), processing_class=tokenizer,
+                           train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+
+
 # ----------------------------------------------------------------------------- SFT
 
 
@@ -64,18 +78,17 @@ class SFTTrainerConfig(TrainerConfig):
     packing: bool = _help("pack several examples into one row (TRL's bfd packing)", False)
 
 
-class SFT(Trainer):
+class SFT(TRLObjective):
     """Supervised fine-tuning with trl.SFTTrainer."""
 
     name = "sft"
     config = SFTTrainerConfig
     layouts = (LAYOUT_PROMPT_COMPLETION, LAYOUT_MESSAGES, LAYOUT_TEXT)
 
-    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+    def trl_classes(self):
         from trl import SFTConfig, SFTTrainer
 
-        return SFTTrainer(model=model, args=trl_config(SFTConfig, cfg, args), processing_class=tokenizer,
-                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+        return SFTTrainer, SFTConfig
 
 
 # ----------------------------------------------------------------------------- DPO
@@ -88,25 +101,21 @@ class DPOTrainerConfig(TrainerConfig):
     name: str = "dpo"
     learning_rate: float = _help("peak learning rate (DPO wants far less than SFT)", 5e-6)
     beta: float = _help("strength of the KL penalty towards the reference model", 0.1)
-    loss_type: Any = _help("TRL loss name(s): sigmoid (DPO), ipo (Azar et al., 2023), hinge, robust, ...",
-                           ["sigmoid"])
+    loss_type: list[str] = _help("TRL loss names, combined by loss_weights: [sigmoid] (DPO), [ipo] (Azar et al., "
+                                 "2023), [hinge], [robust], ...; e.g. trainer.loss_type=[ipo]", ["sigmoid"])
 
 
-class DPO(Trainer):
+class DPO(TRLObjective):
     """Direct Preference Optimization with trl.DPOTrainer (loss_type=ipo gives IPO)."""
 
     name = "dpo"
     config = DPOTrainerConfig
     layouts = (LAYOUT_PREFERENCE,)
 
-    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+    def trl_classes(self):
         from trl import DPOConfig, DPOTrainer
 
-        config = trl_config(DPOConfig, cfg, args)
-        if isinstance(config.loss_type, str):
-            config.loss_type = [config.loss_type]
-        return DPOTrainer(model=model, args=config, processing_class=tokenizer,
-                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+        return DPOTrainer, DPOConfig
 
 
 # ----------------------------------------------------------------------------- ORPO
@@ -122,14 +131,14 @@ class ORPOTrainerConfig(TrainerConfig):
     beta: float = _help("weight of the odds-ratio term (lambda in the paper)", 0.1)
 
 
-class ORPO(Trainer):
+class ORPO(TRLObjective):
     """Odds Ratio Preference Optimization with trl.experimental.orpo.ORPOTrainer."""
 
     name = "orpo"
     config = ORPOTrainerConfig
     layouts = (LAYOUT_PREFERENCE,)
 
-    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+    def trl_classes(self):
         import os
 
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -166,8 +175,7 @@ class ORPO(Trainer):
                 else:
                     super()._track_num_input_tokens(inputs)
 
-        return CountingORPOTrainer(model=model, args=trl_config(ORPOConfig, cfg, args), processing_class=tokenizer,
-                           train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+        return CountingORPOTrainer, ORPOConfig
 
 
 # ----------------------------------------------------------------------------- KTO
@@ -184,18 +192,17 @@ class KTOTrainerConfig(TrainerConfig):
     undesirable_weight: float = _help("loss weight of undesirable (label false) examples", 1.0)
 
 
-class KTO(Trainer):
+class KTO(TRLObjective):
     """Kahneman-Tversky Optimization with trl.KTOTrainer."""
 
     name = "kto"
     config = KTOTrainerConfig
     layouts = (LAYOUT_UNPAIRED,)
 
-    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+    def trl_classes(self):
         from trl import KTOConfig, KTOTrainer
 
-        return KTOTrainer(model=model, args=trl_config(KTOConfig, cfg, args), processing_class=tokenizer,
-                          train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+        return KTOTrainer, KTOConfig
 
 
 @hookimpl

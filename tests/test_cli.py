@@ -101,3 +101,9 @@ def test_fast_paths_do_not_import_torch(args):
             "assert 'torch' not in sys.modules and 'trl' not in sys.modules, 'heavy import'\n") % (args,)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_dpo_loss_type_ipo_composes_as_trls_list():
+    proc = sllmx("trainer=dpo", "trainer.loss_type=[ipo]", "trainer.beta=0.05", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "loss_type:\n  - ipo" in proc.stdout and "beta: 0.05" in proc.stdout

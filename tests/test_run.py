@@ -199,3 +199,10 @@ def test_qlora_on_cpu_keeps_gradients_through_4bit_weights_after_an_evaluation(t
     layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
     assert layers and not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
     assert before.abs().sum() > 0 and torch.allclose(before, after, atol=1e-6)
+
+
+def test_dpo_with_the_ipo_loss_trains(tmp_path):
+    record = run(compose_config([*FAST, "trainer=dpo", "trainer.loss_type=[ipo]", "trainer.learning_rate=0.001"],
+                                tmp_path / "run", tmp_path / "cache"))
+    assert record.status == "COMPLETE" and record.config["trainer"]["loss_type"] == ["ipo"]
+    assert record.dev_metric.history[-1]["value"] != record.dev_metric.baseline
