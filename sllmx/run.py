@@ -152,6 +152,7 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
 
 
 def _peak_memory(runtime: Runtime) -> tuple[int, Optional[int]]:
+    """(peak resident bytes of this process, peak CUDA bytes allocated or None)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     if runtime.device == "cuda":
         import torch
@@ -224,12 +225,11 @@ def run(cfg: DictConfig) -> RunRecord:
 
 def _train(ctx: RunContext) -> str:
     """The model part of :func:`run`; fills ``ctx.record`` and returns the final status."""
+    import datasets
     import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
     from sllmx.callbacks import GenerationMetricCallback, ObserverCallback
-
-    import datasets
 
     datasets.disable_progress_bars()
     cfg, record, out = ctx.cfg, ctx.record, ctx.output_dir
