@@ -106,7 +106,7 @@ class DPOTrainerConfig(TrainerConfig):
 
 
 class DPO(TRLObjective):
-    """Direct Preference Optimization with trl.DPOTrainer (loss_type=ipo gives IPO)."""
+    """Direct Preference Optimization with trl.DPOTrainer (trainer.loss_type=[ipo] gives IPO)."""
 
     name = "dpo"
     config = DPOTrainerConfig
