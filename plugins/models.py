@@ -58,7 +58,7 @@ class HFModelConfig(ModelConfig):
     name_or_path: str = _help("local Hugging Face model directory (config.json, weights, tokenizer) or hub id")
     trust_remote_code: bool = _help("allow the model's own Python code (auto_map) to run when loading it", False)
     revision: Optional[str] = _help(
-        "hub revision (branch, tag or commit) of a hub id, fetched into the HF cache; null: the default branch",
+        "hub revision (branch, tag or commit) passed to from_pretrained; null: the default branch",
         None)
 
 
@@ -271,26 +271,15 @@ class HFSource(ModelSource):
             what = "is a file, not a directory" if os.path.exists(path) else "does not exist"
             raise SllmxError(f"model.name_or_path={name!r} {what}; give a Hugging Face model directory "
                              f"or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
-        if opts["revision"]:
-            return self._snapshot(name, str(opts["revision"]), bool(opts["trust_remote_code"]))
         return name  # a hub id: the loader fetches it (or finds it in the HF cache)
 
     def from_pretrained_kwargs(self, cfg: Any) -> dict[str, Any]:
-        return {"trust_remote_code": bool(_options(cfg, HFModelConfig)["trust_remote_code"])}
-
-    @staticmethod
-    def _snapshot(repo_id: str, revision: str, code: bool) -> str:
-        """Fetch ``repo_id`` at ``revision`` into the HF cache and return its local directory."""
-        from huggingface_hub import snapshot_download
-
-        patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-        if code:
-            patterns.append("*.py")
-        try:
-            return snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
-        except Exception as exc:
-            raise SllmxError(f"model.name_or_path={repo_id!r} at model.revision={revision!r} could not be "
-                             f"fetched: {type(exc).__name__}: {exc}") from exc
+        """``trust_remote_code`` and, when set, ``revision`` for ``from_pretrained``."""
+        opts = _options(cfg, HFModelConfig)
+        kwargs: dict[str, Any] = {"trust_remote_code": bool(opts["trust_remote_code"])}
+        if opts["revision"]:
+            kwargs["revision"] = str(opts["revision"])
+        return kwargs
 
 
 # ---------------------------------------------------------------------------

@@ -32,12 +32,10 @@ class Runtime:
     Attributes:
         device: ``"cuda"`` or ``"cpu"``.
         bf16: True where the accelerator computes in bfloat16 (an Ampere or newer GPU).
-        seed: the run's seed (``cfg.seed``).
     """
 
     device: str = "cpu"
     bf16: bool = False
-    seed: int = 42
 
     @property
     def compute_dtype(self) -> Any:

@@ -7,7 +7,7 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,7 +41,6 @@ class RunContext:
     tokenizer: Any = None
     hf_trainer: Any = None
     splits: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pm(self) -> Any:
@@ -53,13 +52,13 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def detect_runtime(seed: int) -> Runtime:
+def detect_runtime() -> Runtime:
     """CUDA with bf16 where the GPU supports it, else CPU in float32."""
     import torch
 
     if torch.cuda.is_available():
-        return Runtime(device="cuda", bf16=torch.cuda.is_bf16_supported(), seed=seed)
-    return Runtime(device="cpu", bf16=False, seed=seed)
+        return Runtime(device="cuda", bf16=torch.cuda.is_bf16_supported())
+    return Runtime(device="cpu", bf16=False)
 
 
 def dev_metric_of(cfg: DictConfig, trainer: Trainer, reg: Registry) -> DevMetric:
@@ -194,7 +193,7 @@ def run(cfg: DictConfig) -> RunRecord:
         raise SllmxError(f"{out / RUN_FILE} already exists; choose another hydra.run.dir (nothing is overwritten)")
     splits = load_splits(cfg.data, reg, trainer)
 
-    runtime = detect_runtime(cfg.seed)
+    runtime = detect_runtime()
     resolved = OmegaConf.to_container(cfg, resolve=True)
     record = RunRecord(
         status="RUNNING", method=method.name, trainer=trainer.name, model=resolved["model"],
