@@ -143,6 +143,7 @@ def test_wandb_offline_logs_config_metrics_and_summary(tmp_path, monkeypatch):
     import wandb
 
     assert wandb.run is None  # finished
+    wandb.teardown()  # the wandb-core service writes the log asynchronously; a CLI run flushes it at exit
     # The offline run is a protobuf log (no JSON summary until `wandb sync`); its strings are stored as is.
     log = next(runs[0].glob("run-*.wandb")).read_bytes()
     for logged in [b"study-1",  # group
