@@ -5,23 +5,14 @@ trl are imported only when a run starts (``--help`` and ``--cfg job`` stay fast)
 from __future__ import annotations
 
 import os
-import sys
-import traceback
 
 import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from sllmx.config import SllmxConfig
-from sllmx.errors import SllmxError
+from sllmx.errors import SllmxError, exit_with
 from sllmx.plugins import register_configs, registry
-
-
-def _fail(exc: BaseException) -> None:
-    if os.environ.get("SLLMX_TRACEBACK"):
-        traceback.print_exception(exc)
-    print(f"sllmx: error: {exc}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _setup() -> None:
@@ -29,7 +20,7 @@ def _setup() -> None:
     try:
         register_configs(registry())
     except SllmxError as exc:
-        _fail(exc)
+        exit_with(exc)
     ConfigStore.instance().store(name="sllmx_schema", node=SllmxConfig)
 
 
@@ -58,16 +49,23 @@ def summary(record) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://sllmx.conf", config_name="config")
-def app(cfg: DictConfig) -> float | None:
-    """Run one experiment; return the best dev metric (what a sweeper optimises)."""
+def app(cfg: DictConfig):
+    """Run one experiment; return its :class:`~sllmx.records.RunRecord` (a sweeper reads the
+    status and dev metric from it).  In a multirun, bad input fails only this job (the
+    sweeper records it as a failed trial and goes on); in a single run it ends the command."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from sllmx.run import run
 
     try:
         record = run(cfg)
     except SllmxError as exc:
-        _fail(exc)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        exit_with(exc)
     print(summary(record))
-    return record.dev_metric.best
+    return record
 
 
 def main() -> None:

@@ -94,6 +94,8 @@ class EvalConfig:
     max_new_tokens: int = _help("greedy generation length for generation metrics", 128)
     generation_batch_size: int = _help("dev prompts per generate() call", 16)
     before_training: bool = _help("also evaluate the untrained model (the baseline in run.json)", True)
+    test: bool = _help("after training, evaluate the selected checkpoint once on the test split (run.json test_metrics); "
+                       "model selection never sees it", False)
 
 
 @dataclass
@@ -109,6 +111,20 @@ class LoggerConfig:
 
 
 @dataclass
+class TrialConfig:
+    """Which Optuna trial this run serves.  Set by the ``sllmx_optuna`` sweeper, not by hand.
+
+    With ``number`` set, every dev-split evaluation is reported to the trial and the
+    study's pruner may stop the run (status ``PRUNED``).  The job reaches the trial through
+    the study's storage, so this works in another process or machine too.
+    """
+
+    study_name: Optional[str] = _help("Optuna study name", None)
+    storage: Optional[str] = _help("Optuna storage URL of the study (sqlite:///..., postgresql://...)", None)
+    number: Optional[int] = _help("trial number in the study; null: not part of a sweep", None)
+
+
+@dataclass
 class SllmxConfig:
     """The top-level config composed by Hydra (``conf/config.yaml`` fills the groups)."""
 
@@ -118,6 +134,7 @@ class SllmxConfig:
     trainer: Any = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = _help("seed for data splits, initialisation and training", 42)
     output_dir: str = _help("where run.json, the adapter and checkpoints go", "${hydra:runtime.output_dir}")
     cache_dir: str = _help("where converted models (GGUF → HF) and built tiny models are cached",

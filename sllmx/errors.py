@@ -8,3 +8,16 @@ class SllmxError(Exception):
     ``python -m sllmx`` prints ``sllmx: error: <message>`` and exits with status 2; set
     ``SLLMX_TRACEBACK=1`` (or ``hydra.verbose=true``) to see the traceback as well.
     """
+
+
+def exit_with(exc: BaseException) -> None:
+    """Print ``sllmx: error: <message>`` on stderr and exit with status 2 (``SLLMX_TRACEBACK=1``
+    prints the traceback first).  The one way bad input ends a command."""
+    import os
+    import sys
+    import traceback
+
+    if os.environ.get("SLLMX_TRACEBACK"):
+        traceback.print_exception(exc)
+    print(f"sllmx: error: {exc}", file=sys.stderr)
+    sys.exit(2)

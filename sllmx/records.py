@@ -20,7 +20,7 @@ from typing import Any, Optional
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
 LIBRARIES = ("sllmx", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
-             "hydra-core", "pluggy", "wandb")
+             "hydra-core", "pluggy", "wandb", "optuna")
 
 
 @dataclass
@@ -67,6 +67,9 @@ class RunRecord:
     Units: ``wall_time_s`` and ``train_runtime_s`` in seconds, ``peak_rss_bytes`` and
     ``peak_gpu_bytes`` in bytes, ``train_tokens`` counts non-padding tokens fed to
     the model during training, ``train_tokens_per_s`` = train_tokens / train_runtime_s.
+    ``pruned`` says where and why a ``PRUNED`` run was stopped; ``trial`` names the study
+    and trial number of a sweep's run; ``test_metrics`` holds the one test-split
+    evaluation of ``eval.test=true`` (``test_``-prefixed).
     """
 
     status: str
@@ -95,6 +98,9 @@ class RunRecord:
     versions: dict[str, Optional[str]] = field(default_factory=dict)
     git_commit: Optional[str] = None
     error: Optional[str] = None
+    pruned: Optional[str] = None
+    trial: Optional[dict[str, Any]] = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class RunContext:
     Attributes:
         cfg: the composed config.  record: the run record being filled in.
         training: False during the baseline evaluation, True after ``train()`` starts.
+        trial: the Optuna trial this run reports to (``sllmx_optuna`` sweeps), else None.
         model / tokenizer / hf_trainer / splits: set as the run reaches them.
     """
 
@@ -41,6 +42,7 @@ class RunContext:
     tokenizer: Any = None
     hf_trainer: Any = None
     splits: Any = None
+    trial: Any = None
 
     @property
     def pm(self) -> Any:
@@ -192,6 +194,7 @@ def run(cfg: DictConfig) -> RunRecord:
     if (out / RUN_FILE).exists():
         raise SllmxError(f"{out / RUN_FILE} already exists; choose another hydra.run.dir (nothing is overwritten)")
     splits = load_splits(cfg.data, reg, trainer)
+    trial = _open_trial(cfg)
 
     runtime = detect_runtime()
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -201,17 +204,28 @@ def run(cfg: DictConfig) -> RunRecord:
               "splits": splits.provenance},
         seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out), started_at=_now(),
         device=runtime.device, versions=library_versions(), git_commit=git_commit(os.getcwd()))
+    if trial is not None:
+        from sllmx.study import mask_url
+
+        record.trial = {"study_name": cfg.trial.study_name, "number": trial.number,
+                        "storage": mask_url(cfg.trial.storage)}
     record.write(out)
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
-                     output_dir=out, splits=splits)
+                     output_dir=out, splits=splits, trial=trial)
     wandb_run = None
     try:
         wandb_run = _start_logger(cfg, out, resolved)
         record.status = _train(ctx)
     except BaseException as exc:
-        record.status = "PRUNED" if type(exc).__name__ == "TrialPruned" else "FAIL"
-        record.error = f"{type(exc).__name__}: {exc}"
-        raise
+        if ctx.hf_trainer is not None:
+            record.global_steps = ctx.hf_trainer.state.global_step
+        if type(exc).__name__ != "TrialPruned":
+            record.status = "FAIL"
+            record.error = f"{type(exc).__name__}: {exc}"
+            raise
+        record.status = "PRUNED"  # the pruner's decision, not an error: the run ends normally
+        record.pruned = str(exc)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     finally:
         record.finished_at = _now()
         record.wall_time_s = round(time.time() - t0, 3)
@@ -249,6 +263,10 @@ def _train(ctx: RunContext) -> str:
                                           out / "generations.jsonl")
         callbacks.append(gen_cb)
     callbacks.append(ObserverCallback(ctx))
+    if ctx.trial is not None:
+        from sllmx.trial import TrialReporter
+
+        callbacks.append(TrialReporter(ctx.trial, record.dev_metric.name, ctx))
     if cfg.eval.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.eval.early_stopping_patience, cfg.eval.early_stopping_threshold))
     for extra in ctx.pm.hook.sllmx_callbacks(run=ctx):
@@ -277,6 +295,8 @@ def _train(ctx: RunContext) -> str:
     loss = record.metrics.get("train_loss")
     if loss is not None and not torch.isfinite(torch.tensor(loss)):
         raise FloatingPointError(f"train_loss is {loss}")
+    if cfg.eval.test:
+        record.test_metrics = evaluate_split(ctx, ctx.splits.test, "test", gen_cb)
     if cfg.save_model:
         ctx.hf_trainer.save_model(str(out / "model"))
         record.artifacts["model"] = "model"
@@ -284,6 +304,41 @@ def _train(ctx: RunContext) -> str:
         record.artifacts["generations"] = "generations.jsonl"
     shutil.rmtree(checkpoints, ignore_errors=True)
     return "COMPLETE"
+
+
+def _open_trial(cfg: DictConfig) -> Any:
+    """The Optuna trial of a sweep job (see :mod:`sllmx.trial`), else None; optuna is imported only then."""
+    if cfg.trial.number is None:
+        return None
+    from sllmx.trial import open_trial
+
+    return open_trial(cfg.trial)
+
+
+def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> dict[str, float]:
+    """Evaluate the current (selected) model once on ``dataset``: the trainer's metrics and,
+    where the data has a generation metric, that metric on greedy generations, as ``<prefix>_<key>``.
+
+    Raises:
+        SllmxError: when ``dataset`` is empty (e.g. ``eval.test=true`` with ``data.test_fraction=0``).
+    """
+    from sllmx.callbacks import dev_prompts_and_references, generate
+
+    if dataset is None or len(dataset) == 0:
+        raise SllmxError(f"eval.{prefix}=true but the {prefix} split is empty; set data.{prefix}_fraction or a "
+                         f"{prefix} file")
+    # A separate trainer with no callbacks, so the split is prepared by the objective's own
+    # preprocessing and nothing here reaches the dev history, early stopping or the trial.
+    args = training_args(ctx.cfg, ctx.runtime, ctx.record.dev_metric, ctx.output_dir / f"{prefix}-eval")
+    args.update(report_to=[], load_best_model_at_end=False, save_strategy="no", eval_strategy="no")
+    evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [])
+    metrics = evaluator.evaluate(metric_key_prefix=prefix)
+    shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)
+    if gen_cb is not None:
+        prompts, refs = dev_prompts_and_references(dataset)
+        preds = generate(ctx.model, ctx.tokenizer, prompts, gen_cb.max_new_tokens, gen_cb.batch_size)
+        metrics.update({f"{prefix}_{k}": float(v) for k, v in gen_cb.metric.compute(preds, refs).items()})
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def _start_logger(cfg: DictConfig, out: Path, resolved: dict) -> Any:
@@ -298,9 +353,12 @@ def _start_logger(cfg: DictConfig, out: Path, resolved: dict) -> Any:
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    return wandb.init(project=cfg.logger.project, group=cfg.logger.group, tags=list(cfg.logger.tags),
-                      name=cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}",
-                      config=resolved, dir=str(out), mode=mode, reinit="finish_previous")
+    name = cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}"
+    if cfg.trial.number is not None:  # a sweep's trial: grouped by study, named by trial number
+        name = cfg.logger.run_name or f"trial-{cfg.trial.number}-{cfg.method.name}-{cfg.trainer.name}"
+    return wandb.init(project=cfg.logger.project, group=cfg.logger.group or cfg.trial.study_name,
+                      tags=list(cfg.logger.tags), name=name, config=resolved, dir=str(out), mode=mode,
+                      reinit="finish_previous")
 
 
 def _finish_logger(wandb_run: Any, record: RunRecord) -> None:
@@ -313,5 +371,8 @@ def _finish_logger(wandb_run: Any, record: RunRecord) -> None:
         "dev_metric/baseline": dm.baseline, "trainable_params": record.trainable_params,
         "total_params": record.total_params, "train_tokens": record.train_tokens,
         "train_tokens_per_s": record.train_tokens_per_s, "wall_time_s": record.wall_time_s,
-        "peak_rss_bytes": record.peak_rss_bytes})
+        "peak_rss_bytes": record.peak_rss_bytes, "global_steps": record.global_steps,
+        **({"trial_number": record.trial["number"], "study_name": record.trial["study_name"]}
+           if record.trial else {}),
+        **{f"test/{k}": v for k, v in record.test_metrics.items()}})
     wandb_run.finish(exit_code=0 if record.status in ("COMPLETE", "PRUNED") else 1)

@@ -1,0 +1,90 @@
+"""Where a trial reports: the job side of a sweep.
+
+A job launched by the ``sllmx_optuna`` sweeper carries ``trial.study_name``,
+``trial.storage`` and ``trial.number``.  :func:`open_trial` turns those into an
+``optuna.trial.Trial`` — the sweeper's own object when the job runs in the sweeper's
+process (Hydra's basic launcher), else one rebuilt from the study's storage (joblib,
+submitit, ray launchers; another machine) with the pruner the sweeper stored in the
+study's user attributes.  :class:`TrialReporter` reports every dev-split evaluation
+to it and raises ``optuna.TrialPruned`` when the pruner says so; :func:`sllmx.run.run`
+then records the run as ``PRUNED``.
+
+Reference: Optuna's pruning protocol, ``Trial.report`` / ``Trial.should_prune``
+(https://optuna.readthedocs.io/en/stable/reference/generated/optuna.trial.Trial.html).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from transformers import TrainerCallback
+
+from sllmx.errors import SllmxError
+from sllmx.study import ACTIVE, PRUNER_ATTR, build_pruner, make_storage, mask_url
+
+
+def open_trial(trial_cfg: Any) -> Any:
+    """The Optuna trial this run serves, or None outside a sweep.
+
+    Raises:
+        SllmxError: when the study or trial cannot be found, or the trial is not running
+            (finished, or failed by a stale heartbeat and re-queued).
+    """
+    if trial_cfg.number is None:
+        return None
+    if not trial_cfg.study_name or not trial_cfg.storage:
+        raise SllmxError("trial.number is set but trial.study_name or trial.storage is not; "
+                         "these are set by the sllmx_optuna sweeper")
+    key = (trial_cfg.storage, trial_cfg.study_name, int(trial_cfg.number))
+    if key in ACTIVE:
+        return ACTIVE[key]
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(trial_cfg.storage)
+    try:
+        study = optuna.load_study(study_name=trial_cfg.study_name, storage=storage,
+                                  sampler=optuna.samplers.RandomSampler())
+    except KeyError as exc:
+        raise SllmxError(f"trial.study_name={trial_cfg.study_name}: no such study in "
+                         f"{mask_url(trial_cfg.storage)}") from exc
+    spec = study.user_attrs.get(PRUNER_ATTR) or {"name": "none", "kwargs": {}}
+    study.pruner = build_pruner(spec["name"], spec["kwargs"])
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(trial_cfg.study_name), int(trial_cfg.number))
+    except KeyError as exc:
+        raise SllmxError(f"trial.number={trial_cfg.number}: no such trial in study {trial_cfg.study_name}") from exc
+    state = storage.get_trial(trial_id).state
+    if state != optuna.trial.TrialState.RUNNING:
+        raise SllmxError(f"trial {trial_cfg.number} of study {trial_cfg.study_name} is {state.name}, not RUNNING")
+    return optuna.trial.Trial(study, trial_id)
+
+
+class TrialReporter(TrainerCallback):
+    """Reports the dev metric of every evaluation during training to an Optuna trial.
+
+    The step is the optimizer step (``state.global_step``); the baseline evaluation
+    before training is not reported.  When ``trial.should_prune()`` is true it raises
+    ``optuna.TrialPruned``, which leaves ``trainer.train()`` unchanged (so training
+    stops at once) and makes the run ``PRUNED``.  Per-run early stopping
+    (``EarlyStoppingCallback``) is separate: it ends a run that stopped improving, while
+    pruning ends a run that is worse than the other trials of its study.
+    """
+
+    def __init__(self, trial: Any, metric: str, run: Any):
+        self.trial = trial
+        self.metric = metric
+        self.run = run
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not self.run.training or not metrics or self.metric not in metrics:
+            return
+        import optuna
+
+        value = float(metrics[self.metric])
+        self.trial.report(value, step=state.global_step)
+        if self.trial.should_prune():
+            shown = f"{value:.6g}" if math.isfinite(value) else str(value)
+            raise optuna.TrialPruned(f"pruned at step {state.global_step}: {self.metric}={shown}")
