@@ -10,6 +10,7 @@ are Optuna's ``TrialState`` names.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -55,6 +56,8 @@ class DevMetric:
             self.baseline = value
             return
         self.final = value
+        if not math.isfinite(value):
+            return
         better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
         if better:
             self.best, self.best_step = value, step
@@ -94,6 +97,8 @@ class RunRecord:
     peak_rss_bytes: Optional[int] = None
     peak_gpu_bytes: Optional[int] = None
     device: Optional[str] = None
+    hostname: Optional[str] = None
+    pid: Optional[int] = None
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, Optional[str]] = field(default_factory=dict)
     git_commit: Optional[str] = None

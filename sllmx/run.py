@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import resource
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +149,7 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         report_to=report,
         run_name=cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}",
         include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # the default hides NaN/inf losses from train_loss; a diverged run must FAIL
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
@@ -203,7 +206,8 @@ def run(cfg: DictConfig) -> RunRecord:
         data={**resolved["data"], "format": splits.format, "layout": list(splits.layout),
               "splits": splits.provenance},
         seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out), started_at=_now(),
-        device=runtime.device, versions=library_versions(), git_commit=git_commit(os.getcwd()))
+        device=runtime.device, hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(),
+        git_commit=git_commit(os.getcwd()))
     if trial is not None:
         from sllmx.study import mask_url
 
@@ -239,7 +243,6 @@ def run(cfg: DictConfig) -> RunRecord:
 def _train(ctx: RunContext) -> str:
     """The model part of :func:`run`; fills ``ctx.record`` and returns the final status."""
     import datasets
-    import torch
     from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
     from sllmx.callbacks import GenerationMetricCallback, ObserverCallback
@@ -293,8 +296,12 @@ def _train(ctx: RunContext) -> str:
         record.train_tokens_per_s = round(record.train_tokens / record.train_runtime_s, 2)
     record.metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     loss = record.metrics.get("train_loss")
-    if loss is not None and not torch.isfinite(torch.tensor(loss)):
+    if loss is not None and not math.isfinite(loss):
         raise FloatingPointError(f"train_loss is {loss}")
+    bad = next((h for h in record.dev_metric.history[1:] if h["value"] is not None and not math.isfinite(h["value"])),
+               None)
+    if bad is not None:
+        raise FloatingPointError(f"{record.dev_metric.name} is {bad['value']} at step {bad['step']}")
     if cfg.eval.test:
         record.test_metrics = evaluate_split(ctx, ctx.splits.test, "test", gen_cb)
     if cfg.save_model:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 from sllmx.errors import SllmxError
 from sllmx.records import write_json_atomic
@@ -173,7 +173,7 @@ def build_sampler(name: str, kwargs: dict[str, Any], seed: Optional[int], space:
             if continuous:
                 raise SllmxError(f"sampler=grid needs choice() or range() for every swept parameter; "
                                  f"{continuous[0]} is an interval()")
-            return optuna.samplers.GridSampler({p.name: p.grid for p in space}, seed=seed, **kwargs)
+            return _grid_sampler()({p.name: p.grid for p in space}, seed=seed, **kwargs)
         if name == "cmaes":
             if all(isinstance(p.distribution, CategoricalDistribution) for p in space):
                 raise SllmxError("sampler=cmaes needs at least one range() or interval() parameter; "
@@ -186,6 +186,19 @@ def build_sampler(name: str, kwargs: dict[str, Any], seed: Optional[int], space:
     except ImportError as exc:
         raise SllmxError(f"sampler={name} needs a package that is missing: {exc}") from exc
     raise SllmxError(f"hydra.sweeper.sampler={name}: unknown sampler; available: {', '.join(SAMPLERS)}")
+
+
+def _grid_sampler() -> type:
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """``GridSampler`` for ask-and-tell: its ``after_trial`` calls ``study.stop()``, which only works
+        inside ``study.optimize``; the sweeper stops at the grid's size by itself."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return AskTellGridSampler
 
 
 def default_study_name(prefix: str, fixed: list[str], space: list[Param], settings: dict[str, Any]) -> str:
@@ -273,7 +286,9 @@ class OptunaSweep:
         if not self.space:
             raise SllmxError("nothing to sweep: give a search space, e.g. 'trainer.learning_rate=tag(log, "
                              "interval(1e-5, 1e-3))' or sweep=<name> (see sweeps/)")
-        build_pruner(self.pruner, dict(self.pruner_kwargs or {}))  # fail fast on a bad name or argument
+        # fail fast on a bad name or argument, before anything is written
+        build_sampler(self.sampler, dict(self.sampler_kwargs or {}), self.seed, self.space)
+        build_pruner(self.pruner, dict(self.pruner_kwargs or {}))
         self.metric, higher = self._dev_metric()
         self.direction = self.direction or ("maximize" if higher else "minimize")
         choices = self.config.hydra.runtime.choices
@@ -311,8 +326,15 @@ class OptunaSweep:
         storage = make_storage(self.storage, self.heartbeat_interval, self.max_retry)
         sampler = build_sampler(self.sampler, dict(self.sampler_kwargs or {}), self.seed, self.space)
         pruner = build_pruner(self.pruner, dict(self.pruner_kwargs or {}))
-        study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                                    direction=self.direction, load_if_exists=True)
+        for attempt in range(3):  # workers started together race to create the study; the losers load it
+            try:
+                study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=sampler,
+                                            pruner=pruner, direction=self.direction, load_if_exists=True)
+                break
+            except optuna.exceptions.DuplicatedStudyError:
+                time.sleep(1 + attempt)
+        else:
+            raise SllmxError(f"cannot create or load study {self.study_name} in {mask_url(self.storage)}")
         if study.direction.name.lower() != self.direction:
             raise SllmxError(f"study {self.study_name} in {mask_url(self.storage)} was created to "
                              f"{study.direction.name.lower()}, not {self.direction}; choose another study_name")
@@ -388,12 +410,16 @@ class OptunaSweep:
             with _Heartbeat(storage, ids, self.heartbeat_interval):
                 returns = self.launcher.launch([self._job_overrides(t) for t in batch],
                                                initial_job_idx=batch[0].number)
+        except Exception as exc:  # the launcher itself failed (e.g. an override names no config): FAIL the batch
+            returns = [exc] * len(batch)
         finally:
             for trial in batch:
                 ACTIVE.pop((self.storage, self.study_name, trial.number), None)
         for trial, ret in zip(batch, returns):
             state, value, error, steps = TrialState.FAIL, None, None, None
-            if ret.status == JobStatus.COMPLETED:
+            if isinstance(ret, Exception):
+                error = f"{type(ret).__name__}: {str(ret).strip().splitlines()[0] if str(ret).strip() else ''}"
+            elif ret.status == JobStatus.COMPLETED:
                 record = ret._return_value
                 steps = getattr(record, "global_steps", None)
                 status = getattr(record, "status", None)

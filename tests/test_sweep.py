@@ -1,0 +1,336 @@
+"""The Optuna sweeper (hydra/sweeper=sllmx_optuna): grammar, samplers, pruners, and sweeps on model=tiny."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from common import ROOT
+from sllmx.errors import SllmxError
+from sllmx.sweeper import (Param, build_sampler, counts_toward_budget, default_study_name, format_value,
+                           parse_search_space)
+from sllmx.study import build_pruner, make_storage, mask_url
+
+#: a sweep of tiny runs: 12 steps, a dev evaluation every 3 (4 reports per trial), no early stopping
+TINY = ["hydra/sweeper=sllmx_optuna", "model=tiny", "logger=none", "data=support_ko", "data.n_train=24",
+        "data.n_dev=6", "data.n_test=6", "trainer.max_steps=12", "trainer.per_device_train_batch_size=4",
+        "trainer.per_device_eval_batch_size=6", "trainer.logging_steps=3", "eval.eval_steps=3",
+        "eval.max_new_tokens=8", "eval.early_stopping_patience=null", "save_model=false"]
+
+
+def sllmx_multirun(tmp_path, *overrides, env=None, timeout=900):
+    """``python -m sllmx --multirun`` in ``tmp_path`` (so multirun/ lands there)."""
+    cmd = [sys.executable, "-m", "sllmx", "--multirun", *TINY, f"cache_dir={tmp_path.parent / 'cache'}", *overrides]
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def sweep_json(tmp_path) -> dict:
+    (path,) = tmp_path.glob("multirun/*/sweep.json")
+    return json.loads(path.read_text())
+
+
+def run_json(trial: dict) -> dict:
+    return json.loads((Path(trial["run_dir"]) / "run.json").read_text())
+
+
+# -- the override grammar -------------------------------------------------------------------------------
+
+def test_grammar_maps_hydra_sweeps_to_optuna_distributions():
+    space, fixed = parse_search_space(
+        ["trainer.learning_rate=tag(log, interval(1e-5, 1e-3))", "method.r=choice(4, 8, 16, 32)", "model=tiny",
+         "trainer.num_train_epochs=range(1, 4)", "trainer.beta=interval(0.01, 0.5)", "seed=1,2",
+         "+x=tag(log, int(interval(1, 64)))", "trainer.weight_decay=range(0.0, 0.3, 0.1)", "method=lora,dora"],
+        {})
+    dists = {p.name: p.distribution for p in space}
+    assert dists == {
+        "trainer.learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
+        "method.r": CategoricalDistribution([4, 8, 16, 32]),
+        "trainer.num_train_epochs": IntDistribution(1, 3),
+        "trainer.beta": FloatDistribution(0.01, 0.5),
+        "seed": CategoricalDistribution([1, 2]),
+        "x": IntDistribution(1, 64, log=True),
+        "trainer.weight_decay": FloatDistribution(0.0, 0.2, step=0.1),
+        "method": CategoricalDistribution(["lora", "dora"]),
+    }
+    assert fixed == ["model=tiny"]
+    by_name = {p.name: p for p in space}
+    assert by_name["x"].override(7) == "+x=7"  # the prefix survives into the job's override
+    assert by_name["trainer.num_train_epochs"].grid == [1, 2, 3]
+    assert by_name["trainer.weight_decay"].grid == [0.0, 0.1, 0.2]
+
+
+def test_command_line_sweeps_replace_the_sweep_files_params():
+    space, _ = parse_search_space(["method.r=choice(8)"], {"method.r": "choice(4, 64)",
+                                                            "trainer.learning_rate": "interval(1e-5, 1e-4)"})
+    assert {p.name: p.distribution for p in space} == {
+        "trainer.learning_rate": FloatDistribution(1e-5, 1e-4), "method.r": CategoricalDistribution([8])}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("a=shuffle(choice(1, 2))", "shuffle"),
+    ("a=tag(log, choice(1, 2))", "tag(log"),
+    ("a=tag(log, interval(0, 1))", "positive lower bound"),
+    ("a=interval(2, 1)", "empty"),
+    ("a=range(5, 1)", "empty"),
+    ("a=tag(log, range(1, 10, 2))", "step 1"),
+    ("a=choice([1, 2], [3])", "numbers, strings"),
+    ("a=choice(1, 2", "cannot parse"),
+])
+def test_grammar_errors_name_the_parameter(override, message):
+    with pytest.raises(SllmxError, match=re.escape(message)):
+        parse_search_space([override], {})
+
+
+@pytest.mark.parametrize("value", ["lora", "a b", "it's", 1e-05, 3, True, None, "x/y.z", "c,d"])
+def test_values_written_back_as_overrides_parse_to_the_same_value(value):
+    parsed = OverridesParser.create().parse_override(f"k={format_value(value)}").value()
+    assert parsed == value and type(parsed) is type(value)
+
+
+# -- samplers, pruners, names ---------------------------------------------------------------------------
+
+def _space():
+    return parse_search_space(["a=tag(log, interval(1e-5, 1e-3))", "b=choice(4, 8)"], {})[0]
+
+
+@pytest.mark.parametrize("name, cls", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
+                                       ("cmaes", optuna.samplers.CmaEsSampler)])
+def test_every_sampler_name_builds_its_optuna_sampler(name, cls):
+    assert isinstance(build_sampler(name, {}, 0, _space()), cls)
+
+
+def test_grid_sampler_walks_every_combination_once():
+    space, _ = parse_search_space(["a=choice(1, 2)", "b=range(0, 3)"], {})
+    sampler = build_sampler("grid", {}, 0, space)
+    study = optuna.create_study(sampler=sampler)
+    seen = []
+    for _ in range(6):
+        trial = study.ask({p.name: p.distribution for p in space})
+        seen.append((trial.params["a"], trial.params["b"]))
+        study.tell(trial, 0.0)
+    assert sorted(seen) == [(a, b) for a in (1, 2) for b in (0, 1, 2)]
+
+
+@pytest.mark.parametrize("name, kwargs, message", [
+    ("grid", {}, "interval"), ("nope", {}, "unknown sampler"), ("tpe", {"no_such_arg": 1}, "sampler_kwargs")])
+def test_bad_samplers_are_refused(name, kwargs, message):
+    with pytest.raises(SllmxError, match=message):
+        build_sampler(name, kwargs, 0, _space())
+
+
+def test_cmaes_needs_a_numeric_parameter():
+    with pytest.raises(SllmxError, match="cmaes"):
+        build_sampler("cmaes", {}, 0, parse_search_space(["b=choice(4, 8)"], {})[0])
+
+
+@pytest.mark.parametrize("name, cls", [
+    ("median", optuna.pruners.MedianPruner), ("percentile", optuna.pruners.PercentilePruner),
+    ("successive_halving", optuna.pruners.SuccessiveHalvingPruner), ("hyperband", optuna.pruners.HyperbandPruner),
+    ("none", optuna.pruners.NopPruner)])
+def test_every_pruner_name_builds_its_optuna_pruner(name, cls):
+    assert isinstance(build_pruner(name, {}), cls)
+
+
+def test_pruner_kwargs_are_optunas_and_bad_ones_are_refused():
+    assert build_pruner("median", {"n_startup_trials": 2})._n_startup_trials == 2
+    with pytest.raises(SllmxError, match="unknown pruner"):
+        build_pruner("medain", {})
+    with pytest.raises(SllmxError, match="pruner_kwargs"):
+        build_pruner("median", {"n_startup": 2})
+
+
+def test_default_study_name_follows_the_search_space_not_the_budget():
+    space, fixed = parse_search_space(["model=tiny", "a=choice(1, 2)"], {})
+    other, _ = parse_search_space(["a=choice(1, 3)"], {})
+    name = default_study_name("lora-sft", fixed, space, {"sampler": "tpe"})
+    assert name.startswith("lora-sft-") and len(name) == len("lora-sft-") + 8
+    assert name == default_study_name("lora-sft", list(reversed(fixed)), space, {"sampler": "tpe"})
+    assert name != default_study_name("lora-sft", fixed, other, {"sampler": "tpe"})
+    assert name != default_study_name("lora-sft", fixed, space, {"sampler": "random"})
+
+
+def test_storage_urls_are_checked_and_passwords_hidden(tmp_path):
+    with pytest.raises(SllmxError, match="not a database URL"):
+        make_storage(str(tmp_path / "optuna.db"))
+    with pytest.raises(SllmxError, match="cannot open"):
+        make_storage("nosuchdialect://x/y")
+    assert mask_url("postgresql://me:secret@db:5432/s") == "postgresql://me:***@db:5432/s"
+
+
+def test_budget_counts_finished_trials_but_not_killed_ones():
+    study = optuna.create_study()
+    for state, attrs in [("COMPLETE", {}), ("PRUNED", {}), ("FAIL", {"sllmx_error": "boom"}), ("FAIL", {})]:
+        trial = study.ask()
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, 1.0 if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+    assert [counts_toward_budget(t) for t in study.trials] == [True, True, True, False]
+
+
+# -- ready sweeps ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_ready_sweeps_compose_and_parse(path):
+    from hydra import compose, initialize_config_module
+
+    from sllmx.__main__ import _setup
+
+    lines = path.read_text().splitlines()
+    assert lines[0] == "# @package _global_"
+    assert lines[1] == f"# python -m sllmx --multirun sweep={path.stem}"
+    _setup()
+    with initialize_config_module(config_module="sllmx.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"sweep={path.stem}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("SllmxOptunaSweeper")
+    space, _ = parse_search_space([], dict(cfg.hydra.sweeper.params))
+    assert space
+    build_sampler(cfg.hydra.sweeper.sampler, dict(cfg.hydra.sweeper.sampler_kwargs), 0, space)
+    build_pruner(cfg.hydra.sweeper.pruner, dict(cfg.hydra.sweeper.pruner_kwargs))
+
+
+def test_ready_sweep_ranges_follow_common_practice():
+    from omegaconf import OmegaConf
+
+    params = {p.stem: OmegaConf.load(p).hydra.sweeper.params for p in (ROOT / "sweeps").glob("*.yaml")}
+    assert params["sft_lora"]["trainer.learning_rate"] == "tag(log, interval(1e-5, 2e-4))"
+    assert params["sft_lora"]["method.r"] == "choice(4, 8, 16, 32, 64)"
+    assert params["qlora"]["trainer.num_train_epochs"] == "choice(1, 2, 3)"
+    assert params["dpo"]["trainer.learning_rate"] == "tag(log, interval(5e-7, 5e-6))"
+    assert params["dpo"]["trainer.beta"] == "tag(log, interval(0.01, 0.5))"
+    assert params["methods"]["method"] == "choice(lora, dora, qlora, prompt_tuning, full)"
+
+
+# -- sweeps on model=tiny -------------------------------------------------------------------------------
+
+def test_bad_sweeper_options_are_one_line_errors(tmp_path):
+    for args, message in [(["hydra.sweeper.sampler=nope", "trainer.learning_rate=interval(1e-5, 1e-3)"],
+                           "unknown sampler"),
+                          (["hydra.sweeper.pruner=nope", "trainer.learning_rate=interval(1e-5, 1e-3)"],
+                           "unknown pruner"),
+                          ([], "nothing to sweep")]:
+        proc = sllmx_multirun(tmp_path, *args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("sllmx: error: ") and message in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_median_pruning_sweep_records_complete_and_pruned_trials(tmp_path):
+    proc = sllmx_multirun(tmp_path, "trainer.learning_rate=tag(log, interval(1e-5, 3e-2))", "method.r=choice(4, 16)",
+                          "hydra.sweeper.n_trials=8", "+hydra.sweeper.pruner_kwargs.n_startup_trials=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = sweep_json(tmp_path)
+    assert doc["direction"] == "minimize" and doc["metric"] == "eval_loss" and doc["pruner"]["name"] == "median"
+    states = [t["state"] for t in doc["trials"]]
+    assert len(states) == 8 and "COMPLETE" in states and "PRUNED" in states, states
+    assert doc["counts"]["COMPLETE"] + doc["counts"]["PRUNED"] == 8
+    for trial in doc["trials"]:
+        record = run_json(trial)
+        assert record["status"] == trial["state"]
+        assert record["trial"]["number"] == trial["number"] and record["trial"]["study_name"] == doc["study_name"]
+        assert record["global_steps"] == trial["global_steps"]
+        assert record["config"]["trainer"]["learning_rate"] == pytest.approx(trial["params"]["trainer.learning_rate"])
+        reported = [h["value"] for h in record["dev_metric"]["history"][1:]]  # the baseline is not reported
+        assert list(trial["intermediate_values"].values()) == pytest.approx(reported)
+        if trial["state"] == "PRUNED":
+            assert record["global_steps"] < 12 and "pruned at step" in record["pruned"]
+            assert trial["last_value"] == pytest.approx(record["dev_metric"]["final"])
+    best = doc["best_trial"]
+    assert best["value"] == min(t["value"] for t in doc["trials"] if t["state"] == "COMPLETE")
+    assert f"best trial {best['number']}: eval_loss=" in proc.stdout
+    assert doc["total_train_steps"] < 8 * 12
+
+
+def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
+    # a learning rate of 1e30 turns the weights and the loss into inf/NaN; the other trial completes
+    proc = sllmx_multirun(tmp_path, "trainer.learning_rate=choice(1e-3, 1e30)", "hydra.sweeper.sampler=grid",
+                          "hydra.sweeper.pruner=none", "hydra.sweeper.n_trials=5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = sweep_json(tmp_path)
+    assert doc["n_trials"] == 2  # lowered to the grid's size
+    by_lr = {t["params"]["trainer.learning_rate"]: t for t in doc["trials"]}
+    assert by_lr[1e-3]["state"] == "COMPLETE" and by_lr[1e30]["state"] == "FAIL"
+    assert "nan" in by_lr[1e30]["error"].lower() or "inf" in by_lr[1e30]["error"].lower()
+    assert run_json(by_lr[1e30])["status"] == "FAIL"
+
+
+def test_a_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
+    args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=4",
+            "hydra.sweeper.pruner=none", "hydra.sweeper.heartbeat_interval=1"]
+    cmd = [sys.executable, "-m", "sllmx", "--multirun", *TINY, f"cache_dir={tmp_path.parent / 'cache'}", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:  # kill once trial 0 is done and trial 1 is training
+            runs = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("multirun/*/[0-9]*/run.json")}
+            if runs.get("0", {}).get("status") == "COMPLETE" and runs.get("1", {}).get("status") == "RUNNING":
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the sweep never reached trial 1")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    (study_dir,) = tmp_path.glob("multirun/*")
+    first = json.loads((study_dir / "0" / "run.json").read_text())
+
+    again = sllmx_multirun(tmp_path, *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    doc = sweep_json(tmp_path)
+    finished = [t for t in doc["trials"] if t["state"] == "COMPLETE"]
+    assert len(finished) == 4  # the study reached n_trials
+    assert json.loads((study_dir / "0" / "run.json").read_text()) == first  # trial 0 was not re-run
+    killed = next(t for t in doc["trials"] if t["number"] == 1)
+    assert killed["state"] == "FAIL" and "stale heartbeat" in killed["error"]
+    retry = next(t for t in doc["trials"] if t["retry_of"] == 1)
+    assert retry["params"] == killed["params"] and retry["state"] == "COMPLETE"
+    assert json.loads((study_dir / "1" / "run.json").read_text())["status"] == "RUNNING"  # left as evidence
+
+
+def test_two_workers_share_one_study(tmp_path):
+    args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=6",
+            "hydra.sweeper.pruner=none", "hydra.sweeper.heartbeat_interval=2"]
+    cmd = [sys.executable, "-m", "sllmx", "--multirun", *TINY, f"cache_dir={tmp_path.parent / 'cache'}", *args]
+    workers = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outs = [w.communicate(timeout=900) for w in workers]
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-3000:]
+    doc = sweep_json(tmp_path)
+    numbers = [t["number"] for t in doc["trials"]]
+    assert sorted(numbers) == list(range(len(numbers))) and doc["counts"]["COMPLETE"] == 6
+    pids = {run_json(t)["pid"] for t in doc["trials"]}
+    assert pids == {w.pid for w in workers}  # both workers ran trials
+    dirs = [t["run_dir"] for t in doc["trials"]]
+    assert len(set(dirs)) == len(dirs)
+
+
+def test_joblib_launcher_runs_trials_in_parallel_processes_with_pruning(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    proc = sllmx_multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+                          # the seeded grid runs the two large rates first (batch 1), then the two tiny ones, which
+                          # the pruner then stops: their loss is worse than batch 1's best (percentile 0)
+                          "trainer.learning_rate=choice(1e-5, 1e-6, 3e-2, 1e-2)", "hydra.sweeper.sampler=grid",
+                          "hydra.sweeper.pruner=percentile", "+hydra.sweeper.pruner_kwargs.percentile=0",
+                          "+hydra.sweeper.pruner_kwargs.n_startup_trials=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = sweep_json(tmp_path)
+    assert doc["counts"]["COMPLETE"] + doc["counts"]["PRUNED"] == 4
+    records = [run_json(t) for t in doc["trials"]]
+    assert len({r["pid"] for r in records}) >= 2  # joblib's worker processes, not the sweeper
+    assert "PRUNED" in [r["status"] for r in records], [(t["params"], t["state"]) for t in doc["trials"]]
+    for t, r in zip(doc["trials"], records):
+        assert r["status"] == t["state"]
+    # trials of one batch ran at the same time
+    spans = sorted((r["started_at"], r["finished_at"]) for r in records)
+    assert spans[1][0] < spans[0][1]
