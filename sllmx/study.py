@@ -34,16 +34,19 @@ def make_storage(url: str, heartbeat_interval: Optional[int] = None, max_retry: 
         raise SllmxError(f"storage={url!r} is not a database URL; use sqlite:///path/optuna.db, "
                          "postgresql://user@host/db or mysql+pymysql://user@host/db")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    kwargs: dict[str, Any] = {}
-    if heartbeat_interval:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            kwargs = dict(heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
-                          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                              max_retry=max_retry))
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except Exception as exc:  # sqlalchemy/driver errors: unknown dialect, refused connection, missing driver
+        with warnings.catch_warnings():  # heartbeats are an "experimental" Optuna feature since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs: dict[str, Any] = {}
+            if heartbeat_interval:
+                kwargs = dict(heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
+                              heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                                  max_retry=max_retry))
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except ImportError as exc:
+        raise SllmxError(f"storage={mask_url(url)}: its database driver is not installed ({exc}); "
+                         "pip install 'sllmx[postgres]' (psycopg) or 'sllmx[mysql]' (pymysql)") from exc
+    except Exception as exc:  # sqlalchemy/driver errors: unknown dialect, refused connection
         raise SllmxError(f"storage={mask_url(url)}: cannot open it: {type(exc).__name__}: {exc}") from exc
 
 

@@ -334,3 +334,106 @@ def test_joblib_launcher_runs_trials_in_parallel_processes_with_pruning(tmp_path
     # trials of one batch ran at the same time
     spans = sorted((r["started_at"], r["finished_at"]) for r in records)
     assert spans[1][0] < spans[0][1]
+
+
+# -- PostgreSQL storage ---------------------------------------------------------------------------------
+
+def _postgres_bin() -> "Path | None":
+    import glob
+    import shutil
+
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[::-1]), None)
+    return Path(found).resolve().parent if found else None
+
+
+@pytest.fixture
+def postgres_url():
+    """A throw-away PostgreSQL server on a free local port (run as the ``postgres`` user when we are root)."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    pytest.importorskip("psycopg", reason="psycopg (the postgres extra) is not installed")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does this)")
+    run_as: list[str] = []
+    home = Path(tempfile.mkdtemp(prefix="sllmx-pg-"))
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+        os.chown(home, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def pg(*args):
+        return subprocess.run([*run_as, *args], capture_output=True, text=True, timeout=120)
+
+    init = pg(str(bindir / "initdb"), "-D", str(home / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+    assert init.returncode == 0, init.stderr
+    start = pg(str(bindir / "pg_ctl"), "-D", str(home / "data"), "-l", str(home / "log"), "-w", "-o",
+               f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    assert start.returncode == 0, start.stderr + (home / "log").read_text()
+    try:
+        created = pg(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "sllmx")
+        assert created.returncode == 0, created.stderr
+        yield f"postgresql://postgres@127.0.0.1:{port}/sllmx"
+    finally:
+        pg(str(bindir / "pg_ctl"), "-D", str(home / "data"), "-m", "immediate", "stop")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_study_in_postgresql_storage(tmp_path, postgres_url):
+    args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=3",
+            "+hydra.sweeper.pruner_kwargs.n_startup_trials=1", f"hydra.sweeper.storage={postgres_url}",
+            "hydra.sweeper.study_name=pg-study"]
+    proc = sllmx_multirun(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = sweep_json(tmp_path)
+    assert doc["storage"] == postgres_url and doc["study_name"] == "pg-study"
+    assert not list(tmp_path.glob("multirun/*/optuna.db"))  # nothing went to the SQLite default
+    study = optuna.load_study(study_name="pg-study", storage=postgres_url)
+    assert len(study.trials) == 3
+    assert [t.number for t in study.trials] == [t["number"] for t in doc["trials"]]
+    for t in study.trials:  # the jobs reported their dev evaluations into PostgreSQL
+        assert t.intermediate_values and t.state.name in ("COMPLETE", "PRUNED")
+    again = sllmx_multirun(tmp_path, *args)  # the same command: the study is complete, nothing re-runs
+    assert again.returncode == 0 and len(optuna.load_study(study_name="pg-study", storage=postgres_url).trials) == 3
+
+
+# -- W&B and the test split -----------------------------------------------------------------------------
+
+def test_wandb_groups_trials_by_study_and_logs_the_sweep_summary(tmp_path):
+    proc = sllmx_multirun(tmp_path, "logger=wandb", "trainer.learning_rate=choice(1e-3, 1e-2)",
+                          "hydra.sweeper.sampler=grid", "hydra.sweeper.pruner=none", "hydra.sweeper.study_name=wb",
+                          env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = sweep_json(tmp_path)
+    for trial in doc["trials"]:  # offline runs are protobuf logs; their strings are stored as is
+        (log,) = Path(trial["run_dir"]).glob("wandb/offline-run-*/run-*.wandb")
+        data = log.read_bytes()
+        assert b"wb" in data and f"trial-{trial['number']}-lora-sft".encode() in data and b"trial_number" in data
+    (summary,) = (tmp_path / "multirun" / "wb").glob("wandb/offline-run-*/run-*.wandb")
+    data = summary.read_bytes()
+    assert b"wb-summary" in data and b"best/value" in data and b"trials" in data
+
+
+def test_the_best_trial_is_evaluated_once_on_test_after_the_search(tmp_path):
+    proc = sllmx_multirun(tmp_path, "trainer.learning_rate=choice(1e-3, 1e-2)", "hydra.sweeper.sampler=grid",
+                          "hydra.sweeper.pruner=none", "hydra.sweeper.evaluate_best_on_test=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = sweep_json(tmp_path)
+    best, on_test = doc["best_trial"], doc["best_on_test"]
+    assert on_test["trial"] == best["number"]
+    assert on_test["dev_best"] == pytest.approx(best["value"], rel=1e-4)  # the same seeded training again
+    assert {"test_loss", "test_json_fields"} <= set(on_test["test_metrics"])
+    record = json.loads((Path(on_test["run_dir"]) / "run.json").read_text())
+    assert record["test_metrics"] == on_test["test_metrics"] and record["trial"] is None
+    for trial in doc["trials"]:  # the trials themselves never looked at test
+        assert run_json(trial)["test_metrics"] == {}
+    assert f"best trial {best['number']} on test: " in proc.stdout
