@@ -94,8 +94,8 @@ class EvalConfig:
     max_new_tokens: int = _help("greedy generation length for generation metrics", 128)
     generation_batch_size: int = _help("dev prompts per generate() call", 16)
     before_training: bool = _help("also evaluate the untrained model (the baseline in run.json)", True)
-    test: bool = _help("after training, evaluate the selected checkpoint once on the test split (run.json test_metrics); "
-                       "model selection never sees it", False)
+    test: bool = _help("after training, evaluate the selected checkpoint once on the test split "
+                       "(run.json test_metrics); model selection never sees it", False)
 
 
 @dataclass

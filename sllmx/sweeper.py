@@ -307,7 +307,8 @@ class OptunaSweep:
         if self.sampler == "grid":
             size = math.prod(len(p.grid or []) for p in self.space)
             if self.n_trials > size:
-                log.warning("sampler=grid: the grid has %d points; n_trials %d lowered to %d", size, self.n_trials, size)
+                log.warning("sampler=grid: the grid has %d points; n_trials %d lowered to %d",
+                            size, self.n_trials, size)
                 self.n_trials = size
 
     def _dev_metric(self) -> tuple[str, bool]:
@@ -485,7 +486,8 @@ class OptunaSweep:
             "trials": [_trial_entry(t) for t in trials],
             "best_trial": None if best is None else {
                 **_trial_entry(best),
-                "overrides": [*self.fixed, *(p.override(best.params[p.name]) for p in self.space if p.name in best.params)]},
+                "overrides": [*self.fixed, *(p.override(best.params[p.name])
+                                             for p in self.space if p.name in best.params)]},
             "best_on_test": previous.get("best_on_test"),
         }
         if extra:

@@ -16,7 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from common import ROOT
 from sllmx.errors import SllmxError
-from sllmx.sweeper import (Param, build_sampler, counts_toward_budget, default_study_name, format_value,
+from sllmx.sweeper import (build_sampler, counts_toward_budget, default_study_name, format_value,
                            parse_search_space)
 from sllmx.study import build_pruner, make_storage, mask_url
 
