@@ -377,8 +377,7 @@ class OptunaSweep:
                     break
                 time.sleep(self.heartbeat_interval)  # other workers' trials: wait, they may die and be re-queued
                 continue
-            dists = {p.name: p.distribution for p in self.space}
-            batch = [study.ask(dists) for _ in range(min(self.n_jobs, todo))]
+            batch = [self._ask(study) for _ in range(min(self.n_jobs, todo))]
             self._run_batch(study, study_id, batch)
             self.write_results(study, started)
         best = self.write_results(study, started)
@@ -387,6 +386,37 @@ class OptunaSweep:
             self._evaluate_on_test(study, best, started)
         self._log_to_wandb(study)
         return best
+
+    def _ask(self, study: Any) -> Any:
+        """Ask for one trial and sample its parameters with a sampler seeded by ``seed + trial number``.
+
+        A sampler seeded once per process would replay the same random draws in every
+        worker and in every resumed run (and so repeat finished trials); trial numbers are
+        unique across workers, so this stays reproducible without collisions.  The grid
+        sampler keeps the study's seed (it shuffles its grid with it, then gives trial ``n``
+        grid point ``n``).  A re-queued trial (a killed worker's) keeps its parameters.
+        """
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        def sampler(offset: int) -> Any:
+            seed = None if self.seed is None else self.seed + offset
+            return build_sampler(self.sampler, dict(self.sampler_kwargs or {}), seed, self.space)
+
+        if self.sampler == "grid":
+            study.sampler = sampler(0)
+            trial = study.ask()
+        else:
+            trial = study.ask()
+            study.sampler = sampler(trial.number)
+        for p in self.space:
+            d = p.distribution
+            if isinstance(d, CategoricalDistribution):
+                trial.suggest_categorical(p.name, d.choices)
+            elif isinstance(d, IntDistribution):
+                trial.suggest_int(p.name, d.low, d.high, step=d.step, log=d.log)
+            else:
+                trial.suggest_float(p.name, d.low, d.high, step=d.step, log=d.log)
+        return trial
 
     def _job_overrides(self, trial: Any) -> list[str]:
         q = format_value

@@ -437,3 +437,24 @@ def test_the_best_trial_is_evaluated_once_on_test_after_the_search(tmp_path):
     for trial in doc["trials"]:  # the trials themselves never looked at test
         assert run_json(trial)["test_metrics"] == {}
     assert f"best trial {best['number']} on test: " in proc.stdout
+
+
+def test_a_resumed_or_second_worker_does_not_replay_the_same_draws(tmp_path):
+    from sllmx.sweeper import OptunaSweep
+
+    sweep = OptunaSweep(sampler="tpe", seed=0)
+    sweep.space, _ = parse_search_space(["a=tag(log, interval(1e-5, 1e-2))", "b=choice(4, 8, 16, 32)"], {})
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def worker():
+        study = optuna.create_study(study_name="s", storage=storage, load_if_exists=True)
+        trial = sweep._ask(study)
+        study.tell(trial, 1.0)
+        return trial.number, trial.params
+
+    first = [worker() for _ in range(3)]      # three "processes" in turn, each with a fresh sampler
+    assert len({json.dumps(p, sort_keys=True) for _, p in first}) == 3
+    fresh = tmp_path / "again"
+    fresh.mkdir()
+    storage = f"sqlite:///{fresh / 'optuna.db'}"
+    assert [worker() for _ in range(3)] == first  # and the same seed gives the same study again
