@@ -64,7 +64,8 @@ def build_pruner(name: str, kwargs: dict[str, Any]) -> Any:
 
     Names: ``median`` (MedianPruner), ``percentile`` (PercentilePruner, ``percentile``
     defaults to 25.0), ``successive_halving`` (SuccessiveHalvingPruner; Jamieson &
-    Talwalkar, 2016), ``hyperband`` (HyperbandPruner; Li et al., 2018), ``none`` (NopPruner).
+    Talwalkar, 2016), ``hyperband`` (HyperbandPruner; Li et al., 2018), ``none`` (NopPruner;
+    ``kwargs`` are ignored, so ``pruner=none`` switches off a configured pruner).
 
     Raises:
         SllmxError: for an unknown name or keyword argument.
@@ -77,6 +78,8 @@ def build_pruner(name: str, kwargs: dict[str, Any]) -> Any:
     if name not in classes:
         raise SllmxError(f"hydra.sweeper.pruner={name}: unknown pruner; available: {', '.join(classes)}")
     kwargs = dict(kwargs)
+    if name == "none":  # turning pruning off keeps the other pruners' settings harmless (an A/B of one flag)
+        kwargs = {}
     if name == "percentile":
         kwargs.setdefault("percentile", 25.0)
     try:
