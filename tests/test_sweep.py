@@ -458,3 +458,51 @@ def test_a_resumed_or_second_worker_does_not_replay_the_same_draws(tmp_path):
     fresh.mkdir()
     storage = f"sqlite:///{fresh / 'optuna.db'}"
     assert [worker() for _ in range(3)] == first  # and the same seed gives the same study again
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("median", {"n_startup_trials": 1}), ("percentile", {"n_startup_trials": 1}),
+    ("successive_halving", {"min_resource": 1}), ("hyperband", {"min_resource": 1, "max_resource": 4}),
+    ("none", {})])
+def test_each_pruner_stops_a_bad_trial_reached_through_the_storage(tmp_path, name, kwargs):
+    """What a job in another process does: rebuild the trial from storage, report, get pruned."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from sllmx.study import PRUNER_ATTR
+    from sllmx.trial import TrialReporter, open_trial
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, pruner=build_pruner(name, kwargs))
+    study.set_user_attr(PRUNER_ATTR, {"name": name, "kwargs": kwargs})
+    for i in range(12):  # finished trials with good curves (enough for every hyperband bracket)
+        t = study.ask()
+        for step in (1, 2, 3, 4):
+            t.report(1.0 + 0.01 * i - 0.1 * step, step)
+            t.should_prune()  # as their jobs did: successive halving records its rungs here
+        study.tell(t, 0.6 + 0.01 * i)
+    bad = study.ask()
+    trial = open_trial(SimpleNamespace(study_name="s", storage=storage, number=bad.number))
+    assert trial is not None and trial.number == bad.number
+    reporter = TrialReporter(trial, "eval_loss", SimpleNamespace(training=True))
+    expect = contextlib.nullcontext() if name == "none" else pytest.raises(optuna.TrialPruned, match="pruned at step")
+    with expect:
+        for step in (1, 2, 3, 4):
+            reporter.on_evaluate(None, SimpleNamespace(global_step=step), None, metrics={"eval_loss": 5.0})
+    assert optuna.load_study(study_name="s", storage=storage).trials[-1].intermediate_values  # reported to storage
+
+
+def test_a_job_refuses_a_trial_that_is_not_running(tmp_path):
+    from types import SimpleNamespace
+
+    from sllmx.trial import open_trial
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.tell(study.ask(), 1.0)
+    with pytest.raises(SllmxError, match="COMPLETE, not RUNNING"):
+        open_trial(SimpleNamespace(study_name="s", storage=storage, number=0))
+    with pytest.raises(SllmxError, match="no such trial"):
+        open_trial(SimpleNamespace(study_name="s", storage=storage, number=7))
+    with pytest.raises(SllmxError, match="no such study"):
+        open_trial(SimpleNamespace(study_name="other", storage=storage, number=0))
