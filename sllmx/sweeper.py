@@ -447,7 +447,7 @@ class OptunaSweep:
             for trial in batch:
                 ACTIVE.pop((self.storage, self.study_name, trial.number), None)
         for trial, ret in zip(batch, returns):
-            state, value, error, steps = TrialState.FAIL, None, None, None
+            state, value, error, steps, note = TrialState.FAIL, None, None, None, None
             if isinstance(ret, Exception):
                 error = f"{type(ret).__name__}: {str(ret).strip().splitlines()[0] if str(ret).strip() else ''}"
             elif ret.status == JobStatus.COMPLETED:
@@ -458,7 +458,7 @@ class OptunaSweep:
                     error = (f"the job's dev metric is {getattr(getattr(record, 'dev_metric', None), 'name', None)}, "
                              f"not the study's {self.metric}")
                 elif status == "PRUNED":
-                    state = TrialState.PRUNED
+                    state, note = TrialState.PRUNED, record.pruned
                 elif status == "COMPLETE":
                     value = record.dev_metric.best
                     if value is None or not math.isfinite(value):
@@ -480,7 +480,7 @@ class OptunaSweep:
                 log.warning("trial %d was finished elsewhere (stale heartbeat?); its outcome here is ignored",
                             trial.number)
                 continue
-            shown = f"{value:.6g}" if value is not None else (error or "")
+            shown = f"{value:.6g}" if value is not None else (error or note or "")
             print(f"[sllmx] trial {trial.number} {state.name} {shown}", flush=True)
 
     # -- results ---------------------------------------------------------------------------
