@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any, Optional
 
@@ -34,6 +35,8 @@ def make_storage(url: str, heartbeat_interval: Optional[int] = None, max_retry: 
         raise SllmxError(f"storage={url!r} is not a database URL; use sqlite:///path/optuna.db, "
                          "postgresql://user@host/db or mysql+pymysql://user@host/db")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
     try:
         with warnings.catch_warnings():  # heartbeats are an "experimental" Optuna feature since 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -42,7 +45,15 @@ def make_storage(url: str, heartbeat_interval: Optional[int] = None, max_retry: 
                 kwargs = dict(heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
                               heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
                                   max_retry=max_retry))
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            for attempt in range(5):
+                try:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+                except (IntegrityError, OperationalError):
+                    # workers started together race to create the schema (alembic's version row,
+                    # "table already exists"); the loser finds it made on the next try
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
     except ImportError as exc:
         raise SllmxError(f"storage={mask_url(url)}: its database driver is not installed ({exc}); "
                          "pip install 'sllmx[postgres]' (psycopg) or 'sllmx[mysql]' (pymysql)") from exc
