@@ -348,14 +348,19 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+def wandb_mode(logger_cfg: Any) -> str:
+    """``logger.mode``, else ``$WANDB_MODE``, else online with ``WANDB_API_KEY`` and offline without it."""
+    return logger_cfg.mode or os.environ.get("WANDB_MODE") or (
+        "online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+
 def _start_logger(cfg: DictConfig, out: Path, resolved: dict) -> Any:
     """Start a W&B run (``logger=wandb``): offline without an API key, so it never prompts or hangs."""
     if cfg.logger.name == "none":
         return None
     if cfg.logger.name != "wandb":
         raise SllmxError(f"logger={cfg.logger.name}: unknown logger; available: wandb, none")
-    mode = cfg.logger.mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY")
-                                                                else "offline")
+    mode = wandb_mode(cfg.logger)
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb

@@ -41,6 +41,8 @@ SWEEP_FILE = "sweep.json"
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 #: trial user attributes the sweeper writes
 RUN_DIR_ATTR, ERROR_ATTR, STEPS_ATTR = "sllmx_run_dir", "sllmx_error", "sllmx_global_steps"
+#: study user attribute: the best configuration's one test-split evaluation
+BEST_ON_TEST_ATTR = "sllmx_best_on_test"
 
 
 @dataclass
@@ -359,7 +361,6 @@ class OptunaSweep:
         self._prepare(arguments)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = self._open_study()
-        started = time.time()
         print(f"[sllmx] study {self.study_name}: {self.n_trials} trials, {self.direction} {self.metric}, "
               f"sampler {self.sampler}, pruner {self.pruner}\n[sllmx] storage {mask_url(self.storage)}; "
               f"sweep dir {self.sweep_dir}", flush=True)
@@ -379,11 +380,11 @@ class OptunaSweep:
                 continue
             batch = [self._ask(study) for _ in range(min(self.n_jobs, todo))]
             self._run_batch(study, study_id, batch)
-            self.write_results(study, started)
-        best = self.write_results(study, started)
+            self.write_results(study)
+        best = self.write_results(study)
         self._print_best(study, best)
         if self.evaluate_best_on_test and best is not None:
-            self._evaluate_on_test(study, best, started)
+            self._evaluate_on_test(study, best)
         self._log_to_wandb(study)
         return best
 
@@ -418,12 +419,18 @@ class OptunaSweep:
                 trial.suggest_float(p.name, d.low, d.high, step=d.step, log=d.log)
         return trial
 
+    def _overrides(self, params: dict[str, Any], subdir: str) -> list[str]:
+        """A job's overrides: the fixed ones, the trial's parameters, and where it runs (the study's
+        folder, whatever ``hydra.sweep.dir`` would resolve to in the job)."""
+        q = format_value
+        return [*self.fixed, *(p.override(params[p.name]) for p in self.space if p.name in params),
+                f"hydra.sweeper.study_name={q(self.study_name)}", f"hydra.sweep.dir={q(str(self.sweep_dir))}",
+                f"hydra.sweep.subdir={subdir}"]
+
     def _job_overrides(self, trial: Any) -> list[str]:
         q = format_value
-        return [*self.fixed, *(p.override(trial.params[p.name]) for p in self.space),
-                f"trial.study_name={q(self.study_name)}", f"trial.storage={q(self.storage)}",
-                f"trial.number={trial.number}", f"hydra.sweeper.study_name={q(self.study_name)}",
-                f"hydra.sweep.dir={q(str(self.sweep_dir))}", f"hydra.sweep.subdir={trial.number}"]
+        return [*self._overrides(trial.params, str(trial.number)), f"trial.study_name={q(self.study_name)}",
+                f"trial.storage={q(self.storage)}", f"trial.number={trial.number}"]
 
     def _run_batch(self, study: Any, study_id: int, batch: list[Any]) -> None:
         from hydra.core.utils import JobStatus
@@ -484,7 +491,7 @@ class OptunaSweep:
             print(f"[sllmx] trial {trial.number} {state.name} {shown}", flush=True)
 
     # -- results ---------------------------------------------------------------------------
-    def write_results(self, study: Any, started: float, extra: Optional[dict] = None) -> Any:
+    def write_results(self, study: Any) -> Any:
         """Write ``sweep.json`` (atomically) from the study's storage; return the best trial or None."""
         from optuna.trial import TrialState
 
@@ -493,12 +500,6 @@ class OptunaSweep:
         if any(t.state == TrialState.COMPLETE for t in trials):
             best = study.best_trial
         path = self.sweep_dir / SWEEP_FILE
-        previous = {}
-        if path.exists():
-            try:
-                previous = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                previous = {}
         doc = {
             "schema_version": 1,
             "study_name": self.study_name,
@@ -518,10 +519,8 @@ class OptunaSweep:
                 **_trial_entry(best),
                 "overrides": [*self.fixed, *(p.override(best.params[p.name])
                                              for p in self.space if p.name in best.params)]},
-            "best_on_test": previous.get("best_on_test"),
+            "best_on_test": study.user_attrs.get(BEST_ON_TEST_ATTR),
         }
-        if extra:
-            doc.update(extra)
         write_json_atomic(path, doc)
         return best
 
@@ -540,7 +539,7 @@ class OptunaSweep:
         print(f"[sllmx] best trial {best.number}: {self.metric}={best.value:.6g}  {overrides}\n"
               f"[sllmx] re-run it: python -m sllmx {' '.join([*self.fixed, overrides])}", flush=True)
 
-    def _evaluate_on_test(self, study: Any, best: Any, started: float) -> None:
+    def _evaluate_on_test(self, study: Any, best: Any) -> None:
         """Train the best trial's configuration once more (same seed) with ``eval.test=true``:
         the one look at the test split, after selection is over."""
         from hydra.core.utils import JobStatus
@@ -550,9 +549,7 @@ class OptunaSweep:
         if (target / "run.json").exists():
             print(f"[sllmx] test evaluation of trial {best.number} already in {target}", flush=True)
             return
-        overrides = [*self.fixed, *(p.override(best.params[p.name]) for p in self.space), "eval.test=true",
-                     f"hydra.sweeper.study_name={format_value(self.study_name)}",
-                     f"hydra.sweep.dir={format_value(str(self.sweep_dir))}", f"hydra.sweep.subdir={subdir}"]
+        overrides = [*self._overrides(best.params, subdir), "eval.test=true"]
         ret = self.launcher.launch([overrides], initial_job_idx=10 ** 6 + best.number)[0]
         if ret.status != JobStatus.COMPLETED:
             print(f"[sllmx] test evaluation failed: {ret._return_value}", flush=True)
@@ -560,7 +557,8 @@ class OptunaSweep:
         record = ret._return_value
         result = {"trial": best.number, "run_dir": str(target), "dev_best": record.dev_metric.best,
                   "test_metrics": record.test_metrics}
-        self.write_results(study, started, {"best_on_test": result})
+        study.set_user_attr(BEST_ON_TEST_ATTR, result)
+        self.write_results(study)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in record.test_metrics.items() if not k.endswith(
             ("runtime", "per_second")))
         print(f"[sllmx] best trial {best.number} on test: {shown}", flush=True)
@@ -570,10 +568,9 @@ class OptunaSweep:
         logger = self.config.get("logger")
         if logger is None or logger.name != "wandb":
             return
-        import os
+        from sllmx.run import wandb_mode
 
-        mode = logger.mode or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY")
-                                                                else "offline")
+        mode = wandb_mode(logger)
         if mode == "disabled":
             return
         import wandb

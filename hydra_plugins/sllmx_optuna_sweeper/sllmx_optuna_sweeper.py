@@ -11,17 +11,13 @@ the config schema and a class that hands the work to :mod:`sllmx.sweeper`.
 
 # No ``from __future__ import annotations``: Hydra's scanner runs this module before it is in
 # sys.modules, where dataclasses cannot resolve string annotations.
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 
-
-def _help(text: str, default: Any) -> Any:
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+from sllmx.config import _help
 
 
 @dataclass
