@@ -1,0 +1,244 @@
+"""``python -m sllmx.report PATH...``: comparison tables from run and sweep directories.
+
+Runs are grouped by config keys (default ``method`` × ``trainer``).  Within a group, runs
+with the same configuration apart from the seed are one *configuration*; its dev metric is
+aggregated over seeds (mean, sample standard deviation, 95% Student-t interval, n).  A group's
+row is its best configuration by mean dev metric, in the metric's direction — for a sweep,
+where every trial is its own configuration, that is the best trial — with the
+hyperparameters that distinguish it.  Only ``COMPLETE`` runs count; a missing, partial or
+corrupt ``run.json`` is skipped with one warning naming it.
+
+The interval is ``scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=std / sqrt(n))``
+(Student, 1908); with n < 2 there is no interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from sllmx.errors import SllmxError, exit_with
+from sllmx.records import RUN_FILE, RunRecord
+
+#: config keys that never distinguish configurations (seeds, where things are written, sweep bookkeeping)
+IGNORED_PREFIXES = ("seed", "output_dir", "cache_dir", "shared_data", "trial.", "logger.", "save_model")
+FORMATS = ("markdown", "csv", "latex", "json")
+
+
+@dataclass
+class Collected:
+    """The runs read from the given paths and the paths skipped (with why)."""
+
+    records: list[RunRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def collect(paths: list[str | Path]) -> Collected:
+    """Read every ``run.json`` under ``paths`` (run folders, multirun or sweep folders, or the files).
+
+    Unfinished (``RUNNING``), failed and pruned runs are skipped, as are files that are
+    missing, truncated or not a run record; each skip is warned about on stderr once.
+
+    Raises:
+        SllmxError: when a path does not exist.
+    """
+    out = Collected()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise SllmxError(f"{path}: no such file or folder")
+        files = [path] if path.is_file() else sorted(path.rglob(RUN_FILE))
+        if path.is_dir() and not files and not (path / "sweep.json").exists():
+            out.skipped.append((str(path), f"no {RUN_FILE} in it"))
+        for file in files:
+            try:
+                record = RunRecord.read(file)
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                out.skipped.append((str(file), f"unreadable run record ({type(exc).__name__}: {exc})"))
+                continue
+            if record.status != "COMPLETE":
+                out.skipped.append((str(file), f"status {record.status}"))
+                continue
+            out.records.append(record)
+    for where, why in out.skipped:
+        print(f"sllmx.report: warning: skipped {where}: {why}", file=sys.stderr)
+    return out
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"trainer": {"beta": 0.1}}`` → ``{"trainer.beta": 0.1}`` (lists and scalars are leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def summarize(values: list[float], confidence: float = 0.95) -> dict[str, Optional[float]]:
+    """Mean, sample standard deviation (ddof=1), Student-t interval and n of ``values``.
+
+    With n < 2: ``std``, ``ci_low``, ``ci_high`` are None.  With std 0 the interval is the mean.
+    """
+    import numpy as np
+    from scipy import stats
+
+    n = len(values)
+    mean = float(np.mean(values)) if n else None
+    if n < 2:
+        return {"n": n, "mean": mean, "std": None, "ci_low": None, "ci_high": None}
+    std = float(np.std(values, ddof=1))
+    if std == 0:
+        low = high = mean
+    else:
+        low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return {"n": n, "mean": mean, "std": std, "ci_low": float(low), "ci_high": float(high)}
+
+
+def _config_key(flat: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in sorted(flat.items()) if not k.startswith(IGNORED_PREFIXES)},
+                      sort_keys=True, default=str)
+
+
+def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per group: its best configuration aggregated over seeds.
+
+    Returns:
+        ``(rows, meta)``: rows as dicts (group keys, ``n``, ``<metric>_mean/_std/_ci_low/_ci_high``,
+        ``test_<...>_mean`` where test metrics exist, parameter counts, memory, tokens, time and
+        ``hyperparameters``: the learning rate and every config key that differs between the group's
+        configurations, at the best one); meta has ``metric``, ``higher_is_better`` and ``by``.
+
+    Raises:
+        SllmxError: when the runs disagree on the dev metric or its direction, or a ``by`` key
+            is in no run's config.
+    """
+    if not records:
+        return [], {"metric": None, "higher_is_better": None, "by": by}
+    metrics = {(r.dev_metric.name, r.dev_metric.higher_is_better) for r in records}
+    if len(metrics) > 1:
+        raise SllmxError("the runs use different dev metrics or directions: " + ", ".join(
+            f"{m} ({'higher' if h else 'lower'} is better)" for m, h in sorted(metrics))
+            + "; report them separately")
+    (metric, higher), = metrics
+    flats = [{**{k: v for k, v in flatten(r.config).items() if k not in ("method.name", "trainer.name")},
+              "method": r.method, "trainer": r.trainer} for r in records]
+    for key in by:
+        if not any(key in f for f in flats):
+            raise SllmxError(f"--by {key}: no run has this config key (e.g. method, trainer.beta, method.r)")
+    groups: dict[tuple, dict[str, list[int]]] = {}
+    for i, flat in enumerate(flats):
+        gkey = tuple(json.dumps(flat.get(k), default=str) for k in by)
+        groups.setdefault(gkey, {}).setdefault(_config_key(flat), []).append(i)
+    rows = []
+    sign = 1 if higher else -1
+    for gkey, configs in groups.items():
+        scored = []
+        for members in configs.values():
+            summary = summarize([records[i].dev_metric.best for i in members])
+            scored.append((sign * summary["mean"], members, summary))
+        _, members, summary = max(scored, key=lambda s: s[0])
+        first = records[members[0]]
+        row: dict[str, Any] = {k: json.loads(v) for k, v in zip(by, gkey)}
+        row["configs"] = len(configs)
+        row.update({f"{metric}_{k}" if k != "n" else "n": v for k, v in summary.items()})
+        test_keys = sorted(set().union(*(records[i].test_metrics for i in members)))
+        for key in test_keys:
+            if key.endswith(("runtime", "per_second")):
+                continue
+            values = [records[i].test_metrics[key] for i in members if key in records[i].test_metrics]
+            row[f"{key}_mean"] = summarize(values)["mean"]
+        mean = lambda attr: summarize([getattr(records[i], attr) for i in members  # noqa: E731
+                                       if getattr(records[i], attr) is not None])["mean"]
+        row["trainable_params"] = first.trainable_params
+        row["trainable_%"] = (100 * first.trainable_params / first.total_params
+                              if first.trainable_params and first.total_params else None)
+        rss = mean("peak_rss_bytes")
+        row["peak_rss_gib"] = rss / 2 ** 30 if rss is not None else None
+        row["train_tokens"] = mean("train_tokens")
+        row["wall_time_s"] = mean("wall_time_s")
+        row["train_tokens_per_s"] = mean("train_tokens_per_s")
+        # the hyperparameters: the learning rate, and every key that differs between the group's configurations
+        in_group = [flats[i] for ids in configs.values() for i in ids]
+        keys = sorted(k for k in set().union(*in_group) if not k.startswith(IGNORED_PREFIXES) and k not in by
+                      and len({json.dumps(f.get(k), default=str) for f in in_group}) > 1)
+        row["hyperparameters"] = {k: flats[members[0]].get(k)
+                                  for k in ["trainer.learning_rate", *[k for k in keys if k != "trainer.learning_rate"]]}
+        rows.append(row)
+    rows.sort(key=lambda r: -sign * r[f"{metric}_mean"])
+    return rows, {"metric": metric, "higher_is_better": higher, "by": by}
+
+
+def render(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str) -> str:
+    """The table as Markdown (tabulate via pandas), CSV, LaTeX (booktabs) or JSON."""
+    import pandas as pd
+
+    if fmt == "json":
+        return json.dumps({**meta, "rows": rows}, indent=2, ensure_ascii=False, default=str) + "\n"
+    shown = [{**r, "hyperparameters": ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}"
+                                                for k, v in r["hyperparameters"].items())} for r in rows]
+    frame = pd.DataFrame(shown)
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "markdown":
+        return frame.to_markdown(index=False, floatfmt=".4g") + "\n"
+    if fmt == "latex":
+        caption = (f"{meta['metric']} ({'higher' if meta['higher_is_better'] else 'lower'} is better); "
+                   "mean over seeds with 95\\% t-interval").replace("_", "\\_")
+        return frame.to_latex(index=False, float_format="%.4g", caption=caption, na_rep="--", escape=True)
+    raise SllmxError(f"--format {fmt}: unknown; available: {', '.join(FORMATS)}")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def header(meta: dict[str, Any], n_runs: int) -> str:
+    direction = "higher" if meta["higher_is_better"] else "lower"
+    return (f"dev metric {meta['metric']} ({direction} is better); rows: best configuration per "
+            f"{' x '.join(meta['by'])}, mean over seeds with 95% Student-t interval; {n_runs} runs")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command-line entry point; returns the exit status (2 on bad input)."""
+    parser = argparse.ArgumentParser(prog="python -m sllmx.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="+", help="run folders, multirun/sweep folders or run.json files")
+    parser.add_argument("--by", nargs="+", default=["method", "trainer"],
+                        help="config keys that form the groups (default: method trainer)")
+    parser.add_argument("--format", default="markdown", choices=FORMATS)
+    parser.add_argument("--out", help="write the table here instead of stdout (an existing file is refused)")
+    args = parser.parse_args(argv)
+    try:
+        found = collect(args.paths)
+        rows, meta = build_table(found.records, args.by)
+        if not rows:
+            raise SllmxError("no COMPLETE run found under " + ", ".join(args.paths))
+        text = render(rows, meta, args.format)
+        note = f"skipped: {len(found.skipped)} run(s) (see the warnings above)"
+        if args.out:
+            out = Path(args.out)
+            if out.exists():
+                raise SllmxError(f"--out {out}: the file exists; nothing is overwritten")
+            from sllmx.records import write_text_atomic
+
+            write_text_atomic(out, text)
+            print(f"{header(meta, len(found.records))}\nwrote {out}\n{note}")
+        elif args.format == "markdown":
+            print(f"{header(meta, len(found.records))}\n\n{text}\n{note}")
+        else:
+            sys.stdout.write(text)
+            print(note, file=sys.stderr)
+    except SllmxError as exc:
+        exit_with(exc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""python -m sllmx.report: aggregation against scipy.stats, formats, grouping, direction, bad records."""
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from sllmx.records import DevMetric, RunRecord
+from sllmx.report import build_table, collect, main, summarize
+
+
+def write_run(folder, method="lora", trainer="sft", seed=1, value=0.5, lr=2e-4, beta=None, r=16,
+              higher=False, metric="eval_loss", status="COMPLETE", test=None):
+    config = {"method": {"name": method, "r": r}, "trainer": {"name": trainer, "learning_rate": lr},
+              "seed": seed, "output_dir": str(folder)}
+    if beta is not None:
+        config["trainer"]["beta"] = beta
+    record = RunRecord(status=status, method=method, trainer=trainer, model={}, data={}, seed=seed, config=config,
+                       dev_metric=DevMetric(name=metric, higher_is_better=higher, best=value), output_dir=str(folder),
+                       trainable_params=100, total_params=1000, peak_rss_bytes=2 ** 30, train_tokens=5000,
+                       wall_time_s=10.0, train_tokens_per_s=500.0, test_metrics=test or {})
+    record.write(folder)
+    return record
+
+
+SEEDS = {"lora": [0.50, 0.46, 0.55], "dora": [0.40, 0.47, 0.44, 0.41]}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for method, values in SEEDS.items():
+        for seed, value in enumerate(values):
+            write_run(tmp_path / f"{method}-{seed}", method=method, seed=seed, value=value)
+    return tmp_path
+
+
+@pytest.mark.parametrize("values", [[0.5, 0.46, 0.55], [0.4, 0.47, 0.44, 0.41], [1.0, 2.0]])
+def test_aggregation_matches_scipy(values):
+    s = summarize(values)
+    sem = stats.sem(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=sem)
+    assert s["n"] == len(values)
+    assert s["mean"] == pytest.approx(np.mean(values))
+    assert s["std"] == pytest.approx(np.std(values, ddof=1))
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((low, high))
+    # the interval is mean ± t_{0.975, n-1} · s / sqrt(n)
+    half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
+    assert s["ci_high"] - s["mean"] == pytest.approx(half)
+
+
+def test_one_run_shows_n_and_no_interval():
+    assert summarize([0.3]) == {"n": 1, "mean": 0.3, "std": None, "ci_low": None, "ci_high": None}
+
+
+def test_groups_aggregate_over_seeds_and_best_comes_first_by_direction(runs):
+    rows, meta = build_table(collect([runs]).records, ["method", "trainer"])
+    assert [r["method"] for r in rows] == ["dora", "lora"]  # lower eval_loss is better
+    dora = rows[0]
+    assert dora["n"] == 4 and dora["eval_loss_mean"] == pytest.approx(np.mean(SEEDS["dora"]))
+    assert dora["eval_loss_std"] == pytest.approx(np.std(SEEDS["dora"], ddof=1))
+    assert dora["trainable_%"] == pytest.approx(10.0) and dora["peak_rss_gib"] == pytest.approx(1.0)
+    assert meta == {"metric": "eval_loss", "higher_is_better": False, "by": ["method", "trainer"]}
+
+
+def test_higher_is_better_picks_the_largest_mean(tmp_path):
+    for seed, value in enumerate([0.6, 0.7]):
+        write_run(tmp_path / f"a{seed}", method="lora", lr=1e-4, seed=seed, value=value, higher=True,
+                  metric="eval_json_fields")
+        write_run(tmp_path / f"b{seed}", method="lora", lr=3e-4, seed=seed, value=value - 0.3, higher=True,
+                  metric="eval_json_fields")
+    rows, meta = build_table(collect([tmp_path]).records, ["method"])
+    assert meta["higher_is_better"] is True
+    (row,) = rows
+    assert row["configs"] == 2 and row["n"] == 2
+    assert row["eval_json_fields_mean"] == pytest.approx(0.65)
+    assert row["hyperparameters"] == {"trainer.learning_rate": 1e-4}
+
+
+def test_grouping_by_an_arbitrary_key(tmp_path):
+    for beta, values in {0.1: [0.6, 0.62], 0.5: [0.7, 0.71, 0.69]}.items():
+        for seed, value in enumerate(values):
+            write_run(tmp_path / f"b{beta}-{seed}", trainer="dpo", beta=beta, seed=seed, value=value)
+    rows, _ = build_table(collect([tmp_path]).records, ["trainer.beta"])
+    assert [(r["trainer.beta"], r["n"]) for r in rows] == [(0.1, 2), (0.5, 3)]
+    assert rows[1]["eval_loss_mean"] == pytest.approx(0.7)
+
+
+def test_a_sweep_row_is_its_best_trial_with_its_hyperparameters(tmp_path):
+    for i, (lr, r, value) in enumerate([(1e-4, 8, 0.5), (3e-4, 16, 0.3), (1e-3, 8, 0.9)]):
+        write_run(tmp_path / "multirun" / str(i), lr=lr, r=r, value=value, seed=42)
+    rows, _ = build_table(collect([tmp_path]).records, ["method", "trainer"])
+    (row,) = rows
+    assert row["configs"] == 3 and row["n"] == 1 and row["eval_loss_std"] is None
+    assert row["eval_loss_mean"] == 0.3
+    assert row["hyperparameters"] == {"trainer.learning_rate": 3e-4, "method.r": 16}
+
+
+def test_test_metrics_are_reported_beside_the_dev_metric(tmp_path):
+    write_run(tmp_path / "a", value=0.4, test={"test_loss": 0.45, "test_runtime": 3.0})
+    write_run(tmp_path / "b", value=0.5, seed=2, test={"test_loss": 0.55})
+    (row,), _ = build_table(collect([tmp_path]).records, ["method"])
+    assert row["test_loss_mean"] == pytest.approx(0.5) and "test_runtime_mean" not in row
+
+
+def test_every_output_format(runs, tmp_path, capsys):
+    assert main([str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dev metric eval_loss (lower is better)") and "| dora" in out and "skipped: 0" in out
+    assert main([str(runs), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["method"] for r in rows] == ["dora", "lora"] and float(rows[1]["n"]) == 3
+    assert main([str(runs), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["metric"] == "eval_loss" and doc["rows"][0]["eval_loss_mean"] == pytest.approx(np.mean(SEEDS["dora"]))
+    assert main([str(runs), "--format", "latex"]) == 0
+    tex = capsys.readouterr().out
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "trainable\\_\\%" in tex
+    out_file = tmp_path / "table.md"
+    assert main([str(runs), "--out", str(out_file)]) == 0
+    assert "| lora" in out_file.read_text()
+    with pytest.raises(SystemExit) as exc:  # nothing is overwritten
+        main([str(runs), "--out", str(out_file)])
+    assert exc.value.code == 2 and "exists" in capsys.readouterr().err
+
+
+def test_missing_partial_and_corrupt_records_are_skipped_with_a_warning(runs, capsys):
+    (runs / "truncated").mkdir()
+    (runs / "truncated" / "run.json").write_text('{"schema_version": 1, "status": "COMP')
+    (runs / "not-a-record").mkdir()
+    (runs / "not-a-record" / "run.json").write_text('{"schema_version": 1, "hello": 1}')
+    write_run(runs / "killed", status="RUNNING")
+    empty = runs.parent / "empty-run"
+    empty.mkdir()
+    assert main([str(runs), str(empty)]) == 0
+    captured = capsys.readouterr()
+    for name in ("truncated", "not-a-record", "killed", "empty-run"):
+        assert f"skipped {runs.parent / name if name == 'empty-run' else runs / name}" in captured.err
+    assert "skipped: 4 run(s)" in captured.out and "| dora" in captured.out
+
+
+def test_mixed_dev_metrics_and_unknown_keys_are_one_line_errors(runs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([str(runs), "--by", "trainer.nope"])
+    assert exc.value.code == 2 and "--by trainer.nope" in capsys.readouterr().err
+    write_run(runs / "other", metric="eval_json_fields", higher=True)
+    with pytest.raises(SystemExit):
+        main([str(runs)])
+    assert "different dev metrics" in capsys.readouterr().err
