@@ -36,6 +36,7 @@ class Collected:
 
     records: list[RunRecord] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    sweeps: list[Path] = field(default_factory=list)
 
 
 def collect(paths: list[str | Path]) -> Collected:
@@ -53,6 +54,8 @@ def collect(paths: list[str | Path]) -> Collected:
         if not path.exists():
             raise SllmxError(f"{path}: no such file or folder")
         files = [path] if path.is_file() else sorted(path.rglob(RUN_FILE))
+        if path.is_dir():
+            out.sweeps += sorted(path.rglob("sweep.json"))
         if path.is_dir() and not files and not (path / "sweep.json").exists():
             out.skipped.append((str(path), f"no {RUN_FILE} in it"))
         for file in files:
@@ -80,6 +83,12 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def run_configs(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """Each run's config flattened to dotted keys, with ``method`` and ``trainer`` as plugin names."""
+    return [{**{k: v for k, v in flatten(r.config).items() if k not in ("method.name", "trainer.name")},
+             "method": r.method, "trainer": r.trainer} for r in records]
 
 
 def summarize(values: list[float], confidence: float = 0.95) -> dict[str, Optional[float]]:
@@ -128,8 +137,7 @@ def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str,
             f"{m} ({'higher' if h else 'lower'} is better)" for m, h in sorted(metrics))
             + "; report them separately")
     (metric, higher), = metrics
-    flats = [{**{k: v for k, v in flatten(r.config).items() if k not in ("method.name", "trainer.name")},
-              "method": r.method, "trainer": r.trainer} for r in records]
+    flats = run_configs(records)
     for key in by:
         if not any(key in f for f in flats):
             raise SllmxError(f"--by {key}: no run has this config key (e.g. method, trainer.beta, method.r)")
@@ -169,8 +177,8 @@ def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str,
         in_group = [flats[i] for ids in configs.values() for i in ids]
         keys = sorted(k for k in set().union(*in_group) if not k.startswith(IGNORED_PREFIXES) and k not in by
                       and len({json.dumps(f.get(k), default=str) for f in in_group}) > 1)
-        row["hyperparameters"] = {k: flats[members[0]].get(k)
-                                  for k in ["trainer.learning_rate", *[k for k in keys if k != "trainer.learning_rate"]]}
+        shown = ["trainer.learning_rate", *[k for k in keys if k != "trainer.learning_rate"]]
+        row["hyperparameters"] = {k: flats[members[0]].get(k) for k in shown}
         rows.append(row)
     rows.sort(key=lambda r: -sign * r[f"{metric}_mean"])
     return rows, {"metric": metric, "higher_is_better": higher, "by": by}
@@ -189,6 +197,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str) -> str:
         return frame.to_csv(index=False)
     if fmt == "markdown":
         return frame.to_markdown(index=False, floatfmt=".4g") + "\n"
+    if fmt == "html":
+        return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
     if fmt == "latex":
         caption = (f"{meta['metric']} ({'higher' if meta['higher_is_better'] else 'lower'} is better); "
                    "mean over seeds with 95\\% t-interval").replace("_", "\\_")
@@ -214,6 +224,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="config keys that form the groups (default: method trainer)")
     parser.add_argument("--format", default="markdown", choices=FORMATS)
     parser.add_argument("--out", help="write the table here instead of stdout (an existing file is refused)")
+    parser.add_argument("--plots", metavar="DIR", help="write the figures (PNG and SVG) into this folder")
+    parser.add_argument("--html", metavar="FILE", help="write one self-contained page with the table and figures")
     args = parser.parse_args(argv)
     try:
         found = collect(args.paths)
@@ -222,10 +234,28 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise SllmxError("no COMPLETE run found under " + ", ".join(args.paths))
         text = render(rows, meta, args.format)
         note = f"skipped: {len(found.skipped)} run(s) (see the warnings above)"
+        for target in (args.out, args.html):
+            if target and Path(target).exists():
+                raise SllmxError(f"{target}: the file exists; nothing is overwritten")
+        figures: list[Path] = []
+        if args.plots or args.html:
+            import tempfile
+
+            from sllmx.plots import html_page, write_plots
+
+            plot_dir = Path(args.plots) if args.plots else Path(tempfile.mkdtemp(prefix="sllmx-plots-"))
+            figures = write_plots(found.records, run_configs(found.records), rows, meta, args.by, plot_dir,
+                                  found.sweeps)
+            print(f"figures: {len(figures)} files in {plot_dir}", file=sys.stderr)
+        if args.html:
+            from sllmx.records import write_text_atomic
+
+            table_html = render(rows, meta, "html")
+            write_text_atomic(Path(args.html), html_page("sllmx report", header(meta, len(found.records)),
+                                                         table_html, figures, note))
+            print(f"wrote {args.html}", file=sys.stderr)
         if args.out:
             out = Path(args.out)
-            if out.exists():
-                raise SllmxError(f"--out {out}: the file exists; nothing is overwritten")
             from sllmx.records import write_text_atomic
 
             write_text_atomic(out, text)

@@ -150,3 +150,45 @@ def test_mixed_dev_metrics_and_unknown_keys_are_one_line_errors(runs, tmp_path, 
     with pytest.raises(SystemExit):
         main([str(runs)])
     assert "different dev metrics" in capsys.readouterr().err
+
+
+# -- figures and the HTML page --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_expected_validation_performance_is_the_exact_expectation(higher):
+    import itertools
+
+    from sllmx.plots import expected_best
+
+    values = [0.3, 0.9, 0.5, 0.7]
+    pick = max if higher else min
+    for n in (1, 2, 3):
+        draws = list(itertools.product(values, repeat=n))  # every equally likely draw with replacement
+        exact = sum(pick(d) for d in draws) / len(draws)
+        assert expected_best(values, n, higher) == pytest.approx(exact)
+    assert expected_best(values, 1, higher) == pytest.approx(np.mean(values))
+
+
+def test_plots_and_a_self_contained_html_page(runs, tmp_path, capsys):
+    import optuna
+
+    study_dir = runs / "multirun" / "s1"
+    study_dir.mkdir(parents=True)
+    storage = f"sqlite:///{study_dir / 'optuna.db'}"
+    study = optuna.create_study(study_name="s1", storage=storage)
+    for lr in (1e-4, 3e-4, 1e-3, 3e-3):
+        trial = study.ask()
+        trial.suggest_float("trainer.learning_rate", 1e-5, 1e-2, log=True)
+        trial.suggest_int("method.r", 4, 64)
+        study.tell(trial, lr * 100)
+    (study_dir / "sweep.json").write_text(json.dumps({"study_name": "s1", "storage": storage}))
+    plots, page = tmp_path / "figs", tmp_path / "report.html"
+    assert main([str(runs), "--plots", str(plots), "--html", str(page)]) == 0
+    names = {p.name for p in plots.iterdir()}
+    for stem in ("metric_vs_learning_rate", "learning_curves", "expected_validation_performance", "s1-history",
+                 "s1-importances"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names, stem
+        assert (plots / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 5 and "<table" in text and "dora" in text
+    assert "src=\"http" not in text  # nothing fetched from elsewhere
