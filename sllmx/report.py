@@ -216,6 +216,34 @@ def header(meta: dict[str, Any], n_runs: int) -> str:
             f"{' x '.join(meta['by'])}, mean over seeds with 95% Student-t interval; {n_runs} runs")
 
 
+def log_to_wandb(rows: list[dict[str, Any]], meta: dict[str, Any], figures: list[Path], records: list[RunRecord],
+                 project: str, group: Optional[str]) -> None:
+    """One W&B run (job type ``report``) with the table as a ``wandb.Table`` and each PNG figure as an image.
+
+    The group defaults to the study name the runs share (so the report sits beside the study's trials)."""
+    import os
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from sllmx.run import wandb_mode
+
+    studies = {(r.trial or {}).get("study_name") for r in records}
+    group = group or (studies.pop() if len(studies) == 1 and None not in studies else "report")
+    mode = wandb_mode(SimpleNamespace(mode=None))
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    frame = pd.DataFrame([{**r, "hyperparameters": json.dumps(r["hyperparameters"], default=str)} for r in rows])
+    run = wandb.init(project=project, group=group, job_type="report", name=f"{group}-report", mode=mode,
+                     config={"metric": meta["metric"], "higher_is_better": meta["higher_is_better"], "by": meta["by"]},
+                     reinit="finish_previous")
+    run.log({"report": wandb.Table(dataframe=frame),
+             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures if p.suffix == ".png"}})
+    run.finish()
+    print(f"logged the report to W&B ({mode}), group {group}", file=sys.stderr)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input)."""
     parser = argparse.ArgumentParser(prog="python -m sllmx.report", description=__doc__.split("\n\n")[0])
@@ -226,6 +254,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", help="write the table here instead of stdout (an existing file is refused)")
     parser.add_argument("--plots", metavar="DIR", help="write the figures (PNG and SVG) into this folder")
     parser.add_argument("--html", metavar="FILE", help="write one self-contained page with the table and figures")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log the table (a W&B Table) and the figures (images) to W&B; offline without "
+                             "WANDB_API_KEY")
+    parser.add_argument("--wandb-project", default="sllmx")
+    parser.add_argument("--wandb-group", help="W&B group; default: the runs' study name when they share one")
     args = parser.parse_args(argv)
     try:
         found = collect(args.paths)
@@ -238,7 +271,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if target and Path(target).exists():
                 raise SllmxError(f"{target}: the file exists; nothing is overwritten")
         figures: list[Path] = []
-        if args.plots or args.html:
+        if args.plots or args.html or args.wandb:
             import tempfile
 
             from sllmx.plots import html_page, write_plots
@@ -254,6 +287,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             write_text_atomic(Path(args.html), html_page("sllmx report", header(meta, len(found.records)),
                                                          table_html, figures, note))
             print(f"wrote {args.html}", file=sys.stderr)
+        if args.wandb:
+            log_to_wandb(rows, meta, figures, found.records, args.wandb_project, args.wandb_group)
         if args.out:
             out = Path(args.out)
             from sllmx.records import write_text_atomic

@@ -192,3 +192,19 @@ def test_plots_and_a_self_contained_html_page(runs, tmp_path, capsys):
     text = page.read_text()
     assert text.count("data:image/png;base64,") == 5 and "<table" in text and "dora" in text
     assert "src=\"http" not in text  # nothing fetched from elsewhere
+
+
+def test_the_report_goes_to_wandb_as_a_table_and_images(runs, tmp_path, monkeypatch, capsys):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert main([str(runs), "--wandb", "--wandb-group", "study-x"]) == 0
+    wandb.teardown()  # flush the offline log
+    (log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    data = log.read_bytes()
+    assert b"study-x" in data and b"table-file" in data and b"image-file" in data
+    tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/report_*.table.json"))
+    assert tables and "dora" in tables[0].read_text()
+    assert "logged the report to W&B (offline), group study-x" in capsys.readouterr().err
