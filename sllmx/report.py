@@ -159,12 +159,13 @@ def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str,
         row.update({f"{metric}_{k}" if k != "n" else "n": v for k, v in summary.items()})
         test_keys = sorted(set().union(*(records[i].test_metrics for i in members)))
         for key in test_keys:
-            if key.endswith(("runtime", "per_second")):
+            if not key.startswith("test_") or key.endswith(("runtime", "per_second", "preparation_time")):
                 continue
             values = [records[i].test_metrics[key] for i in members if key in records[i].test_metrics]
             row[f"{key}_mean"] = summarize(values)["mean"]
         mean = lambda attr: summarize([getattr(records[i], attr) for i in members  # noqa: E731
                                        if getattr(records[i], attr) is not None])["mean"]
+        row["run_dir"] = first.output_dir
         row["trainable_params"] = first.trainable_params
         row["trainable_%"] = (100 * first.trainable_params / first.total_params
                               if first.trainable_params and first.total_params else None)
@@ -190,9 +191,10 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str) -> str:
 
     if fmt == "json":
         return json.dumps({**meta, "rows": rows}, indent=2, ensure_ascii=False, default=str) + "\n"
-    shown = [{**r, "hyperparameters": ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}"
-                                                for k, v in r["hyperparameters"].items())} for r in rows]
-    frame = pd.DataFrame(shown)
+    table = [{**{k: v for k, v in r.items() if fmt == "csv" or k != "run_dir"},
+              "hyperparameters": ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}"
+                                           for k, v in r["hyperparameters"].items())} for r in rows]
+    frame = pd.DataFrame(table)
     if fmt == "csv":
         return frame.to_csv(index=False)
     if fmt == "markdown":
@@ -242,6 +244,36 @@ def log_to_wandb(rows: list[dict[str, Any]], meta: dict[str, Any], figures: list
              **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures if p.suffix == ".png"}})
     run.finish()
     print(f"logged the report to W&B ({mode}), group {group}", file=sys.stderr)
+
+
+def write_report_folder(paths: list[str | Path], by: list[str], folder: Path) -> str:
+    """Write ``report.md``, ``report.tex``, ``report.csv``, ``report.json``, ``figures/`` and
+    ``report.html`` for the runs under ``paths`` into ``folder``; return the Markdown (header, table,
+    skipped count).
+
+    Raises:
+        SllmxError: when no COMPLETE run is found, or one of the files already exists.
+    """
+    from sllmx.plots import html_page, write_plots
+    from sllmx.records import write_text_atomic
+
+    found = collect(paths)
+    rows, meta = build_table(found.records, by)
+    if not rows:
+        raise SllmxError("no COMPLETE run found under " + ", ".join(map(str, paths)))
+    names = {"markdown": "report.md", "latex": "report.tex", "csv": "report.csv", "json": "report.json"}
+    for name in [*names.values(), "report.html"]:
+        if (folder / name).exists():
+            raise SllmxError(f"{folder / name}: the file exists; nothing is overwritten")
+    note = f"skipped: {len(found.skipped)} run(s)"
+    markdown = f"{header(meta, len(found.records))}\n\n{render(rows, meta, 'markdown')}\n{note}\n"
+    for fmt, name in names.items():
+        write_text_atomic(folder / name, markdown if fmt == "markdown" else render(rows, meta, fmt))
+    figures = write_plots(found.records, run_configs(found.records), rows, meta, by, folder / "figures",
+                          found.sweeps)
+    write_text_atomic(folder / "report.html", html_page("sllmx report", header(meta, len(found.records)),
+                                                         render(rows, meta, "html"), figures, note))
+    return markdown
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -197,6 +197,8 @@ def run(cfg: DictConfig) -> RunRecord:
     if (out / RUN_FILE).exists():
         raise SllmxError(f"{out / RUN_FILE} already exists; choose another hydra.run.dir (nothing is overwritten)")
     splits = load_splits(cfg.data, reg, trainer)
+    if cfg.eval.test and not len(splits.test or []):
+        raise SllmxError("eval.test=true but the test split is empty; give data.test or data.test_fraction")
     trial = _open_trial(cfg)
 
     runtime = detect_runtime()

@@ -208,3 +208,36 @@ def test_the_report_goes_to_wandb_as_a_table_and_images(runs, tmp_path, monkeypa
     tables = list(tmp_path.glob("wandb/offline-run-*/files/media/table/report_*.table.json"))
     assert tables and "dora" in tables[0].read_text()
     assert "logged the report to W&B (offline), group study-x" in capsys.readouterr().err
+
+
+# -- sweep=compare: from a finished sweep to the paper table ---------------------------------------------
+
+def test_compare_retrains_each_groups_best_on_seeds_and_writes_the_report(tmp_path):
+    import subprocess
+    import sys
+
+    from test_sweep import TINY
+
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    study = subprocess.run(
+        [sys.executable, "-m", "sllmx", "--multirun", *TINY, cache, "method=choice(lora, dora)",
+         "trainer.learning_rate=choice(1e-3, 1e-2)", "hydra.sweeper.sampler=grid", "hydra.sweeper.pruner=none",
+         f"hydra.sweep.dir={tmp_path / 'study'}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert study.returncode == 0, study.stderr[-3000:]
+    swept = collect([tmp_path / "study"]).records
+    best = {m: min((r for r in swept if r.method == m), key=lambda r: r.dev_metric.best) for m in ("lora", "dora")}
+    compare = subprocess.run(
+        [sys.executable, "-m", "sllmx", "--multirun", "sweep=compare", f"hydra.sweeper.sweeps=[{tmp_path / 'study'}]",
+         "hydra.sweeper.seeds=[1,2]", f"hydra.sweep.dir={tmp_path / 'compare'}", cache],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert compare.returncode == 0, compare.stderr[-3000:]
+    out = tmp_path / "compare"
+    for name in ("report.md", "report.tex", "report.csv", "report.json", "report.html",
+                 "figures/expected_validation_performance.png"):
+        assert (out / name).exists(), name
+    doc = json.loads((out / "report.json").read_text())
+    assert {r["method"]: r["n"] for r in doc["rows"]} == {"lora": 2, "dora": 2}
+    for record in collect([out]).records:  # the best configuration, re-trained on the new seeds, tested once
+        assert record.seed in (1, 2) and record.trial is None and "test_loss" in record.test_metrics
+        assert record.config["trainer"]["learning_rate"] == best[record.method].config["trainer"]["learning_rate"]
+    assert "| lora" in compare.stdout and "report: " in compare.stdout

@@ -78,3 +78,31 @@ class SllmxOptunaSweeper(Sweeper):
             return self.impl.sweep(arguments)
         except SllmxError as exc:
             exit_with(exc)
+
+
+@dataclass
+class SllmxCompareSweeperConf:
+    """``hydra.sweeper.*`` of ``sweep=compare``: re-train each group's best configuration on several seeds."""
+
+    _target_: str = "hydra_plugins.sllmx_optuna_sweeper.sllmx_optuna_sweeper.SllmxCompareSweeper"
+    sweeps: list[str] = _help("finished sweep (or run) folders whose best configurations are compared", [])
+    seeds: list[int] = _help("seeds each best configuration is trained with", [1, 2, 3])
+    by: list[str] = _help("config keys that form the groups (a row each)", ["method", "trainer"])
+    test: bool = _help("evaluate each re-trained run once on the test split (eval.test=true)", True)
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="sllmx_compare", node=SllmxCompareSweeperConf,
+                             provider="sllmx")
+
+
+class SllmxCompareSweeper(SllmxOptunaSweeper):
+    """Hydra's entry to :class:`sllmx.compare.CompareSweep`."""
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        from omegaconf import OmegaConf
+
+        from sllmx.compare import CompareSweep
+
+        kwargs = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in self.kwargs.items()}
+        self.impl = CompareSweep(**kwargs)
+        self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
