@@ -149,7 +149,14 @@ def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str,
     sign = 1 if higher else -1
     for gkey, configs in groups.items():
         scored = []
-        for members in configs.values():
+        for ckey, members in configs.items():
+            by_seed: dict[Any, int] = {}
+            for i in members:  # a repeat of the same configuration and seed is not a new sample
+                by_seed.setdefault(records[i].seed, i)
+            if len(by_seed) < len(members):
+                print(f"sllmx.report: warning: {len(members) - len(by_seed)} run(s) repeat a configuration and seed "
+                      f"already counted (e.g. {records[members[-1]].output_dir}); counted once", file=sys.stderr)
+                members = configs[ckey] = list(by_seed.values())
             summary = summarize([records[i].dev_metric.best for i in members])
             scored.append((sign * summary["mean"], members, summary))
         _, members, summary = max(scored, key=lambda s: s[0])

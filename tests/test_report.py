@@ -241,3 +241,12 @@ def test_compare_retrains_each_groups_best_on_seeds_and_writes_the_report(tmp_pa
         assert record.seed in (1, 2) and record.trial is None and "test_loss" in record.test_metrics
         assert record.config["trainer"]["learning_rate"] == best[record.method].config["trainer"]["learning_rate"]
     assert "| lora" in compare.stdout and "report: " in compare.stdout
+
+
+def test_a_repeated_configuration_and_seed_counts_once(tmp_path, capsys):
+    write_run(tmp_path / "study-a" / "4", value=0.32, seed=42)
+    write_run(tmp_path / "study-b" / "4", value=0.32, seed=42)
+    write_run(tmp_path / "seed-7", value=0.40, seed=7)
+    (row,), _ = build_table(collect([tmp_path]).records, ["method"])
+    assert row["n"] == 2 and row["eval_loss_mean"] == pytest.approx(0.36)
+    assert "repeat a configuration and seed" in capsys.readouterr().err
