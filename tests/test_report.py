@@ -118,7 +118,8 @@ def test_every_output_format(runs, tmp_path, capsys):
     assert doc["metric"] == "eval_loss" and doc["rows"][0]["eval_loss_mean"] == pytest.approx(np.mean(SEEDS["dora"]))
     assert main([str(runs), "--format", "latex"]) == 0
     tex = capsys.readouterr().out
-    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "trainable\\_\\%" in tex
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert "eval\\_loss (dev)" in tex and "$\\pm$" in tex and "(10.00\\%)" in tex
     out_file = tmp_path / "table.md"
     assert main([str(runs), "--out", str(out_file)]) == 0
     assert "| lora" in out_file.read_text()
