@@ -27,7 +27,6 @@ format puts it first in every prompt), so it can be replaced from the command li
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from dataclasses import dataclass

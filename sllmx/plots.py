@@ -71,6 +71,7 @@ def write_plots(records: list[RunRecord], flats: list[dict[str, Any]], rows: lis
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metric, higher = meta["metric"], meta["higher_is_better"]
     label = f"{metric} ({'higher' if higher else 'lower'} is better)"
@@ -106,6 +107,7 @@ def write_plots(records: list[RunRecord], flats: list[dict[str, Any]], rows: lis
         values = [records[i].dev_metric.best for i in members]
         ns = list(range(1, len(values) + 1))
         ax.plot(ns, [expected_best(values, n, higher) for n in ns], marker=".", label=f"{name} ({len(values)})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trials (hyperparameter assignments)", ylabel=f"expected best {metric}",
            title="expected validation performance (Dodge et al., 2019)")
     _legend(ax)

@@ -138,12 +138,20 @@ def write_json_atomic(path: Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -156,7 +164,9 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 
 def library_versions() -> dict[str, Optional[str]]:
-    """Installed versions of the libraries a result depends on (None when absent)."""
+    """Installed versions of the libraries a result depends on (None when absent).  When sllmx itself
+    runs from a git checkout (an editable install), its entry also names that commit, e.g.
+    ``"0.1.0 (git 9f7163a...-dirty)"``, since the version number alone does not say which code ran."""
     import importlib.metadata
 
     out: dict[str, Optional[str]] = {}
@@ -165,6 +175,9 @@ def library_versions() -> dict[str, Optional[str]]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    source = git_commit(Path(__file__).resolve().parent)
+    if source and out.get("sllmx"):
+        out["sllmx"] = f"{out['sllmx']} (git {source})"
     return out
 
 

@@ -20,7 +20,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from sllmx.errors import SllmxError, exit_with
 from sllmx.records import RUN_FILE, RunRecord
@@ -116,8 +116,21 @@ def _config_key(flat: dict[str, Any]) -> str:
                       sort_keys=True, default=str)
 
 
-def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _at_best_step(record: RunRecord, key: str) -> Optional[float]:
+    """The value of ``key`` in the dev evaluation at the record's best step (None when absent)."""
+    for point in record.dev_metric.history:
+        if point.get("step") == record.dev_metric.best_step and key in (point.get("metrics") or {}):
+            return point["metrics"][key]
+    return None
+
+
+def build_table(records: list[RunRecord], by: list[str],
+                also: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per group: its best configuration aggregated over seeds.
+
+    ``also`` names further dev metrics (keys of the evaluation, e.g. ``eval_json_fields``) to show
+    beside the dev metric: each run's value at its best step, as ``<key>_mean`` and ``<key>_std``.
+    They do not take part in choosing the best configuration.
 
     Returns:
         ``(rows, meta)``: rows as dicts (group keys, ``n``, ``<metric>_mean/_std/_ci_low/_ci_high``,
@@ -126,11 +139,11 @@ def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str,
         configurations, at the best one); meta has ``metric``, ``higher_is_better`` and ``by``.
 
     Raises:
-        SllmxError: when the runs disagree on the dev metric or its direction, or a ``by`` key
-            is in no run's config.
+        SllmxError: when the runs disagree on the dev metric or its direction, a ``by`` key is in
+            no run's config, or an ``also`` key is in no run's dev evaluations.
     """
     if not records:
-        return [], {"metric": None, "higher_is_better": None, "by": by}
+        return [], {"metric": None, "higher_is_better": None, "by": by, "also": list(also)}
     metrics = {(r.dev_metric.name, r.dev_metric.higher_is_better) for r in records}
     if len(metrics) > 1:
         raise SllmxError("the runs use different dev metrics or directions: " + ", ".join(
@@ -141,6 +154,11 @@ def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str,
     for key in by:
         if not any(key in f for f in flats):
             raise SllmxError(f"--by {key}: no run has this config key (e.g. method, trainer.beta, method.r)")
+    for key in also:
+        if all(_at_best_step(r, key) is None for r in records):
+            known = sorted({k for r in records for p in r.dev_metric.history for k in (p.get("metrics") or {})
+                            if k.startswith("eval_") and not k.endswith(("runtime", "per_second", "_time"))})
+            raise SllmxError(f"--metrics {key}: no run's dev evaluation has it; available: {', '.join(known)}")
     groups: dict[tuple, dict[str, list[int]]] = {}
     for i, flat in enumerate(flats):
         gkey = tuple(json.dumps(flat.get(k), default=str) for k in by)
@@ -164,6 +182,10 @@ def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str,
         row: dict[str, Any] = {k: json.loads(v) for k, v in zip(by, gkey)}
         row["configs"] = len(configs)
         row.update({f"{metric}_{k}" if k != "n" else "n": v for k, v in summary.items()})
+        for key in also:
+            values = [v for v in (_at_best_step(records[i], key) for i in members) if v is not None]
+            extra = summarize(values) if values else {"mean": None, "std": None}
+            row[f"{key}_mean"], row[f"{key}_std"] = extra["mean"], extra["std"]
         test_keys = sorted(set().union(*(records[i].test_metrics for i in members)))
         for key in test_keys:
             if not key.startswith("test_") or key.endswith(("runtime", "per_second", "preparation_time")):
@@ -189,7 +211,7 @@ def build_table(records: list[RunRecord], by: list[str]) -> tuple[list[dict[str,
         row["hyperparameters"] = {k: flats[members[0]].get(k) for k in shown}
         rows.append(row)
     rows.sort(key=lambda r: -sign * r[f"{metric}_mean"])
-    return rows, {"metric": metric, "higher_is_better": higher, "by": by}
+    return rows, {"metric": metric, "higher_is_better": higher, "by": by, "also": list(also)}
 
 
 def render(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str) -> str:
@@ -225,6 +247,9 @@ def _readable(row: dict[str, Any], meta: dict[str, Any], hyper: str) -> dict[str
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     ci = (f" [{row[f'{metric}_ci_low']:.4f}, {row[f'{metric}_ci_high']:.4f}]" if std is not None else "")
     out[f"{metric} (dev)"] = f"{mean:.4f}" + (f" ± {std:.4f}{ci}" if std is not None else "")
+    for key in meta.get("also", []):
+        mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+        out[f"{key} (dev)"] = "" if mean is None else f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
     for key in row:
         if key.startswith("test_") and key.endswith("_mean"):
             out[f"{key[5:-5]} (test)"] = f"{row[key]:.4f}"
@@ -277,7 +302,7 @@ def log_to_wandb(rows: list[dict[str, Any]], meta: dict[str, Any], figures: list
     print(f"logged the report to W&B ({mode}), group {group}", file=sys.stderr)
 
 
-def write_report_folder(paths: list[str | Path], by: list[str], folder: Path) -> str:
+def write_report_folder(paths: list[str | Path], by: list[str], folder: Path, also: Sequence[str] = ()) -> str:
     """Write ``report.md``, ``report.tex``, ``report.csv``, ``report.json``, ``figures/`` and
     ``report.html`` for the runs under ``paths`` into ``folder``; return the Markdown (header, table,
     skipped count).
@@ -289,7 +314,7 @@ def write_report_folder(paths: list[str | Path], by: list[str], folder: Path) ->
     from sllmx.records import write_text_atomic
 
     found = collect(paths)
-    rows, meta = build_table(found.records, by)
+    rows, meta = build_table(found.records, by, also)
     if not rows:
         raise SllmxError("no COMPLETE run found under " + ", ".join(map(str, paths)))
     names = {"markdown": "report.md", "latex": "report.tex", "csv": "report.csv", "json": "report.json"}
@@ -313,6 +338,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("paths", nargs="+", help="run folders, multirun/sweep folders or run.json files")
     parser.add_argument("--by", nargs="+", default=["method", "trainer"],
                         help="config keys that form the groups (default: method trainer)")
+    parser.add_argument("--metrics", nargs="+", default=[], metavar="KEY",
+                        help="further dev metrics to show beside the dev metric, from each run's evaluation at "
+                             "its best step (e.g. eval_json_fields eval_mean_token_accuracy)")
     parser.add_argument("--format", default="markdown", choices=FORMATS)
     parser.add_argument("--out", help="write the table here instead of stdout (an existing file is refused)")
     parser.add_argument("--plots", metavar="DIR", help="write the figures (PNG and SVG) into this folder")
@@ -325,11 +353,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         found = collect(args.paths)
-        rows, meta = build_table(found.records, args.by)
+        rows, meta = build_table(found.records, args.by, args.metrics)
         if not rows:
             raise SllmxError("no COMPLETE run found under " + ", ".join(args.paths))
         text = render(rows, meta, args.format)
-        note = f"skipped: {len(found.skipped)} run(s) (see the warnings above)"
+        note = f"skipped: {len(found.skipped)} run(s)" + (" (see the warnings above)" if found.skipped else "")
         for target in (args.out, args.html):
             if target and Path(target).exists():
                 raise SllmxError(f"{target}: the file exists; nothing is overwritten")

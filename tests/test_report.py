@@ -63,7 +63,7 @@ def test_groups_aggregate_over_seeds_and_best_comes_first_by_direction(runs):
     assert dora["n"] == 4 and dora["eval_loss_mean"] == pytest.approx(np.mean(SEEDS["dora"]))
     assert dora["eval_loss_std"] == pytest.approx(np.std(SEEDS["dora"], ddof=1))
     assert dora["trainable_%"] == pytest.approx(10.0) and dora["peak_rss_gib"] == pytest.approx(1.0)
-    assert meta == {"metric": "eval_loss", "higher_is_better": False, "by": ["method", "trainer"]}
+    assert meta == {"metric": "eval_loss", "higher_is_better": False, "by": ["method", "trainer"], "also": []}
 
 
 def test_higher_is_better_picks_the_largest_mean(tmp_path):
@@ -251,3 +251,42 @@ def test_a_repeated_configuration_and_seed_counts_once(tmp_path, capsys):
     (row,), _ = build_table(collect([tmp_path]).records, ["method"])
     assert row["n"] == 2 and row["eval_loss_mean"] == pytest.approx(0.36)
     assert "repeat a configuration and seed" in capsys.readouterr().err
+
+
+def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path):
+    import os
+
+    from sllmx.records import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_text_atomic(tmp_path / "report.md", "x\n")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "x\n"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temporary file left behind
+
+
+def test_further_dev_metrics_come_from_each_runs_best_step_and_do_not_choose(tmp_path, capsys):
+    import dataclasses
+
+    # two seeds; json_fields at the best step (step 8) is 0.5 and 0.7; at step 4 it was higher but is not read
+    for seed, (fields_best, value) in enumerate([(0.5, 0.3), (0.7, 0.32)], start=1):
+        record = write_run(tmp_path / f"r{seed}", seed=seed, value=value)
+        history = [{"step": 4, "value": 0.9, "metrics": {"eval_loss": 0.9, "eval_json_fields": 0.99}},
+                   {"step": 8, "value": value, "metrics": {"eval_loss": value, "eval_json_fields": fields_best}}]
+        dev = dataclasses.replace(record.dev_metric, history=history, best_step=8)
+        dataclasses.replace(record, dev_metric=dev).write(tmp_path / f"r{seed}")
+    assert RunRecord.read(tmp_path / "r1" / "run.json").dev_metric.best_step == 8
+    (row,), meta = build_table(collect([tmp_path]).records, ["method"], ["eval_json_fields"])
+    assert row["eval_json_fields_mean"] == pytest.approx(0.6)
+    assert row["eval_json_fields_std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert meta["also"] == ["eval_json_fields"]
+    assert main([str(tmp_path), "--metrics", "eval_json_fields"]) == 0
+    assert "eval_json_fields (dev)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), "--metrics", "eval_rouge"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert "--metrics eval_rouge" in err and "available: eval_json_fields, eval_loss" in err
