@@ -44,6 +44,23 @@ class DataConfig:
     metric: Optional[str] = _help("generation metric plugin computed on the dev split at each evaluation", None)
     skip_invalid: bool = _help("skip rows with a missing, empty or mistyped field (counted in run.json) "
                                "instead of stopping with an error", False)
+    checks: bool = _help("run the data-quality checks before training (PII, duplicates, leakage, labels, "
+                         "lengths; report in data_check.json); false turns them all off", True)
+    duplicates: str = _help("exact and near duplicates within each split: drop (keep the first), report or off",
+                            "report")
+    near_dup_threshold: Optional[float] = _help(
+        "Jaccard similarity of character 3-grams (MinHash LSH, datasketch) from which two rows are near "
+        "duplicates; null: exact duplicates only (after Unicode NFKC, case and whitespace normalisation)", 0.8)
+    leakage: str = _help("rows shared by train/dev/test (exact or near, by prompt or prompt + response): error "
+                         "(stop), drop (remove them from train), report or off", "error")
+    pii: str = _help("personal information (phone, e-mail, resident registration, card and account numbers, "
+                     "IP addresses): mask (typed placeholders such as <PHONE>), drop (the row), report or off",
+                     "report")
+    stratify: Optional[str] = _help("column whose value proportions the dev/test hold-out keeps (e.g. label)", None)
+    label_column: Optional[str] = _help("column whose value counts per split are reported; null: data.stratify, "
+                                        "else a column named label, category, intent or class", None)
+    lengths: bool = _help("token-length statistics with the model's tokenizer and chat template, and a "
+                          "suggested trainer.max_length", True)
 
 
 @dataclass

@@ -72,7 +72,9 @@ class RunRecord:
     the model during training, ``train_tokens_per_s`` = train_tokens / train_runtime_s.
     ``pruned`` says where and why a ``PRUNED`` run was stopped; ``trial`` names the study
     and trial number of a sweep's run; ``test_metrics`` holds the one test-split
-    evaluation of ``eval.test=true`` (``test_``-prefixed).
+    evaluation of ``eval.test=true`` (``test_``-prefixed); ``data_checks`` the counts of the
+    data-quality checks (:meth:`sllmx.data.checks.DataReport.summary`; the whole report is the
+    ``data_check`` artifact).
     """
 
     status: str
@@ -106,6 +108,7 @@ class RunRecord:
     pruned: Optional[str] = None
     trial: Optional[dict[str, Any]] = None
     test_metrics: dict[str, float] = field(default_factory=dict)
+    data_checks: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
 from sllmx.errors import SllmxError
 from sllmx.interfaces import Method, Runtime, Trainer
 from sllmx.plugins import Registry, registry
@@ -210,6 +211,10 @@ def run(cfg: DictConfig) -> RunRecord:
         seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out), started_at=_now(),
         device=runtime.device, hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(),
         git_commit=git_commit(os.getcwd()))
+    if splits.options.enabled:
+        record.data_checks = splits.report.summary()
+        splits.report.write(out / DATA_CHECK_FILE)
+        record.artifacts["data_check"] = DATA_CHECK_FILE
     if trial is not None:
         from sllmx.study import mask_url
 
@@ -256,6 +261,11 @@ def _train(ctx: RunContext) -> str:
     path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
     kwargs = source.from_pretrained_kwargs(cfg.model)
     ctx.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if ctx.splits.options.enabled and ctx.splits.options.lengths:
+        check_lengths(ctx.splits, ctx.tokenizer, cfg.trainer.get("max_length"))
+        record.data_checks = ctx.splits.report.summary()
+        ctx.splits.report.write(out / DATA_CHECK_FILE)
+        record.write(out)
     model = ctx.method.load_model(path, cfg.method, ctx.runtime, **kwargs)
     ctx.model = ctx.method.wrap(model, cfg.method, ctx.runtime)
     record.trainable_params, record.total_params = count_parameters(ctx.model)

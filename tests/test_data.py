@@ -67,7 +67,9 @@ def write_jsonl(path: Path, rows, blank_after=None) -> Path:
 
 
 def cfg(path, **kw) -> FilesDataConfig:
-    return FilesDataConfig(path=str(path), **kw)
+    """A ``files`` data config; the data-quality checks are off unless asked for (tests/test_checks.py
+    covers them), since these tests use small files of repeated rows."""
+    return FilesDataConfig(path=str(path), **{"checks": False, **kw})
 
 
 # ---------------------------------------------------------------------------

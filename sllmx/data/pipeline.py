@@ -6,8 +6,10 @@ One call, :func:`load_splits`, does every step the runner needs::
     rename columns             # data.columns = {canonical: column in the file}
     pick the format            # data.format, or detected from the columns (format plugins)
     pick the layout            # the first of trainer.layouts the format can produce
-    hold out dev / test        # seeded fractions of the RAW train rows (before conversion)
     convert rows               # format.convert(row, layout, data.system) → TRL examples
+    check PII, duplicates      # sllmx.data.checks (data.pii, data.duplicates)
+    hold out dev / test        # seeded fractions of the train rows, duplicates kept together
+    check leakage, labels      # data.leakage: error (default) | drop | report | off
     build datasets             # datasets.Dataset.from_list, plus provenance hashes
 
 Every bad input ends in one :class:`~sllmx.errors.SllmxError` naming the file, the line and
@@ -17,6 +19,7 @@ TRL: https://huggingface.co/docs/trl/dataset_formats
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,6 +27,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from sllmx.data.checks import (CheckOptions, DataReport, check_duplicates, check_leakage, check_pii,
+                               duplicate_groups, label_balance, row_text)
 from sllmx.errors import SllmxError
 from sllmx.interfaces import FieldError, RawSplit
 
@@ -49,6 +54,8 @@ class Splits:
             in the unpaired layout gives two); ``sha256`` hashes the canonical JSON (sorted keys,
             UTF-8) of the converted examples in order, so equal hashes mean two runs trained and
             evaluated on the same data; ``skipped`` counts rows dropped by ``data.skip_invalid``.
+        report: what the data-quality checks found (:class:`sllmx.data.checks.DataReport`).
+        options: the checks' options (:class:`sllmx.data.checks.CheckOptions`).
     """
 
     train: Any
@@ -57,6 +64,8 @@ class Splits:
     layout: tuple[str, ...]
     format: str
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: Optional[DataReport] = None
+    options: Optional[CheckOptions] = None
 
     def summary(self) -> str:
         """One line for logs, e.g. ``format prompt_completion → prompt/completion: train 800, dev 100, test 100``."""
@@ -194,6 +203,37 @@ def hold_out(n: int, seed: int, test_fraction: float, dev_fraction: float,
     Raises:
         SllmxError: a fraction outside [0, 1), or too few rows to leave any for training.
     """
+    return hold_out_groups([[i] for i in range(n)], seed, test_fraction, dev_fraction, max_dev_rows)
+
+
+def _allocate(total: int, sizes: list[int]) -> list[int]:
+    """Split ``total`` over buckets in proportion to ``sizes`` (largest remainder; sums to ``total``)."""
+    n = sum(sizes)
+    exact = [total * k / n for k in sizes]
+    out = [int(x) for x in exact]
+    for j in sorted(range(len(sizes)), key=lambda j: (-(exact[j] - out[j]), j))[:total - sum(out)]:
+        out[j] += 1
+    return out
+
+
+def hold_out_groups(groups: list[list[int]], seed: int, test_fraction: float, dev_fraction: float,
+                    max_dev_rows: Optional[int], strata: Optional[dict[int, str]] = None,
+                    ) -> tuple[list[int], list[int], list[int]]:
+    """Split groups of row indices into (train, dev, test) row indices, each sorted, never
+    cutting a group: rows that duplicate each other stay in one split, so none leaks.
+
+    The groups are shuffled once by ``random.Random(seed)``; test takes groups until it holds
+    ``round(n * test_fraction)`` rows (at least 1 when the fraction is > 0), dev the next
+    ``round(n * dev_fraction)`` (capped at ``max_dev_rows``), train the rest.  Test is taken
+    first, so changing ``dev_fraction`` never changes test.  With ``strata`` (row index → label,
+    read from each group's first row) every label gets its share of test and dev (largest
+    remainder), so the label proportions of the splits match.  With one row per group and no
+    strata this is :func:`hold_out`.
+
+    Raises:
+        SllmxError: a fraction outside [0, 1), or too few rows to leave any for training.
+    """
+    n = sum(len(g) for g in groups)
     n_test = _count(n, test_fraction, "test_fraction")
     n_dev = _count(n, dev_fraction, "dev_fraction")
     if max_dev_rows is not None and max_dev_rows >= 0:
@@ -202,20 +242,46 @@ def hold_out(n: int, seed: int, test_fraction: float, dev_fraction: float,
         raise SllmxError(f"{n} rows are too few to hold out {n_test} test and {n_dev} dev rows and keep some for "
                          f"training; give more rows, a data.dev / data.test file, or lower data.dev_fraction / "
                          f"data.test_fraction")
-    perm = list(range(n))
-    random.Random(seed).shuffle(perm)
-    test = sorted(perm[:n_test])
-    dev = sorted(perm[n_test:n_test + n_dev])
-    train = sorted(perm[n_test + n_dev:])
-    return train, dev, test
+    buckets: dict[str, list[list[int]]] = {}
+    for g in groups:
+        buckets.setdefault(strata[g[0]] if strata else "", []).append(g)
+    keys = sorted(buckets)
+    sizes = [sum(len(g) for g in buckets[k]) for k in keys]
+    want_test, want_dev = _allocate(n_test, sizes), _allocate(n_dev, sizes)
+    rng = random.Random(seed)
+    test: list[int] = []
+    dev: list[int] = []
+    train: list[int] = []
+    for key, t_want, d_want in zip(keys, want_test, want_dev):
+        bucket = buckets[key]
+        order = list(range(len(bucket)))
+        rng.shuffle(order)
+        got_t = got_d = 0
+        for j in order:
+            g = bucket[j]
+            if got_t < t_want:
+                test += g
+                got_t += len(g)
+            elif got_d < d_want:
+                dev += g
+                got_d += len(g)
+            else:
+                train += g
+    if not train:
+        raise SllmxError(f"{n} rows in {len(groups)} groups of duplicates leave none for training after holding "
+                         f"out dev and test; lower data.dev_fraction / data.test_fraction")
+    return sorted(train), sorted(dev), sorted(test)
 
 
 def convert_rows(rows: list[dict], indices: list[int], split: RawSplit, fmt: Any, layout: tuple[str, ...],
-                 system: Optional[str], skip_invalid: bool = False, hint: str = "") -> dict[int, Optional[list]]:
+                 system: Optional[str], skip_invalid: bool = False, hint: str = "",
+                 invalid: Optional[list] = None, split_name: str = "") -> dict[int, Optional[list]]:
     """Convert ``rows[i]`` for ``i`` in ``indices`` (in file order) with ``fmt`` into examples of ``layout``.
 
     Returns:
-        ``{i: [example, ...]}``, or ``{i: None}`` for a row skipped by ``skip_invalid``.
+        ``{i: [example, ...]}``, or ``{i: None}`` for a row skipped by ``skip_invalid``; each
+        skipped row is also appended to ``invalid`` (when given) as ``{"split": split_name,
+        "index", "where", "field", "message"}``.
 
     Raises:
         SllmxError: "FILE, line N: field 'F': message" for a row the format refuses (unless
@@ -236,6 +302,9 @@ def convert_rows(rows: list[dict], indices: list[int], split: RawSplit, fmt: Any
         except FieldError as exc:
             msg = f"{where}: field {exc.field!r}: {exc}"
             if skip_invalid:
+                if invalid is not None:
+                    invalid.append({"split": split_name, "index": i, "where": where, "field": exc.field,
+                                    "message": str(exc)})
                 if not skipped:
                     log.warning("skipping invalid rows (data.skip_invalid=true); the first: %s", msg)
                 skipped += 1
@@ -267,7 +336,7 @@ def _dataset(examples: list[dict]) -> Any:
     return datasets.Dataset.from_list(examples)
 
 
-def load_splits(data_cfg: Any, registry: Any, trainer: Any) -> Splits:
+def load_splits(data_cfg: Any, registry: Any, trainer: Any, collect_invalid: bool = False) -> Splits:
     """Read, map, detect, split and convert the data of one run.
 
     Args:
@@ -333,43 +402,94 @@ def load_splits(data_cfg: Any, registry: Any, trainer: Any) -> Splits:
     if "dev" not in splits and dev_fraction <= 0:
         raise SllmxError("no dev split: give a dev file (data.dev=FILE) or hold out part of train "
                          "(data.dev_fraction > 0)")
-    train_idx, dev_idx, test_idx = hold_out(len(rows["train"]), seed, test_fraction, dev_fraction, max_dev)
+    opts = CheckOptions.from_cfg(data_cfg)
+    report = DataReport(options=dataclasses.asdict(opts))
+    system = _opt(data_cfg, "system") or None
+    skip_invalid = bool(_opt(data_cfg, "skip_invalid", False)) or collect_invalid
+    hint = "; data.skip_invalid=true skips such rows"
+    where = {name: (lambda i, sp=sp: f"{sp.origin}, {sp.line_of(i)}") for name, sp in splits.items()}
+
+    # 1. convert every row (a dev file cut to max_dev_rows), each source split in file order, so the
+    #    first bad line is reported first
+    converted: dict[str, dict[int, Optional[list]]] = {}
+    for name in splits:
+        n = len(rows[name])
+        if name == "dev" and max_dev is not None and max_dev >= 0:
+            n = min(n, max_dev)
+        converted[name] = convert_rows(rows[name], list(range(n)), splits[name], fmt, layout, system,
+                                       skip_invalid, hint, report.invalid, name)
+    texts: dict[str, dict[int, tuple[str, str]]] = {}
+    train_pairs = None
+    if opts.enabled:  # 2. PII, 3. duplicates within each split
+        for name in splits:
+            if opts.pii != "off":
+                check_pii(name, converted[name], where[name], opts, report)
+            texts[name] = {i: row_text(exs) for i, exs in converted[name].items() if exs}
+            if opts.duplicates != "off":
+                drop, pairs = check_duplicates(name, texts[name], where[name], opts, report)
+                if name == "train":
+                    train_pairs = pairs
+                for i in drop:
+                    converted[name][i] = None
+                    del texts[name][i]
+
+    # 4. the hold-out: seeded, duplicates kept together, optionally stratified
+    usable = [i for i in range(len(rows["train"])) if converted["train"].get(i) is not None]
+    if not usable:
+        bad = sum(1 for item in report.invalid if item["split"] == "train")
+        raise SllmxError(f"{train_split.origin}: no usable rows for the train split"
+                         + (f" ({bad} invalid rows skipped)" if bad else ""))
+    if opts.enabled and (test_fraction or dev_fraction):
+        groups = duplicate_groups(usable, texts["train"], opts, train_pairs)
+    else:
+        groups = [[i] for i in usable]
+    strata = None
+    if opts.stratify and (test_fraction or dev_fraction):
+        if not any(opts.stratify in r for r in rows["train"]):
+            raise SllmxError(f"data.stratify={opts.stratify}: {train_split.origin} has no such column; columns: "
+                             f"{', '.join(_columns_of(rows['train']))}")
+        strata = {i: str(rows["train"][i].get(opts.stratify)) for i in usable}
+    train_idx, dev_idx, test_idx = hold_out_groups(groups, seed, test_fraction, dev_fraction, max_dev, strata)
 
     plan = {"train": ("train", train_idx, train_split.origin)}
     held = []
     if "test" in splits:
-        plan["test"] = ("test", list(range(len(rows["test"]))), splits["test"].origin)
+        plan["test"] = ("test", sorted(converted["test"]), splits["test"].origin)
     elif test_idx:
         plan["test"] = ("train", test_idx, f"{train_split.origin} (held out: {len(test_idx)} of "
-                                           f"{len(rows['train'])} rows, split_seed {seed})")
+                                           f"{len(usable)} rows, split_seed {seed})")
         held.append("test")
     if "dev" in splits:
-        n_dev = len(rows["dev"]) if max_dev is None or max_dev < 0 else min(len(rows["dev"]), max_dev)
-        plan["dev"] = ("dev", list(range(n_dev)), splits["dev"].origin)
+        plan["dev"] = ("dev", sorted(converted["dev"]), splits["dev"].origin)
     else:
         plan["dev"] = ("train", dev_idx, f"{train_split.origin} (held out: {len(dev_idx)} of "
-                                         f"{len(rows['train'])} rows, split_seed {seed})")
+                                         f"{len(usable)} rows, split_seed {seed})")
         held.append("dev")
     if held:
         plan["train"] = ("train", train_idx, f"{train_split.origin} (without the {' and '.join(held)} rows)")
 
-    system = _opt(data_cfg, "system") or None
-    skip_invalid = bool(_opt(data_cfg, "skip_invalid", False))
-    hint = "; data.skip_invalid=true skips such rows"
+    if opts.enabled:  # 5. leakage between the final splits, 6. label balance
+        if opts.leakage != "off":
+            kept = {name: [i for i in idx if converted[src].get(i) is not None] for name, (src, idx, _) in plan.items()}
+            drop = check_leakage(kept, {name: texts[src] for name, (src, _, _) in plan.items()},
+                                 {name: where[src] for name, (src, _, _) in plan.items()}, opts, report)
+            for name, gone in drop.items():
+                if gone:
+                    src, idx, origin = plan[name]
+                    plan[name] = (src, [i for i in idx if i not in gone], origin + f" (without {len(gone)} rows "
+                                                                                   f"shared with other splits)")
+        label_balance(rows, {name: (src, idx) for name, (src, idx, _) in plan.items()}, opts, report)
+
     out: dict[str, Any] = {}
     provenance: dict[str, dict[str, Any]] = {}
-    converted: dict[str, dict[int, Optional[list]]] = {}
-    for from_split in splits:  # each source split once, in file order, so the first bad line is reported first
-        needed = [i for src, indices, _ in plan.values() if src == from_split for i in indices]
-        converted[from_split] = convert_rows(rows[from_split], needed, splits[from_split], fmt, layout, system,
-                                             skip_invalid, hint)
     for name in ("train", "dev", "test"):
         if name not in plan:
             continue
         from_split, indices, origin = plan[name]
-        done = [converted[from_split][i] for i in indices]
+        done = [converted[from_split].get(i) for i in indices]
         examples = [ex for exs in done if exs is not None for ex in exs]
-        skipped = sum(exs is None for exs in done)
+        # invalid rows belong to the split of their file (rows held out of train never include them)
+        skipped = sum(1 for item in report.invalid if item["split"] == from_split) if name == from_split else 0
         if not examples:
             raise SllmxError(f"{origin}: no usable rows for the {name} split"
                              + (f" ({skipped} invalid rows skipped)" if skipped else ""))
@@ -378,7 +498,9 @@ def load_splits(data_cfg: Any, registry: Any, trainer: Any) -> Splits:
         out[name] = _dataset(examples)
         provenance[name] = {"origin": origin, "rows": len(examples), "sha256": sha256_of(examples),
                             "skipped": skipped}
+        report.splits[name] = {"origin": origin, "rows": len(examples), "format": fmt_name,
+                               "layout": "/".join(layout)}
     splits_out = Splits(train=out["train"], dev=out["dev"], test=out.get("test"), layout=layout,
-                        format=fmt_name, provenance=provenance)
+                        format=fmt_name, provenance=provenance, report=report, options=opts)
     log.info("data: %s", splits_out.summary())
     return splits_out
