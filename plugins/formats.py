@@ -26,6 +26,8 @@ kto                    prompt, completion, label                   unpaired
 kto_messages           messages, label (LLaMA-Factory)             unpaired
 text                   text                                        text
 hh_rlhf                chosen, rejected (Anthropic HH transcripts) preference, unpaired, prompt/completion
+summarization          dialogue (or document), summary (or         prompt/completion
+                       summary1: DialogSum's test file)
 =====================  ==========================================  ===================================
 
 The ``unpaired`` layout of a pair is two rows, the chosen answer with ``label=True`` then the
@@ -661,9 +663,28 @@ class HHRLHFFormat(_PairFormat):
         return prompt, answers[0], answers[1]
 
 
+class SummarizationFormat(_CompletionFormat):
+    """Document / dialogue summarization: ``dialogue`` (or ``document``) and ``summary``.
+
+    The prompt is one user turn, ``Summarize the following dialogue.`` (or ``document``) and the
+    text; the completion is ``summary``, else ``summary1`` (DialogSum's test file has three
+    reference summaries, ``summary1..3``; the first is used).
+    """
+
+    name = "summarization"
+    columns = ("dialogue", "summary")
+
+    def pair(self, row):
+        kind = "dialogue" if not _missing(row, "dialogue") else "document"
+        text = _text(row, kind)
+        target = "summary" if not _missing(row, "summary") or _missing(row, "summary1") else "summary1"
+        return ([{"role": "user", "content": f"Summarize the following {kind}.\n\n{text}"}],
+                [{"role": "assistant", "content": _text(row, target)}])
+
+
 FORMATS: tuple[type[DataFormat], ...] = (
     MessagesFormat, AlpacaFormat, PromptCompletionFormat, PreferenceFormat, ShareGPTPreferenceFormat,
-    KTOFormat, KTOMessagesFormat, TextFormat, HHRLHFFormat,
+    KTOFormat, KTOMessagesFormat, TextFormat, HHRLHFFormat, SummarizationFormat,
 )
 
 

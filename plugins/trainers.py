@@ -84,6 +84,7 @@ class SFT(TRLObjective):
     name = "sft"
     config = SFTTrainerConfig
     layouts = (LAYOUT_PROMPT_COMPLETION, LAYOUT_MESSAGES, LAYOUT_TEXT)
+    loss_is_token_nll = True  # SFTTrainer's loss: mean cross-entropy over the completion tokens
 
     def trl_classes(self):
         from trl import SFTConfig, SFTTrainer

@@ -1,8 +1,9 @@
 """Trainer callbacks the runner adds to every run.
 
-- :class:`GenerationMetricCallback` scores greedy generations on the dev split with a
-  metric plugin at each evaluation, and adds ``eval_<name>`` to the evaluation's
-  metrics before early stopping and best-checkpoint selection read them.
+- :class:`GenerationMetricCallback` scores the dev split with a metric plugin at each
+  evaluation (greedy generations, or preference pairs' log-probabilities: the metric's
+  ``needs``), and adds ``eval_<key>`` to the evaluation's metrics before early stopping and
+  best-checkpoint selection read them.
 - :class:`ObserverCallback` records each evaluation in the run's dev-metric history and
   calls the ``sllmx_after_evaluate`` hook.
 
@@ -12,8 +13,9 @@ Early stopping is ``transformers.EarlyStoppingCallback``.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Optional
 
 from transformers import TrainerCallback
 
@@ -52,26 +54,37 @@ def dev_prompts_and_references(dataset: Any) -> tuple[list[list[dict]], list[str
     return prompts, refs
 
 
+@contextmanager
+def inference(model: Any, tokenizer: Any, padding_side: str) -> Iterator[None]:
+    """Evaluation mode and the given padding side for the block; both put back afterwards."""
+    was_training, side = model.training, tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    model.eval()
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int,
-             batch_size: int) -> list[str]:
+             batch_size: int, truncated: Optional[list[bool]] = None) -> list[str]:
     """Greedy generation of one answer per chat prompt (chat template, left padding).
 
     Args:
         prompts: message lists; the tokenizer's chat template renders them with the generation prompt.
         max_new_tokens: the most tokens generated per answer.
         batch_size: prompts per ``generate`` call.
+        truncated: when given, extended with one flag per prompt: True when the answer reached
+            ``max_new_tokens`` without an end-of-sequence token.
 
     Returns:
         the decoded answers (special tokens removed), one per prompt.
     """
     import torch
 
-    was_training = model.training
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    model.eval()
     out: list[str] = []
-    try:
+    with inference(model, tokenizer, "left"):
         for i in range(0, len(prompts), batch_size):
             texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
                      for p in prompts[i:i + batch_size]]
@@ -80,52 +93,163 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
             with torch.no_grad():
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=tokenizer.pad_token_id)
-            out.extend(tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            if truncated is not None:
+                eos = model.generation_config.eos_token_id
+                eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id]))
+                ended = torch.isin(new.cpu(), eos).any(dim=1)
+                truncated.extend(bool(new.shape[1] >= max_new_tokens and not e) for e in ended)
     return [o.strip() for o in out]
 
 
-class GenerationMetricCallback(TrainerCallback):
-    """At each evaluation, generate on the dev prompts and add the metric's values as ``eval_<key>``.
+def preference_pairs(dataset: Any) -> tuple[list[list[dict]], list[list[dict]], list[list[dict]]]:
+    """``(prompts, chosen, rejected)`` message lists of a split in the preference layout (empty otherwise)."""
+    if dataset is None or not {"prompt", "chosen", "rejected"} <= set(dataset.column_names):
+        return [], [], []
+    as_msgs = lambda v, role: [{"role": role, "content": v}] if isinstance(v, str) else list(v)  # noqa: E731
+    rows = list(dataset)
+    return ([as_msgs(r["prompt"], "user") for r in rows], [as_msgs(r["chosen"], "assistant") for r in rows],
+            [as_msgs(r["rejected"], "assistant") for r in rows])
 
-    Must come before ``EarlyStoppingCallback`` in the callback list: it writes into the
-    same metrics dict that early stopping and ``metric_for_best_model`` read.  The latest
-    generations are written to ``generations_path`` (JSONL: input, reference, prediction).
+
+def answer_logprobs(model: Any, tokenizer: Any, prompts: list[list[dict]], answers: list[list[dict]],
+                    batch_size: int, counts: Optional[list[int]] = None) -> list[float]:
+    """Summed log-probability (nats) of each answer's tokens given its prompt, under ``model``.
+
+    The conversation ``prompt + answer`` is rendered by the chat template; the answer's tokens
+    are those after the rendering of ``prompt`` with the generation prompt (the tokens TRL's
+    DPO trainer scores).  Right padding, no gradient, the model left in its previous mode.
+    ``counts``, when given, is extended with each answer's number of tokens.
+    """
+    import torch
+
+    out: list[float] = []
+    with inference(model, tokenizer, "right"):
+        for i in range(0, len(prompts), batch_size):
+            full = [tokenizer.apply_chat_template(p + a, tokenize=False)
+                    for p, a in zip(prompts[i:i + batch_size], answers[i:i + batch_size])]
+            heads = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                     for p in prompts[i:i + batch_size]]
+            enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False)
+            starts = [len(tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                logits = model(**enc).logits[:, :-1].float()
+            targets = enc["input_ids"][:, 1:]
+            token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            mask = enc["attention_mask"][:, 1:].clone()
+            for j, start in enumerate(starts):
+                mask[j, :max(start - 1, 0)] = 0  # position t predicts token t + 1: answer tokens from `start`
+            out.extend((token_lp * mask).sum(-1).tolist())
+            if counts is not None:
+                counts.extend(mask.sum(-1).tolist())
+    return out
+
+
+def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_new_tokens: int,
+                batch_size: int, banned: tuple = (), expect_json: bool = False,
+                ) -> tuple[dict[str, float], list[dict[str, Any]], Optional[dict[str, Any]]]:
+    """The metric's values on ``dataset``, the rows behind them (for ``generations.jsonl``) and
+    the guardrail checks of the answers (:func:`sllmx.safety.check_outputs`; None without generations).
+
+    Computes what ``metric.needs``: greedy generations against the references, or each
+    preference pair's chosen and rejected log-probabilities.  With generations, the values also
+    hold the checks' shares (``empty_answers``, ``truncated_answers``, ``pii_answers``,
+    ``banned_answers``, ``invalid_json_answers`` with ``expect_json``).  Returns ``({}, [], None)``
+    when the split has nothing the metric can use (e.g. generations of a plain-text split).
+
+    Raises:
+        SllmxError: a metric whose ``needs`` sllmx does not know.
+    """
+    from sllmx.errors import SllmxError
+    from sllmx.interfaces import NEEDS_GENERATIONS, NEEDS_PAIR_LOGPROBS
+
+    if metric.needs == NEEDS_GENERATIONS:
+        from sllmx.safety import as_metrics, check_outputs
+
+        prompts, refs = dev_prompts_and_references(dataset)
+        if not prompts:
+            return {}, [], None
+        cut: list[bool] = []
+        preds = generate(model, tokenizer, prompts, max_new_tokens, batch_size, cut)
+        rows = [{"input": p, "reference": r, "prediction": x, "truncated": t}
+                for p, r, x, t in zip(prompts, refs, preds, cut)]
+        checks = check_outputs(preds, cut, banned, expect_json)
+        values = {k: float(v) for k, v in metric.compute(preds, refs).items()}
+        return {**values, **as_metrics(checks)}, rows, checks
+    if metric.needs == NEEDS_PAIR_LOGPROBS:
+        prompts, chosen, rejected = preference_pairs(dataset)
+        if not prompts:
+            return {}, [], None
+        lp_c = answer_logprobs(model, tokenizer, prompts, chosen, batch_size)
+        lp_r = answer_logprobs(model, tokenizer, prompts, rejected, batch_size)
+        rows = [{"input": p, "chosen_logp": c, "rejected_logp": r} for p, c, r in zip(prompts, lp_c, lp_r)]
+        return {k: float(v) for k, v in metric.compute(lp_c, lp_r).items()}, rows, None
+    raise SllmxError(f"metric {metric.name!r} needs {metric.needs!r}, which sllmx cannot compute; "
+                     f"known: {NEEDS_GENERATIONS}, {NEEDS_PAIR_LOGPROBS}")
+
+
+class GenerationMetricCallback(TrainerCallback):
+    """At each evaluation, score the dev split with a metric plugin and add its values as ``eval_<key>``.
+
+    The metric's ``needs`` decides what is computed (:func:`score_split`): greedy generations,
+    or preference pairs' log-probabilities.  Must come before ``EarlyStoppingCallback`` in the
+    callback list: it writes into the same metrics dict that early stopping and
+    ``metric_for_best_model`` read.  The latest rows (input, reference, prediction; or the pair
+    log-probabilities) are written to ``generations_path`` as JSONL.
     """
 
     def __init__(self, metric: Metric, dev_dataset: Any, max_new_tokens: int, batch_size: int,
-                 generations_path: Path):
+                 generations_path: Path, banned: tuple = (), expect_json: bool = False):
         self.metric = metric
-        self.prompts, self.references = dev_prompts_and_references(dev_dataset)
+        self.banned, self.expect_json = banned, expect_json
+        self.last_checks: Optional[dict[str, Any]] = None  # the guardrail checks of the latest evaluation
+        self.dataset = dev_dataset
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.generations_path = generations_path
         self.trainer: Any = None  # set by the runner once the trainer exists, to log the values
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
-        if not self.prompts or metrics is None:
+        if metrics is None:
             return
-        preds = generate(model, processing_class, self.prompts, self.max_new_tokens, self.batch_size)
-        values = {f"eval_{k}": float(v) for k, v in self.metric.compute(preds, self.references).items()}
+        values, rows, checks = score_split(self.metric, model, processing_class, self.dataset,
+                                           self.max_new_tokens, self.batch_size, self.banned, self.expect_json)
+        if not rows:
+            return
+        if checks is not None:
+            self.last_checks = {"step": state.global_step, **checks}
+        values = {f"eval_{k}": v for k, v in values.items()}
         metrics.update(values)
         if self.trainer is not None:
             self.trainer.log(values)
         self.generations_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.generations_path, "w", encoding="utf-8") as f:
-            for prompt, ref, pred in zip(self.prompts, self.references, preds):
-                f.write(json.dumps({"step": state.global_step, "input": prompt, "reference": ref,
-                                    "prediction": pred}, ensure_ascii=False) + "\n")
+            for row in rows:
+                f.write(json.dumps({"step": state.global_step, **row}, ensure_ascii=False) + "\n")
+
+
+def add_perplexity(metrics: dict[str, Any], prefix: str = "eval") -> None:
+    """Add ``<prefix>_perplexity`` = exp(``<prefix>_loss``) (per-token perplexity of the split: the
+    trainers' loss is the mean token cross-entropy in nats) where the loss is there and finite."""
+    import math
+
+    loss = metrics.get(f"{prefix}_loss")
+    if isinstance(loss, (int, float)) and math.isfinite(loss):
+        metrics[f"{prefix}_perplexity"] = math.exp(min(loss, 700.0))
 
 
 class ObserverCallback(TrainerCallback):
-    """Feeds every evaluation to the run's dev-metric history and the ``sllmx_after_evaluate`` hook."""
+    """Adds ``eval_perplexity``, then feeds every evaluation to the run's dev-metric history and
+    the ``sllmx_after_evaluate`` hook."""
 
     def __init__(self, run: Any):
         self.run = run
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics is not None and getattr(self.run.trainer, "loss_is_token_nll", False):
+            add_perplexity(metrics)
         metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
         self.run.record.dev_metric.add(state.global_step, metrics, training=self.run.training)
         self.run.pm.hook.sllmx_after_evaluate(run=self.run, metrics=metrics)

@@ -101,7 +101,8 @@ class EvalConfig:
     """Dev-split evaluation, model selection and early stopping."""
 
     metric: Optional[str] = _help(
-        "dev metric for model selection, early stopping and sweeps (e.g. eval_loss, json_fields, json_exact); "
+        "dev metric for model selection, early stopping and sweeps (e.g. eval_loss, perplexity, json_fields, "
+        "rougeL, bleu, preference_accuracy); "
         "null: the trainer's default", None)
     higher_is_better: Optional[bool] = _help("direction of a metric not registered by a plugin; null: from the plugin", None)
     eval_steps: int = _help("evaluate on the dev split every N optimizer steps (and at the end)", 20)
@@ -111,6 +112,17 @@ class EvalConfig:
     max_new_tokens: int = _help("greedy generation length for generation metrics", 128)
     generation_batch_size: int = _help("dev prompts per generate() call", 16)
     before_training: bool = _help("also evaluate the untrained model (the baseline in run.json)", True)
+    banned_patterns: list[str] = _help("regular expressions (case-insensitive) a generated answer must not match; "
+                                       "answers that do are counted (eval_banned_answers, run.json output_checks)",
+                                       [])
+    expect_json: bool = _help("answers should be JSON: count those that do not parse (eval_invalid_json_answers)",
+                              False)
+    general_data: Optional[str] = _help(
+        "forgetting check: a data file (any format the files source reads) scored before and after fine-tuning "
+        "(token NLL and perplexity of its answers; run.json forgetting)", None)
+    general_max_rows: int = _help("rows of eval.general_data scored (the first N)", 200)
+    forgetting_threshold: float = _help("flag forgetting when the general perplexity rises by more than this "
+                                        "fraction", 0.1)
     test: bool = _help("after training, evaluate the selected checkpoint once on the test split "
                        "(run.json test_metrics); model selection never sees it", False)
 

@@ -108,12 +108,17 @@ class Trainer(Plugin):
         dev_metric: the metric (name as the HF Trainer logs it, e.g. ``eval_loss``) used for
             model selection, early stopping and pruning unless ``eval.metric`` overrides it.
         higher_is_better: the direction of ``dev_metric``.
+        loss_is_token_nll: ``eval_loss`` is the mean token negative log-likelihood, so sllmx
+            adds ``eval_perplexity`` = exp(eval_loss).
     """
 
     kind = "trainer"
     layouts: Sequence[tuple[str, ...]] = ()
     dev_metric: str = "eval_loss"
     higher_is_better: bool = False
+    #: True where ``eval_loss`` is the mean negative log-likelihood per token (SFT), so that
+    #: exp(eval_loss) is the split's perplexity (logged as ``eval_perplexity``)
+    loss_is_token_nll: bool = False
 
     def build(
         self,
@@ -231,24 +236,37 @@ class DataFormat(Plugin):
         raise NotImplementedError
 
 
+#: what a metric is computed from (``Metric.needs``)
+NEEDS_GENERATIONS = "generations"
+NEEDS_PAIR_LOGPROBS = "pair_logprobs"
+
+
 class Metric(Plugin):
-    """A dev/test metric computed from greedy generations on the dev split.
+    """A dev/test metric, computed at each evaluation of the dev split (and once on test).
 
     Attributes:
         higher_is_better: the direction of every value it returns; sweeps, early stopping
             and tables use it (lm-evaluation-harness registers metrics the same way).
         keys: the names :meth:`compute` returns (default: just ``name``); any of them can be
             the dev metric (``eval.metric=<key>``).
+        needs: what sllmx computes and passes to :meth:`compute`:
+            ``"generations"`` (default): greedy answers to the split's prompts (chat template,
+            ``eval.max_new_tokens``) and the reference answers, two lists of strings;
+            ``"pair_logprobs"``: for each preference pair of the split, the model's summed
+            log-probability (nats) of the chosen answer and of the rejected answer given the
+            prompt, two lists of floats.
     """
 
     kind = "metric"
     higher_is_better: bool = True
     keys: tuple[str, ...] = ()
+    needs: str = NEEDS_GENERATIONS
 
     def __init__(self) -> None:
         if not self.keys:
             self.keys = (self.name,)
 
-    def compute(self, predictions: list[str], references: list[str]) -> dict[str, float]:
-        """Return ``{name: value, ...}``; the entry named ``self.name`` is the headline value."""
+    def compute(self, predictions: list, references: list) -> dict[str, float]:
+        """Return ``{key: value, ...}`` for ``keys``; the arguments are those ``needs`` names
+        (predictions and references, or chosen and rejected log-probabilities)."""
         raise NotImplementedError

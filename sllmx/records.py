@@ -74,7 +74,8 @@ class RunRecord:
     and trial number of a sweep's run; ``test_metrics`` holds the one test-split
     evaluation of ``eval.test=true`` (``test_``-prefixed); ``data_checks`` the counts of the
     data-quality checks (:meth:`sllmx.data.checks.DataReport.summary`; the whole report is the
-    ``data_check`` artifact).
+    ``data_check`` artifact); ``output_checks`` the guardrail checks of the generated answers
+    (:func:`sllmx.safety.check_outputs`) at the latest dev evaluation (``dev``) and on ``test``.
     """
 
     status: str
@@ -109,6 +110,8 @@ class RunRecord:
     trial: Optional[dict[str, Any]] = None
     test_metrics: dict[str, float] = field(default_factory=dict)
     data_checks: dict[str, Any] = field(default_factory=dict)
+    output_checks: dict[str, Any] = field(default_factory=dict)
+    forgetting: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import resource
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
 from sllmx.errors import SllmxError
-from sllmx.interfaces import Method, Runtime, Trainer
+from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Runtime, Trainer
 from sllmx.plugins import Registry, registry
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
 
@@ -31,6 +32,7 @@ class RunContext:
         training: False during the baseline evaluation, True after ``train()`` starts.
         trial: the Optuna trial this run reports to (``sllmx_optuna`` sweeps), else None.
         model / tokenizer / hf_trainer / splits: set as the run reaches them.
+        general: the forgetting check's rows (``eval.general_data``), else None.
     """
 
     cfg: DictConfig
@@ -46,6 +48,7 @@ class RunContext:
     hf_trainer: Any = None
     splits: Any = None
     trial: Any = None
+    general: Any = None
 
     @property
     def pm(self) -> Any:
@@ -88,7 +91,7 @@ def dev_metric_of(cfg: DictConfig, trainer: Trainer, reg: Registry) -> DevMetric
             higher = trainer.higher_is_better
         elif producer is not None:
             higher = producer.obj.higher_is_better
-        elif bare.endswith("loss"):
+        elif bare.endswith("loss") or bare == "perplexity":
             higher = False
         else:
             raise SllmxError(f"eval.metric={bare}: its direction is unknown; set eval.higher_is_better=true|false")
@@ -194,13 +197,26 @@ def run(cfg: DictConfig) -> RunRecord:
     trainer = reg.get("trainer", cfg.trainer.name)
     check_combination(method, trainer, cfg, reg)
     dev = dev_metric_of(cfg, trainer, reg)
+    from sllmx.safety import compile_patterns
+
+    compile_patterns(cfg.eval.banned_patterns)  # a bad pattern fails now, before anything is written
     out = Path(cfg.output_dir)
     if (out / RUN_FILE).exists():
         raise SllmxError(f"{out / RUN_FILE} already exists; choose another hydra.run.dir (nothing is overwritten)")
     splits = load_splits(cfg.data, reg, trainer)
+    if cfg.data.get("metric"):
+        metric = reg.get("metric", cfg.data.metric)
+        if metric.needs == NEEDS_PAIR_LOGPROBS and tuple(splits.layout) != LAYOUT_PREFERENCE:
+            raise SllmxError(f"data.metric={metric.name} scores preference pairs, but trainer={trainer.name} reads "
+                             f"the data as {'/'.join(splits.layout)}; use it with trainer=dpo or trainer=orpo")
     if cfg.eval.test and not len(splits.test or []):
         raise SllmxError("eval.test=true but the test split is empty; give data.test or data.test_fraction")
     trial = _open_trial(cfg)
+    general = None
+    if cfg.eval.general_data:  # read now, so a bad file fails before anything is written
+        from sllmx.forgetting import load_general
+
+        general = load_general(cfg.eval.general_data, cfg.eval.general_max_rows, reg)
 
     runtime = detect_runtime()
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -222,7 +238,7 @@ def run(cfg: DictConfig) -> RunRecord:
                         "storage": mask_url(cfg.trial.storage)}
     record.write(out)
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
-                     output_dir=out, splits=splits, trial=trial)
+                     output_dir=out, splits=splits, trial=trial, general=general)
     wandb_run = None
     try:
         wandb_run = _start_logger(cfg, out, resolved)
@@ -273,9 +289,12 @@ def _train(ctx: RunContext) -> str:
     callbacks: list[Any] = []
     gen_cb = None
     if cfg.data.get("metric"):
+        from sllmx.safety import compile_patterns
+
         gen_cb = GenerationMetricCallback(ctx.registry.get("metric", cfg.data.metric), ctx.splits.dev,
                                           cfg.eval.max_new_tokens, cfg.eval.generation_batch_size,
-                                          out / "generations.jsonl")
+                                          out / "generations.jsonl", tuple(compile_patterns(cfg.eval.banned_patterns)),
+                                          bool(cfg.eval.expect_json))
         callbacks.append(gen_cb)
     callbacks.append(ObserverCallback(ctx))
     if ctx.trial is not None:
@@ -294,6 +313,11 @@ def _train(ctx: RunContext) -> str:
     if gen_cb is not None:
         gen_cb.trainer = ctx.hf_trainer
 
+    general = ctx.general
+    if general is not None:
+        from sllmx import forgetting
+
+        before = forgetting.score(ctx.model, ctx.tokenizer, general, cfg.trainer.per_device_eval_batch_size)
     if cfg.eval.before_training:
         ctx.hf_trainer.evaluate()
     ctx.training = True
@@ -314,6 +338,19 @@ def _train(ctx: RunContext) -> str:
                None)
     if bad is not None:
         raise FloatingPointError(f"{record.dev_metric.name} is {bad['value']} at step {bad['step']}")
+    if general is not None:
+        after = forgetting.score(ctx.model, ctx.tokenizer, general, cfg.trainer.per_device_eval_batch_size)
+        record.forgetting = {"data": cfg.eval.general_data, "rows": len(general),
+                             **forgetting.compare(before, after, cfg.eval.forgetting_threshold)}
+        if record.forgetting["flagged"]:
+            import logging
+
+            logging.getLogger("sllmx").warning(
+                "forgetting: perplexity on %s rose from %.3f to %.3f (x%.3f, threshold %.0f%%)",
+                cfg.eval.general_data, before["perplexity"], after["perplexity"],
+                record.forgetting["perplexity_ratio"], 100 * cfg.eval.forgetting_threshold)
+    if gen_cb is not None and gen_cb.last_checks is not None:
+        record.output_checks["dev"] = gen_cb.last_checks
     if cfg.eval.test:
         record.test_metrics = evaluate_split(ctx, ctx.splits.test, "test", gen_cb)
     if cfg.save_model:
@@ -341,7 +378,8 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
     Raises:
         SllmxError: when ``dataset`` is empty (e.g. ``eval.test=true`` with ``data.test_fraction=0``).
     """
-    from sllmx.callbacks import dev_prompts_and_references, generate
+    from sllmx.callbacks import add_perplexity, score_split
+    from sllmx.records import write_text_atomic
 
     if dataset is None or len(dataset) == 0:
         raise SllmxError(f"eval.{prefix}=true but the {prefix} split is empty; set data.{prefix}_fraction or a "
@@ -352,11 +390,20 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
     args.update(report_to=[], load_best_model_at_end=False, save_strategy="no", eval_strategy="no")
     evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [])
     metrics = evaluator.evaluate(metric_key_prefix=prefix)
+    if ctx.trainer.loss_is_token_nll:
+        add_perplexity(metrics, prefix)
     shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)
     if gen_cb is not None:
-        prompts, refs = dev_prompts_and_references(dataset)
-        preds = generate(ctx.model, ctx.tokenizer, prompts, gen_cb.max_new_tokens, gen_cb.batch_size)
-        metrics.update({f"{prefix}_{k}": float(v) for k, v in gen_cb.metric.compute(preds, refs).items()})
+        values, rows, checks = score_split(gen_cb.metric, ctx.model, ctx.tokenizer, dataset, gen_cb.max_new_tokens,
+                                           gen_cb.batch_size, getattr(gen_cb, "banned", ()),
+                                           getattr(gen_cb, "expect_json", False))
+        metrics.update({f"{prefix}_{k}": v for k, v in values.items()})
+        if checks is not None:
+            ctx.record.output_checks["dev" if prefix == "eval" else prefix] = checks
+        if rows:
+            path = ctx.output_dir / f"generations-{prefix}.jsonl"
+            write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            ctx.record.artifacts[f"generations_{prefix}"] = path.name
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 

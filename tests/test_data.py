@@ -79,7 +79,8 @@ def cfg(path, **kw) -> FilesDataConfig:
 
 def test_builtin_source_and_formats_are_registered(reg):
     assert reg.names("format") == sorted(["messages", "alpaca", "prompt_completion", "preference",
-                                          "sharegpt_preference", "kto", "kto_messages", "text", "hh_rlhf"])
+                                          "sharegpt_preference", "kto", "kto_messages", "text", "hh_rlhf",
+                                          "summarization"])
     assert isinstance(reg.get("data", "files"), FilesSource)
     assert reg.get("data", "files").config is FilesDataConfig
     assert FilesDataConfig.__dataclass_fields__["path"].metadata["help"]

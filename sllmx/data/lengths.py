@@ -73,7 +73,7 @@ def length_report(splits: dict[str, Any], tokenizer: Any, max_length: Optional[i
     Returns:
         ``(report, warnings)``: report ``{"max_length", "suggested_max_length", "truncated",
         "truncated_pct", "p99", "by_split": {split: stats}}``; a warning when ``max_length``
-        truncates more than 1% of train examples or exceeds twice their p99.
+        truncates more than 1% of train examples (and the suggestion is larger) or exceeds twice their p99.
     """
     by_split = {name: stats(token_lengths(ds, tokenizer), max_length)
                 for name, ds in splits.items() if ds is not None and len(ds)}
@@ -83,7 +83,7 @@ def length_report(splits: dict[str, Any], tokenizer: Any, max_length: Optional[i
               "truncated": train.get("truncated", 0), "truncated_pct": train.get("truncated_pct", 0.0),
               "by_split": by_split}
     warnings = []
-    if max_length and train["truncated_pct"] > 1:
+    if max_length and train["truncated_pct"] > 1 and suggested > max_length:
         warnings.append(f"trainer.max_length={max_length} truncates {train['truncated']} of {train['examples']} "
                         f"train examples ({train['truncated_pct']}%); p99 is {train['p99']:.0f} tokens: "
                         f"trainer.max_length={suggested} keeps 99%")
