@@ -201,8 +201,9 @@ class GenerationMetricCallback(TrainerCallback):
     """
 
     def __init__(self, metric: Metric, dev_dataset: Any, max_new_tokens: int, batch_size: int,
-                 generations_path: Path, banned: tuple = (), expect_json: bool = False):
+                 generations_path: Path, banned: tuple = (), expect_json: bool = False, every: int = 1):
         self.metric = metric
+        self.every, self.evaluations = max(1, every), 0
         self.banned, self.expect_json = banned, expect_json
         self.last_checks: Optional[dict[str, Any]] = None  # the guardrail checks of the latest evaluation
         self.dataset = dev_dataset
@@ -214,6 +215,10 @@ class GenerationMetricCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if metrics is None:
             return
+        self.evaluations += 1
+        first, last = self.evaluations == 1, state.max_steps and state.global_step >= state.max_steps
+        if not (first or last or (self.evaluations - 1) % self.every == 0):
+            return  # eval.generation_every: this evaluation has the loss only
         values, rows, checks = score_split(self.metric, model, processing_class, self.dataset,
                                            self.max_new_tokens, self.batch_size, self.banned, self.expect_json)
         if not rows:

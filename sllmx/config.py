@@ -112,6 +112,9 @@ class EvalConfig:
     max_new_tokens: int = _help("greedy generation length for generation metrics", 128)
     generation_batch_size: int = _help("dev prompts per generate() call", 16)
     before_training: bool = _help("also evaluate the untrained model (the baseline in run.json)", True)
+    generation_every: int = _help(
+        "score data.metric (generations cost far more than the loss) at every Nth dev evaluation, and always "
+        "before training and at the end; must be 1 when eval.metric is one of its values", 1)
     banned_patterns: list[str] = _help("regular expressions (case-insensitive) a generated answer must not match; "
                                        "answers that do are counted (eval_banned_answers, run.json output_checks)",
                                        [])

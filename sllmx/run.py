@@ -206,6 +206,10 @@ def run(cfg: DictConfig) -> RunRecord:
     splits = load_splits(cfg.data, reg, trainer)
     if cfg.data.get("metric"):
         metric = reg.get("metric", cfg.data.metric)
+        if cfg.eval.generation_every > 1 and dev.name.removeprefix("eval_") in metric.keys:
+            raise SllmxError(f"eval.generation_every={cfg.eval.generation_every} skips {dev.name} at some "
+                             f"evaluations, but it is the dev metric that selects the checkpoint; use 1, or "
+                             f"another eval.metric")
         if metric.needs == NEEDS_PAIR_LOGPROBS and tuple(splits.layout) != LAYOUT_PREFERENCE:
             raise SllmxError(f"data.metric={metric.name} scores preference pairs, but trainer={trainer.name} reads "
                              f"the data as {'/'.join(splits.layout)}; use it with trainer=dpo or trainer=orpo")
@@ -294,7 +298,7 @@ def _train(ctx: RunContext) -> str:
         gen_cb = GenerationMetricCallback(ctx.registry.get("metric", cfg.data.metric), ctx.splits.dev,
                                           cfg.eval.max_new_tokens, cfg.eval.generation_batch_size,
                                           out / "generations.jsonl", tuple(compile_patterns(cfg.eval.banned_patterns)),
-                                          bool(cfg.eval.expect_json))
+                                          bool(cfg.eval.expect_json), cfg.eval.generation_every)
         callbacks.append(gen_cb)
     callbacks.append(ObserverCallback(ctx))
     if ctx.trial is not None:

@@ -79,3 +79,17 @@ def test_forgetting_check_scores_a_general_file_before_and_after(tmp_path):
     with pytest.raises(SllmxError, match="data file not found"):
         run(compose_config([*FAST, f"eval.general_data={tmp_path / 'nope.jsonl'}"], tmp_path / "r2", tmp_path / "cache"))
     assert not (tmp_path / "r2").exists()
+
+
+def test_generation_every_scores_the_metric_at_every_nth_evaluation_and_at_the_end(tmp_path):
+    from sllmx.run import run
+    from tests.common import FAST, compose_config
+
+    cfg = compose_config([*FAST, "trainer.max_steps=6", "eval.generation_every=2", "eval.early_stopping_patience=null"],
+                         tmp_path / "run", tmp_path / "cache")
+    record = run(cfg)
+    steps = [(p["step"], "eval_json_fields" in p["metrics"]) for p in record.dev_metric.history]
+    assert steps == [(0, True), (2, False), (4, True), (6, True)]  # evaluations 1, 3 and the last
+    with pytest.raises(SllmxError, match="eval.generation_every=2 skips eval_json_fields"):
+        run(compose_config([*FAST, "eval.generation_every=2", "eval.metric=json_fields"], tmp_path / "r2",
+                           tmp_path / "cache"))
