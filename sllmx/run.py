@@ -156,6 +156,10 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         logging_nan_inf_filter=False,  # the default hides NaN/inf losses from train_loss; a diverged run must FAIL
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # sllmx's metrics come from callbacks, not compute_metrics: without this the HF evaluation loop
+        # keeps every dev example's logits (examples x tokens x vocabulary floats: 12 GB for 100
+        # DialogSum examples with SmolLM2's 49k vocabulary), which got a run OOM-killed
+        prediction_loss_only=True,
     )
 
 
