@@ -135,15 +135,16 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: list[list[dict]], answe
             starts = [len(tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.no_grad():
-                logits = model(**enc).logits[:, :-1].float()
-            targets = enc["input_ids"][:, 1:]
-            token_lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-            mask = enc["attention_mask"][:, 1:].clone()
+                logits = model(**enc).logits
             for j, start in enumerate(starts):
-                mask[j, :max(start - 1, 0)] = 0  # position t predicts token t + 1: answer tokens from `start`
-            out.extend((token_lp * mask).sum(-1).tolist())
-            if counts is not None:
-                counts.extend(mask.sum(-1).tolist())
+                end = int(enc["attention_mask"][j].sum())  # right padding: the real tokens come first
+                # position t predicts token t + 1; only the answer's rows of the logits are normalised,
+                # so memory stays at (answer tokens x vocabulary) per row, not (batch x length x vocabulary)
+                rows = torch.log_softmax(logits[j, start - 1:end - 1].float(), dim=-1)
+                out.append(float(rows.gather(-1, enc["input_ids"][j, start:end].unsqueeze(-1)).sum()))
+                if counts is not None:
+                    counts.append(max(end - start, 0))
+            del logits
     return out
 
 
