@@ -24,6 +24,21 @@ def _setup() -> None:
     ConfigStore.instance().store(name="sllmx_schema", node=SllmxConfig)
 
 
+def compose(overrides: list[str]):
+    """The run config composed by Hydra from ``overrides`` (plugins loaded first, as ``python -m sllmx`` does)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _setup()
+    try:
+        with initialize_config_module(config_module="sllmx.conf", version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise SllmxError(str(exc).splitlines()[0]) from exc
+
+
 def summary(record) -> str:
     """The lines printed at the end of a run: dev metric before → after, where run.json is."""
     dm = record.dev_metric

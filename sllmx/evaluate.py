@@ -40,7 +40,7 @@ def load_config(run_dir: Optional[str], overrides: list[str]) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
     if run_dir is None:
-        from sllmx.data.__main__ import compose
+        from sllmx.__main__ import compose
 
         return compose(overrides)
     path = Path(run_dir) / RUN_FILE

@@ -403,8 +403,7 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
     shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)
     if gen_cb is not None:
         values, rows, checks = score_split(gen_cb.metric, ctx.model, ctx.tokenizer, dataset, gen_cb.max_new_tokens,
-                                           gen_cb.batch_size, getattr(gen_cb, "banned", ()),
-                                           getattr(gen_cb, "expect_json", False))
+                                           gen_cb.batch_size, gen_cb.banned, gen_cb.expect_json)
         metrics.update({f"{prefix}_{k}": v for k, v in values.items()})
         if checks is not None:
             ctx.record.output_checks["dev" if prefix == "eval" else prefix] = checks

@@ -25,23 +25,6 @@ from typing import Optional
 from sllmx.errors import SllmxError, exit_with
 
 
-def compose(overrides: list[str]):
-    """The run config composed by Hydra from ``overrides`` (plugins loaded first, as ``python -m sllmx`` does)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from sllmx.__main__ import _setup
-
-    _setup()
-    try:
-        with initialize_config_module(config_module="sllmx.conf", version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise SllmxError(str(exc).splitlines()[0]) from exc
-
-
 def check(overrides: list[str], out: Optional[str] = None, write_splits: Optional[str] = None) -> int:
     """Run the checks of the composed config; print the summary; return the exit status (0 or 1).
 
@@ -56,6 +39,8 @@ def check(overrides: list[str], out: Optional[str] = None, write_splits: Optiona
 
     if out and Path(out).exists():
         raise SllmxError(f"{out}: the file exists; nothing is overwritten")
+    from sllmx.__main__ import compose
+
     cfg = compose(overrides)
     stop_on_leakage = cfg.data.get("leakage", "error") == "error"
     OmegaConf.set_struct(cfg, False)

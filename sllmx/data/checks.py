@@ -40,12 +40,16 @@ KEYS = ("full", "prompt")  # prompt + response, prompt alone
 DATA_CHECK_FILE = "data_check.json"
 
 
-def _opt(cfg: Any, key: str, default: Any) -> Any:
+def config_value(cfg: Any, key: str, default: Any = None, keep_null: bool = False) -> Any:
+    """``cfg.key`` of a dataclass, an OmegaConf node, a dict or a namespace: ``default`` when absent or
+    ``???``, and when null unless ``keep_null`` (options whose null means something, e.g. no threshold)."""
     try:
-        value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    except Exception:  # a structured node without the key
+        value = cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
+    except Exception:  # AttributeError, KeyError, omegaconf's ConfigAttributeError / MissingMandatoryValue
         return default
-    return default if value is None and default is not None and key in ("checks", "lengths") else value
+    if (isinstance(value, str) and value == "???") or (value is None and not keep_null):
+        return default
+    return value
 
 
 @dataclass
@@ -69,12 +73,11 @@ class CheckOptions:
             SllmxError: an unknown choice (``data.leakage=foo``) or a threshold outside (0, 1].
         """
         d = cls()
-        opts = cls(enabled=bool(_opt(data_cfg, "checks", d.enabled)),
-                   duplicates=_opt(data_cfg, "duplicates", d.duplicates),
-                   near_dup_threshold=_opt(data_cfg, "near_dup_threshold", d.near_dup_threshold),
-                   leakage=_opt(data_cfg, "leakage", d.leakage), pii=_opt(data_cfg, "pii", d.pii),
-                   stratify=_opt(data_cfg, "stratify", None), label_column=_opt(data_cfg, "label_column", None),
-                   lengths=bool(_opt(data_cfg, "lengths", d.lengths)))
+        get = lambda key, keep_null=False: config_value(data_cfg, key, getattr(d, key), keep_null)  # noqa: E731
+        opts = cls(enabled=bool(config_value(data_cfg, "checks", d.enabled)), duplicates=get("duplicates"),
+                   near_dup_threshold=get("near_dup_threshold", keep_null=True), leakage=get("leakage"),
+                   pii=get("pii"), stratify=get("stratify"), label_column=get("label_column"),
+                   lengths=bool(get("lengths")))
         for key, allowed in CHOICES.items():
             value = getattr(opts, key)
             if value is False:  # YAML reads a bare `off` as false

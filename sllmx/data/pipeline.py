@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from sllmx.data.checks import (CheckOptions, DataReport, check_duplicates, check_leakage, check_pii,
-                               duplicate_groups, label_balance, row_text)
+                               config_value, duplicate_groups, label_balance, row_text)
 from sllmx.errors import SllmxError
 from sllmx.interfaces import FieldError, RawSplit
 
@@ -71,15 +71,6 @@ class Splits:
         """One line for logs, e.g. ``format prompt_completion → prompt/completion: train 800, dev 100, test 100``."""
         sizes = ", ".join(f"{k} {v['rows']}" for k, v in self.provenance.items())
         return f"format {self.format} → {'/'.join(self.layout)}: {sizes}"
-
-
-def _opt(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg.key`` for a dataclass, an OmegaConf node or a namespace; ``default`` when absent or null."""
-    try:
-        value = getattr(cfg, key)
-    except Exception:  # AttributeError, omegaconf's ConfigAttributeError / MissingMandatoryValue
-        return default
-    return default if value is None or value == "???" else value
 
 
 def _layout_name(layout: tuple[str, ...]) -> str:
@@ -362,7 +353,7 @@ def load_splits(data_cfg: Any, registry: Any, trainer: Any, collect_invalid: boo
             row with a missing, empty or mistyped field ("FILE, line N: field 'F': ..."); no rows;
             no dev split (no dev file and ``dev_fraction`` 0).
     """
-    source_name = _opt(data_cfg, "source")
+    source_name = config_value(data_cfg, "source")
     if not source_name:
         raise SllmxError("data.source is not set; choose a data preset (data=NAME) or data.source=files")
     source = registry.get("data", source_name)
@@ -375,7 +366,7 @@ def load_splits(data_cfg: Any, registry: Any, trainer: Any, collect_invalid: boo
     if not isinstance(raw, dict) or not isinstance(raw.get("train"), RawSplit):
         raise SllmxError(f"data source {source_name!r} returned no train split (a bug in that plugin)")
 
-    columns = dict(_opt(data_cfg, "columns", {}) or {})
+    columns = dict(config_value(data_cfg, "columns", {}) or {})
     splits: dict[str, RawSplit] = {k: v for k, v in raw.items() if k in ("train", "dev", "test") and v is not None}
     rows: dict[str, list[dict]] = {}
     for name, split in splits.items():
@@ -385,7 +376,7 @@ def load_splits(data_cfg: Any, registry: Any, trainer: Any, collect_invalid: boo
             raise SllmxError(f"{split.origin} has no rows ({name} split)")
     train_split = splits["train"]
 
-    fmt_name = _opt(data_cfg, "format", AUTO) or AUTO
+    fmt_name = config_value(data_cfg, "format", AUTO) or AUTO
     alternatives = None
     if fmt_name == AUTO:
         present = _columns_of(rows["train"])
@@ -395,17 +386,17 @@ def load_splits(data_cfg: Any, registry: Any, trainer: Any, collect_invalid: boo
     fmt = registry.get("format", fmt_name)
     layout = choose_layout(fmt, trainer, train_split.origin, alternatives, registry)
 
-    seed = int(_opt(data_cfg, "split_seed", 0))
-    test_fraction = 0.0 if "test" in splits else float(_opt(data_cfg, "test_fraction", 0.0))
-    dev_fraction = 0.0 if "dev" in splits else float(_opt(data_cfg, "dev_fraction", 0.1))
-    max_dev = _opt(data_cfg, "max_dev_rows")
+    seed = int(config_value(data_cfg, "split_seed", 0))
+    test_fraction = 0.0 if "test" in splits else float(config_value(data_cfg, "test_fraction", 0.0))
+    dev_fraction = 0.0 if "dev" in splits else float(config_value(data_cfg, "dev_fraction", 0.1))
+    max_dev = config_value(data_cfg, "max_dev_rows")
     if "dev" not in splits and dev_fraction <= 0:
         raise SllmxError("no dev split: give a dev file (data.dev=FILE) or hold out part of train "
                          "(data.dev_fraction > 0)")
     opts = CheckOptions.from_cfg(data_cfg)
     report = DataReport(options=dataclasses.asdict(opts))
-    system = _opt(data_cfg, "system") or None
-    skip_invalid = bool(_opt(data_cfg, "skip_invalid", False)) or collect_invalid
+    system = config_value(data_cfg, "system") or None
+    skip_invalid = bool(config_value(data_cfg, "skip_invalid", False)) or collect_invalid
     hint = "; data.skip_invalid=true skips such rows"
     where = {name: (lambda i, sp=sp: f"{sp.origin}, {sp.line_of(i)}") for name, sp in splits.items()}
 
