@@ -34,7 +34,7 @@ def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
     """
     fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     extra = fields.pop("args", {}) or {}
-    fields.pop("name", None)
+    name = fields.pop("name", None)
     known = {f.name for f in dataclasses.fields(config_cls)}
     if "warmup_ratio" not in known:
         ratio = fields.pop("warmup_ratio", 0.0)
@@ -48,7 +48,7 @@ def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
     try:
         return config_cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise SllmxError(f"trainer={cfg.name}: {config_cls.__name__} rejected the options: {exc}") from exc
+        raise SllmxError(f"trainer={name}: {config_cls.__name__} rejected the options: {exc}") from exc
 
 
 class TRLObjective(Trainer):
@@ -75,11 +75,25 @@ class SFTTrainerConfig(TrainerConfig):
     name: str = "sft"
     completion_only_loss: Optional[bool] = _help(
         "loss on the completion only for prompt/completion data (null: TRL's default, on)", None)
-    packing: bool = _help("pack several examples into one row (TRL's bfd packing)", False)
+    packing: bool = _help("pack several examples into one row (TRL's bfd packing, padding-free: each example keeps "
+                          "its own attention and positions). Faster with flash-attention on a GPU; on CPU it is "
+                          "slower than group_by_length (benchmarks/RESULTS.md)", False)
+    train_sampling_strategy: str = _help(
+        "order of the training examples (transformers' option): group_by_length (batches of similar length, "
+        "little padding; the measured fastest on CPU), random, sequential", "group_by_length")
+    token_metrics: bool = _help(
+        "log TRL's entropy and mean_token_accuracy at every step; off, the loss is the model's own "
+        "cross-entropy on the full logits, which measured 27% faster per step on CPU", False)
 
 
 class SFT(TRLObjective):
-    """Supervised fine-tuning with trl.SFTTrainer."""
+    """Supervised fine-tuning with trl.SFTTrainer.
+
+    ``token_metrics=False`` (the default) trains with the model's own loss (``transformers.Trainer.compute_loss``)
+    instead of TRL's fused LM head, which also computes the entropy and top-1 accuracy of every token; the loss is
+    the same mean token cross-entropy.  The dev split is always evaluated in its own order, so ``eval_loss``
+    does not depend on ``train_sampling_strategy`` or the seed.
+    """
 
     name = "sft"
     config = SFTTrainerConfig
@@ -90,6 +104,34 @@ class SFT(TRLObjective):
         from trl import SFTConfig, SFTTrainer
 
         return SFTTrainer, SFTConfig
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
+        """``trl.SFTTrainer``, with the model's own loss unless ``cfg.token_metrics``; see :class:`SFT`."""
+        from torch.utils.data import SequentialSampler
+        from transformers import Trainer as HFTrainer
+        from trl import SFTConfig, SFTTrainer
+
+        token_metrics = bool(cfg.token_metrics)
+
+        class SllmxSFTTrainer(SFTTrainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                # TRL's own path where it computes something the model's loss does not (or when asked)
+                if token_metrics or self.args.loss_type != "nll" or self.aux_loss_enabled or return_outputs:
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                inputs["use_cache"] = False
+                return HFTrainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
+
+            def _get_eval_sampler(self, eval_dataset):
+                # transformers length-groups the dev split too (seeded): its batches, and so eval_loss (a mean
+                # of batch means), would change with the sampling strategy and the seed
+                if eval_dataset is None or self.args.world_size > 1:
+                    return super()._get_eval_sampler(eval_dataset)
+                return SequentialSampler(eval_dataset)
+
+        fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        fields.pop("token_metrics", None)
+        return SllmxSFTTrainer(model=model, args=trl_config(SFTConfig, fields, args), processing_class=tokenizer,
+                               train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
 
 
 # ----------------------------------------------------------------------------- DPO

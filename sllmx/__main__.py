@@ -22,6 +22,11 @@ def _setup() -> None:
     except SllmxError as exc:
         exit_with(exc)
     ConfigStore.instance().store(name="sllmx_schema", node=SllmxConfig)
+    # Hydra deep-copies its config sources for every group it lists (80 times for --help), and with
+    # them the global ConfigStore: ~7 ms each, over half of --help's time.  The store is a singleton
+    # that is only read after this point, and ConfigStore.load() deep-copies every node it returns,
+    # so the copies may share it (benchmarks/startup.py measures the difference).
+    ConfigStore.__deepcopy__ = lambda self, memo: self
 
 
 def compose(overrides: list[str]):

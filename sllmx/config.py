@@ -169,7 +169,8 @@ class SllmxConfig:
     trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = _help("seed for data splits, initialisation and training", 42)
     output_dir: str = _help("where run.json, the adapter and checkpoints go", "${hydra:runtime.output_dir}")
-    cache_dir: str = _help("where converted models (GGUF → HF) and built tiny models are cached",
+    cache_dir: str = _help("where converted models (GGUF → HF), built tiny models and saved data splits "
+                           "with their tokenised forms (sllmx.data.cache) are cached",
                            "${oc.env:SLLMX_CACHE,'~/.cache/sllmx'}")
     shared_data: str = _help("folder of the shared real datasets used by the data presets",
                              "${oc.env:SLLMX_SHARED_DATA,../shared/data}")

@@ -94,7 +94,8 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
     from sllmx.data.pipeline import load_splits
     from sllmx.plugins import registry
     from sllmx.records import library_versions
-    from sllmx.run import RunContext, _peak_memory, count_parameters, detect_runtime, dev_metric_of, evaluate_split
+    from sllmx.memory import peak_memory
+    from sllmx.run import RunContext, count_parameters, detect_runtime, dev_metric_of, evaluate_split
 
     t0 = time.time()
     out_dir = Path(out)
@@ -145,7 +146,7 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
     record.status = "COMPLETE"
     record.finished_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     record.wall_time_s = round(time.time() - t0, 3)
-    record.peak_rss_bytes, record.peak_gpu_bytes = _peak_memory(runtime)
+    record.peak_rss_bytes, record.peak_gpu_bytes = peak_memory(runtime.device)
     record.write(out_dir)
     return record
 

@@ -69,13 +69,16 @@ class RunRecord:
 
     Units: ``wall_time_s`` and ``train_runtime_s`` in seconds, ``peak_rss_bytes`` and
     ``peak_gpu_bytes`` in bytes, ``train_tokens`` counts non-padding tokens fed to
-    the model during training, ``train_tokens_per_s`` = train_tokens / train_runtime_s.
+    the model during training, ``train_tokens_per_s`` = train_tokens / (train_runtime_s minus
+    the ``eval_runtime`` of the dev evaluations run inside training).
     ``pruned`` says where and why a ``PRUNED`` run was stopped; ``trial`` names the study
     and trial number of a sweep's run; ``test_metrics`` holds the one test-split
     evaluation of ``eval.test=true`` (``test_``-prefixed); ``data_checks`` the counts of the
     data-quality checks (:meth:`sllmx.data.checks.DataReport.summary`; the whole report is the
     ``data_check`` artifact); ``output_checks`` the guardrail checks of the generated answers
-    (:func:`sllmx.safety.check_outputs`) at the latest dev evaluation (``dev``) and on ``test``.
+    (:func:`sllmx.safety.check_outputs`) at the latest dev evaluation (``dev``) and on ``test``;
+    ``memory`` the gradient-checkpointing decision and the activation estimate behind it
+    (:func:`sllmx.memory.decide_checkpointing`).
     """
 
     status: str
@@ -112,6 +115,7 @@ class RunRecord:
     data_checks: dict[str, Any] = field(default_factory=dict)
     output_checks: dict[str, Any] = field(default_factory=dict)
     forgetting: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

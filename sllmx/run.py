@@ -6,7 +6,6 @@ import datetime as _dt
 import json
 import math
 import os
-import resource
 import shutil
 import socket
 import time
@@ -19,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
 from sllmx.errors import SllmxError
 from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Runtime, Trainer
+from sllmx.memory import peak_memory
 from sllmx.plugins import Registry, registry
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
 
@@ -123,13 +123,17 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints: Path) -> dict[str, Any]:
-    """The run-level TRL/``TrainingArguments`` options sllmx decides (see :meth:`Trainer.build`)."""
+def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints: Path,
+                  gradient_checkpointing: bool = False) -> dict[str, Any]:
+    """The run-level TRL/``TrainingArguments`` options sllmx decides (see :meth:`Trainer.build`).
+
+    ``gradient_checkpointing`` is the run's decision (``trainer.gradient_checkpointing``, or
+    :func:`sllmx.memory.decide_checkpointing` when that is null).
+    """
     import dataclasses
 
     from transformers import TrainingArguments
 
-    gc = cfg.trainer.gradient_checkpointing
     # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing
     gc_key = ("activation_checkpointing" if "activation_checkpointing" in
               {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
@@ -141,7 +145,7 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         use_cpu=runtime.device == "cpu",
         bf16=runtime.bf16,
         fp16=False,
-        **{gc_key: (runtime.device == "cuda") if gc is None else gc},
+        **{gc_key: bool(gradient_checkpointing)},
         eval_strategy="steps",
         eval_steps=cfg.eval.eval_steps,
         save_strategy="steps",
@@ -161,16 +165,6 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         # DialogSum examples with SmolLM2's 49k vocabulary), which got a run OOM-killed
         prediction_loss_only=True,
     )
-
-
-def _peak_memory(runtime: Runtime) -> tuple[int, Optional[int]]:
-    """(peak resident bytes of this process, peak CUDA bytes allocated or None)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    if runtime.device == "cuda":
-        import torch
-
-        return rss, int(torch.cuda.max_memory_allocated())
-    return rss, None
 
 
 def run(cfg: DictConfig) -> RunRecord:
@@ -264,7 +258,7 @@ def run(cfg: DictConfig) -> RunRecord:
     finally:
         record.finished_at = _now()
         record.wall_time_s = round(time.time() - t0, 3)
-        record.peak_rss_bytes, record.peak_gpu_bytes = _peak_memory(runtime)
+        record.peak_rss_bytes, record.peak_gpu_bytes = peak_memory(runtime.device)
         record.write(out)
         _finish_logger(wandb_run, record)
         reg.pm.hook.sllmx_after_run(record=record)
@@ -278,8 +272,11 @@ def _train(ctx: RunContext) -> str:
 
     from sllmx.callbacks import GenerationMetricCallback, ObserverCallback
 
+    from sllmx.data.cache import cache_splits
+
     datasets.disable_progress_bars()
     cfg, record, out = ctx.cfg, ctx.record, ctx.output_dir
+    cache_splits(ctx.splits, cfg.cache_dir)  # a sweep's trials tokenise each split once (datasets' map cache)
     set_seed(cfg.seed)
     source = ctx.registry.get("model", cfg.model.source)
     path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
@@ -315,7 +312,7 @@ def _train(ctx: RunContext) -> str:
         callbacks.extend(extra)
 
     checkpoints = out / "checkpoints"
-    args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints)
+    args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints, _checkpointing(ctx))
     ctx.hf_trainer = ctx.trainer.build(ctx.model, ctx.tokenizer, ctx.splits.train, ctx.splits.dev,
                                        cfg.trainer, args, callbacks)
     if gen_cb is not None:
@@ -336,8 +333,10 @@ def _train(ctx: RunContext) -> str:
     record.global_steps = state.global_step
     record.train_runtime_s = round(result.metrics.get("train_runtime", 0.0), 3)
     record.train_tokens = int(state.num_input_tokens_seen) or None
-    if record.train_tokens and record.train_runtime_s:
-        record.train_tokens_per_s = round(record.train_tokens / record.train_runtime_s, 2)
+    # throughput of the training steps: train() also runs the dev evaluations
+    eval_s = sum(h.get("eval_runtime", 0.0) for h in state.log_history)
+    if record.train_tokens and record.train_runtime_s > eval_s:
+        record.train_tokens_per_s = round(record.train_tokens / (record.train_runtime_s - eval_s), 2)
     record.metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     loss = record.metrics.get("train_loss")
     if loss is not None and not math.isfinite(loss):
@@ -368,6 +367,27 @@ def _train(ctx: RunContext) -> str:
         record.artifacts["generations"] = "generations.jsonl"
     shutil.rmtree(checkpoints, ignore_errors=True)
     return "COMPLETE"
+
+
+def _checkpointing(ctx: RunContext) -> bool:
+    """``trainer.gradient_checkpointing``, or when null the memory estimate's decision; recorded in
+    run.json ``memory``."""
+    from sllmx.memory import decide_checkpointing
+
+    cfg = ctx.cfg.trainer
+    # the longest train example when the length check ran, else max_length
+    longest = (ctx.splits.report.lengths.get("by_split", {}).get("train", {}).get("max")
+               or cfg.get("max_length") or 2048)
+    seq_len = min(longest, cfg.get("max_length") or longest)
+    decision = decide_checkpointing(ctx.model.config, cfg.per_device_train_batch_size, seq_len, ctx.runtime.device,
+                                    2 if ctx.runtime.bf16 else 4)
+    if cfg.gradient_checkpointing is not None:
+        decision["gradient_checkpointing"] = bool(cfg.gradient_checkpointing)
+        decision["set_by"] = "trainer.gradient_checkpointing"
+    else:
+        decision["set_by"] = "memory estimate"
+    ctx.record.memory = decision
+    return decision["gradient_checkpointing"]
 
 
 def _open_trial(cfg: DictConfig) -> Any:

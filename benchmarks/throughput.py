@@ -1,0 +1,162 @@
+"""Training throughput of sllmx against its peers on one CPU workload (issue 7).
+
+    python benchmarks/throughput.py                  # every job below, one at a time (~30 min)
+    python benchmarks/throughput.py --only sllmx trl # some of them
+    LF_VENV=/path/to/venv python benchmarks/throughput.py --only llamafactory
+
+The workload is in benchmarks/common.py (SmolLM2-135M, LoRA r=16 all-linear, batch 8, fp32,
+2 threads, 512 Korean chat rows as messages).  Each job trains ``--max-steps`` optimizer steps
+and evaluates the dev set once at the end.  "real tokens/s" is non-padding training tokens
+(``num_input_tokens_seen`` with ``non_padding``) over the training loop's time without the
+dev evaluation; "wall s" is the whole process (imports, loading, data, training, evaluation).
+
+Jobs:
+  sllmx                 sllmx's defaults
+  sllmx-trl-settings    sllmx set as the TRL script's defaults (checkpointing, token metrics,
+                        random order, lora_dropout 0.05): the framework's own overhead
+  sllmx-before          sllmx's defaults before issue 7 (no checkpointing; token metrics,
+                        random order, lora_dropout 0.05), then one change at a time:
+  sllmx-lean-loss       + the model's own loss (trainer.token_metrics=false)
+  sllmx-no-dropout      + lora_dropout 0.0 (random order still)
+  trl                   the hand-written TRL script (benchmarks/peers/trl_sft.py), TRL's defaults
+  trl-sllmx-settings    the TRL script without checkpointing, grouped by length, lora_dropout 0
+  llamafactory          LLaMA-Factory from its own venv (LF_VENV), its defaults
+  llamafactory-no-gc    LLaMA-Factory with disable_gradient_checkpointing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, measured, model_dir, save, table, write_workload  # noqa: E402
+
+TRL_DEFAULTS = ["trainer.gradient_checkpointing=true", "trainer.token_metrics=true",
+                "trainer.train_sampling_strategy=random", "method.lora_dropout=0.05"]
+BEFORE = ["trainer.token_metrics=true", "trainer.train_sampling_strategy=random", "method.lora_dropout=0.05"]
+SLLMX_JOBS = {
+    "sllmx": [],
+    "sllmx-trl-settings": TRL_DEFAULTS,
+    "sllmx-before": BEFORE,
+    "sllmx-lean-loss": ["trainer.train_sampling_strategy=random", "method.lora_dropout=0.05"],
+    "sllmx-no-dropout": ["trainer.train_sampling_strategy=random"],
+}
+TRL_JOBS = {"trl": ["--lora-dropout", "0.05"],
+            "trl-sllmx-settings": ["--lora-dropout", "0", "--no-gradient-checkpointing", "--group-by-length"]}
+LF_JOBS = {"llamafactory": {}, "llamafactory-no-gc": {"disable_gradient_checkpointing": True}}
+ORDER = ["sllmx", "sllmx-trl-settings", "trl", "trl-sllmx-settings", "sllmx-before", "sllmx-lean-loss",
+         "sllmx-no-dropout", "llamafactory", "llamafactory-no-gc"]
+
+
+def sllmx_job(name: str, extra: list[str], train: Path, dev: Path, work: Path, steps: int, seed: int) -> dict:
+    """One ``python -m sllmx`` run; numbers from its run.json."""
+    out = work / name
+    cmd = [sys.executable, "-m", "sllmx", "model=smollm2-135m", "data=files", f"data.path={train}",
+           f"data.dev={dev}", "logger=none", "save_model=false", "eval.before_training=false",
+           f"trainer.max_steps={steps}", f"eval.eval_steps={steps}", f"seed={seed}", f"hydra.run.dir={out}",
+           *extra]
+    m = measured(cmd, work / f"{name}.log", cwd=ROOT)
+    rec = json.loads((out / "run.json").read_text())
+    return {**m, "train_tokens": rec["train_tokens"], "tokens_per_s": rec["train_tokens_per_s"],
+            "train_loss": rec["metrics"].get("train_loss"), "eval_loss": rec["dev_metric"]["final"],
+            "steps": rec["global_steps"], "gradient_checkpointing": rec["memory"]["gradient_checkpointing"],
+            "overrides": extra}
+
+
+def trl_job(name: str, extra: list[str], train: Path, dev: Path, work: Path, steps: int, seed: int,
+            model: str) -> dict:
+    """One run of the hand-written TRL script."""
+    out = work / name
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "peers" / "trl_sft.py"), "--model", model, "--train",
+           str(train), "--dev", str(dev), "--out", str(out), "--max-steps", str(steps), "--seed", str(seed), *extra]
+    m = measured(cmd, work / f"{name}.log")
+    r = json.loads((out / "result.json").read_text())
+    # the script evaluates after train(), so train_runtime holds no evaluation
+    return {**m, "train_tokens": r["train_tokens"], "tokens_per_s": round(r["train_tokens"] / r["train_runtime_s"], 2),
+            "train_loss": r["train_loss"], "eval_loss": r["eval_loss"], "steps": r["steps"],
+            "gradient_checkpointing": r["gradient_checkpointing"], "overrides": extra}
+
+
+def lf_job(name: str, extra: dict, train: Path, dev: Path, work: Path, steps: int, seed: int, model: str) -> dict:
+    """One ``llamafactory-cli train`` run from ``LF_VENV`` (alpaca-format copy of the same rows)."""
+    venv = Path(os.environ.get("LF_VENV", ROOT.parent / "lf-venv"))
+    cli = venv / "bin" / "llamafactory-cli"
+    if not cli.exists():
+        return {"skipped": f"no LLaMA-Factory at {cli} (set LF_VENV)"}
+    data = work / "lf-data"
+    data.mkdir(exist_ok=True)
+    for split, path in (("train", train), ("dev", dev)):
+        rows = [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines()]
+        (data / f"{split}.json").write_text(json.dumps(
+            [{"instruction": m[0]["content"], "input": "", "output": m[1]["content"]} for m in rows],
+            ensure_ascii=False))
+    (data / "dataset_info.json").write_text(json.dumps({s: {"file_name": f"{s}.json"} for s in ("train", "dev")}))
+    out = work / name
+    cfg = {"model_name_or_path": model, "stage": "sft", "do_train": True, "do_eval": True,
+           "finetuning_type": "lora", "lora_rank": 16, "lora_alpha": 32, "lora_target": "all",
+           "dataset_dir": str(data), "dataset": "train", "eval_dataset": "dev", "template": "smollm2",
+           "cutoff_len": 512, "overwrite_cache": True, "preprocessing_num_workers": 1,
+           "dataloader_num_workers": 0, "output_dir": str(out), "logging_steps": 5, "save_strategy": "no",
+           "report_to": "none", "per_device_train_batch_size": 8, "per_device_eval_batch_size": 8,
+           "max_steps": steps, "learning_rate": 2e-4, "seed": seed, "use_cpu": True, "bf16": False, "fp16": False,
+           "include_num_input_tokens_seen": "non_padding", "eval_strategy": "no", **extra}
+    config = work / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    m = measured([str(cli), "train", str(config)], work / f"{name}.log", env={"PATH": f"{venv}/bin:{os.environ['PATH']}"})
+    state = json.loads((out / "trainer_state.json").read_text())
+    train_m = json.loads((out / "train_results.json").read_text())
+    eval_m = json.loads((out / "eval_results.json").read_text()) if (out / "eval_results.json").exists() else {}
+    tokens = int(state.get("num_input_tokens_seen") or train_m.get("num_input_tokens_seen") or 0)
+    return {**m, "train_tokens": tokens, "tokens_per_s": round(tokens / train_m["train_runtime"], 2),
+            "train_loss": train_m.get("train_loss"), "eval_loss": eval_m.get("eval_loss"),
+            "steps": state.get("global_step"), "gradient_checkpointing": not extra.get("disable_gradient_checkpointing"),
+            "overrides": [f"{k}={v}" for k, v in extra.items()]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="*", choices=ORDER, help="jobs to run (default: all)")
+    p.add_argument("--max-steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, run.json files)")
+    a = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sllmx-bench-"))
+    train, dev = write_workload(work / "data")
+    model = model_dir()
+    rows = []
+    for name in a.only or ORDER:
+        print(f"== {name}", flush=True)
+        if name in SLLMX_JOBS:
+            r = sllmx_job(name, SLLMX_JOBS[name], train, dev, work, a.max_steps, a.seed)
+        elif name in TRL_JOBS:
+            r = trl_job(name, TRL_JOBS[name], train, dev, work, a.max_steps, a.seed, model)
+        else:
+            r = lf_job(name, LF_JOBS[name], train, dev, work, a.max_steps, a.seed, model)
+        r = {"job": name, **r}
+        if "peak_rss_bytes" in r:
+            r["peak_rss_gib"] = round(r["peak_rss_bytes"] / 2**30, 2)
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    print(table(rows, [("job", "job", "{}"), ("tokens_per_s", "real tokens/s", "{:.1f}"), ("wall_s", "wall s", "{:.1f}"),
+                       ("peak_rss_gib", "peak RSS GiB", "{:.2f}"), ("train_loss", "train loss", "{:.4f}"),
+                       ("eval_loss", "dev loss", "{:.4f}"), ("gradient_checkpointing", "checkpointing", "{}"),
+                       ("skipped", "skipped", "{}")]))
+    path = save("throughput", {"machine": machine(), "max_steps": a.max_steps, "seed": a.seed,
+                               "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]), "jobs": rows})
+    print(f"wrote {path}")
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"work folder: {work}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Memory: whether a run needs gradient checkpointing, and the peak memory it used.
+
+Gradient checkpointing recomputes every layer's activations in the backward pass: about 30% more
+time per step on CPU (benchmarks/RESULTS.md), for memory a small model rarely needs.  With
+``trainer.gradient_checkpointing=null`` sllmx turns it on only when the estimated activation memory
+of the largest batch would take more than half of the memory available once the model is loaded.
+"""
+
+from __future__ import annotations
+
+import resource
+from typing import Any, Optional
+
+#: gradient checkpointing goes on when the estimate exceeds this share of the available memory
+CHECKPOINTING_SHARE = 0.5
+
+
+def activation_bytes(model_config: Any, batch_size: int, seq_len: int, bytes_per_value: int = 4) -> int:
+    """Estimated activation memory of one forward/backward of a decoder-only transformer, in bytes.
+
+    Per layer ``s·b·h·(34 + 5·a·s/h)`` bytes for 16-bit activations (Korthikanti et al., 2022,
+    "Reducing Activation Recomputation in Large Transformer Models", eq. 2, no parallelism),
+    scaled by ``bytes_per_value / 2``; plus the output head's logits, their log-softmax and
+    gradient (``3·b·s·V`` values).  An upper bound for LoRA, which keeps fewer activations;
+    for SmolLM2-135M at batch 8 × 640 tokens in fp32 it gives 17.9 GB, where a step measured
+    14.7 GB peak RSS.
+
+    Args:
+        model_config: a ``transformers`` config with ``hidden_size``, ``num_attention_heads``,
+            ``num_hidden_layers`` and ``vocab_size`` (the text config of a multimodal model).
+        batch_size: examples per forward pass.
+        seq_len: tokens in the longest example of a batch.
+        bytes_per_value: 4 for fp32, 2 for bf16/fp16.
+    """
+    cfg = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    h, a, layers, vocab = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.vocab_size
+    s, b = seq_len, batch_size
+    per_layer = s * b * h * (34 + 5 * a * s / h) * bytes_per_value / 2
+    return int(layers * per_layer + 3 * b * s * vocab * bytes_per_value)
+
+
+def available_bytes(device: str) -> int:
+    """Memory free for activations now: free CUDA memory of the current device, else the host's
+    ``MemAvailable`` (psutil)."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info()[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def decide_checkpointing(model_config: Any, batch_size: int, seq_len: int, device: str,
+                         bytes_per_value: int = 4) -> dict[str, Any]:
+    """Whether ``trainer.gradient_checkpointing=null`` turns checkpointing on, and why.
+
+    Returns:
+        ``{"gradient_checkpointing": bool, "activation_estimate_bytes": int, "available_bytes": int,
+        "seq_len": int, "batch_size": int}``: on when the estimate (:func:`activation_bytes`)
+        exceeds :data:`CHECKPOINTING_SHARE` of :func:`available_bytes`.  Recorded in run.json
+        under ``memory``.
+    """
+    need = activation_bytes(model_config, batch_size, seq_len, bytes_per_value)
+    free = available_bytes(device)
+    return {"gradient_checkpointing": need > CHECKPOINTING_SHARE * free, "activation_estimate_bytes": need,
+            "available_bytes": free, "seq_len": int(seq_len), "batch_size": int(batch_size)}
+
+
+def peak_memory(device: str) -> tuple[int, Optional[int]]:
+    """(peak resident bytes of this process, peak CUDA bytes allocated or None)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    if device == "cuda":
+        import torch
+
+        return rss, int(torch.cuda.max_memory_allocated())
+    return rss, None
