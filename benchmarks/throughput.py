@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py                  # every job below, one at a time (~30 min)
     python benchmarks/throughput.py --only sllmx trl # some of them
+    python benchmarks/throughput.py --only trl sllmx-trl-settings sllmx --repeat 2   # interleaved, medians
     LF_VENV=/path/to/venv python benchmarks/throughput.py --only llamafactory
 
 The workload is in benchmarks/common.py (SmolLM2-135M, LoRA r=16 all-linear, batch 8, fp32,
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -126,31 +128,47 @@ def main() -> None:
     p.add_argument("--only", nargs="*", choices=ORDER, help="jobs to run (default: all)")
     p.add_argument("--max-steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the jobs this many times, interleaved (A B A B ...); the table shows medians. "
+                        "This machine's speed drifts by 10-20%% over minutes, so compare jobs run side by side")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, run.json files)")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sllmx-bench-"))
     train, dev = write_workload(work / "data")
     model = model_dir()
     rows = []
+    for rep in range(a.repeat):
+        for name in a.only or ORDER:
+            print(f"== {name} (run {rep + 1} of {a.repeat})", flush=True)
+            job = f"{name}-{rep}"
+            if name in SLLMX_JOBS:
+                r = sllmx_job(job, SLLMX_JOBS[name], train, dev, work, a.max_steps, a.seed)
+            elif name in TRL_JOBS:
+                r = trl_job(job, TRL_JOBS[name], train, dev, work, a.max_steps, a.seed, model)
+            else:
+                r = lf_job(job, LF_JOBS[name], train, dev, work, a.max_steps, a.seed, model)
+            r = {"job": name, "run": rep + 1, **r}
+            if "peak_rss_bytes" in r:
+                r["peak_rss_gib"] = round(r["peak_rss_bytes"] / 2**30, 2)
+            print(json.dumps(r), flush=True)
+            rows.append(r)
+    summary = []
     for name in a.only or ORDER:
-        print(f"== {name}", flush=True)
-        if name in SLLMX_JOBS:
-            r = sllmx_job(name, SLLMX_JOBS[name], train, dev, work, a.max_steps, a.seed)
-        elif name in TRL_JOBS:
-            r = trl_job(name, TRL_JOBS[name], train, dev, work, a.max_steps, a.seed, model)
-        else:
-            r = lf_job(name, LF_JOBS[name], train, dev, work, a.max_steps, a.seed, model)
-        r = {"job": name, **r}
-        if "peak_rss_bytes" in r:
-            r["peak_rss_gib"] = round(r["peak_rss_bytes"] / 2**30, 2)
-        print(json.dumps(r), flush=True)
-        rows.append(r)
-    print(table(rows, [("job", "job", "{}"), ("tokens_per_s", "real tokens/s", "{:.1f}"), ("wall_s", "wall s", "{:.1f}"),
-                       ("peak_rss_gib", "peak RSS GiB", "{:.2f}"), ("train_loss", "train loss", "{:.4f}"),
-                       ("eval_loss", "dev loss", "{:.4f}"), ("gradient_checkpointing", "checkpointing", "{}"),
-                       ("skipped", "skipped", "{}")]))
-    path = save("throughput", {"machine": machine(), "max_steps": a.max_steps, "seed": a.seed,
-                               "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]), "jobs": rows})
+        mine = [r for r in rows if r["job"] == name and "skipped" not in r]
+        if not mine:
+            summary.append({"job": name, "skipped": next(r["skipped"] for r in rows if r["job"] == name)})
+            continue
+        med = lambda key: statistics.median(r[key] for r in mine)  # noqa: E731
+        summary.append({"job": name, "runs": len(mine), "tokens_per_s": med("tokens_per_s"), "wall_s": med("wall_s"),
+                        "peak_rss_gib": max(r["peak_rss_gib"] for r in mine), "train_loss": mine[0]["train_loss"],
+                        "eval_loss": mine[0]["eval_loss"], "gradient_checkpointing": mine[0]["gradient_checkpointing"]})
+    print(table(summary, [("job", "job", "{}"), ("runs", "runs", "{}"), ("tokens_per_s", "real tokens/s", "{:.1f}"),
+                          ("wall_s", "wall s", "{:.1f}"), ("peak_rss_gib", "peak RSS GiB", "{:.2f}"),
+                          ("train_loss", "train loss", "{:.4f}"), ("eval_loss", "dev loss", "{:.4f}"),
+                          ("gradient_checkpointing", "checkpointing", "{}"), ("skipped", "skipped", "{}")]))
+    path = save("throughput", {"machine": machine(), "max_steps": a.max_steps, "seed": a.seed, "repeat": a.repeat,
+                               "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+                               "summary": summary, "jobs": rows})
     print(f"wrote {path}")
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -62,8 +62,8 @@ def summary(record) -> str:
         lines.append(f"trainable parameters: {record.trainable_params:,} of {record.total_params:,} "
                      f"({100 * record.trainable_params / record.total_params:.3f}%)")
     if record.train_tokens_per_s:
-        lines.append(f"train tokens: {record.train_tokens:,} in {record.train_runtime_s:.1f} s "
-                     f"({record.train_tokens_per_s:.1f} tokens/s); wall time {record.wall_time_s:.1f} s")
+        lines.append(f"train tokens: {record.train_tokens:,} ({record.train_tokens_per_s:.1f} tokens/s in the training "
+                     f"steps); wall time {record.wall_time_s:.1f} s")
     lines.append(f"record: {os.path.join(record.output_dir, 'run.json')}")
     return "\n".join(lines)
 

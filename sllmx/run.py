@@ -151,6 +151,7 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         save_strategy="steps",
         save_steps=cfg.eval.eval_steps,
         save_total_limit=1,
+        save_only_model=True,  # checkpoints serve load_best_model_at_end only; sllmx never resumes from them
         load_best_model_at_end=True,
         metric_for_best_model=dev.name,
         greater_is_better=dev.higher_is_better,

@@ -1,0 +1,211 @@
+"""Throughput changes of issue 7 keep the numbers: packing keeps examples isolated, the lean SFT
+loss equals TRL's, grouped batches leave the dev evaluation alone, tokenised splits are cached,
+and gradient checkpointing follows the memory estimate.  (Speed itself is measured by
+benchmarks/, not here.)"""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sllmx.memory import activation_bytes, decide_checkpointing
+from sllmx_plugins.models import TinySource
+from sllmx_plugins.trainers import SFT, SFTTrainerConfig
+
+CONVERSATIONS = [
+    ("환불은 어떻게 하나요?", "주문 번호를 알려 주시면 바로 처리해 드릴게요."),
+    ("배송이 늦어요", "죄송합니다. 오늘 중으로 확인해서 연락드리겠습니다."),
+    ("hi", "hello"),
+    ("비밀번호를 잊어버렸어요. 어떻게 다시 설정하나요?", "로그인 화면의 '비밀번호 찾기'를 누르고 이메일 주소를 입력하세요."),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = TinySource().resolve(None, str(tmp_path_factory.mktemp("cache")))
+    torch.manual_seed(0)
+    return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+
+
+def _ids(tokenizer):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                          tokenize=True, return_dict=True)["input_ids"] for q, a in CONVERSATIONS]
+
+
+def _per_example_nll(logits, labels, example_of_token):
+    """Mean next-token NLL of each example: ``labels`` already -100 where nothing is predicted."""
+    logp = torch.log_softmax(logits[0, :-1].float(), -1)
+    target = labels[0, 1:]
+    keep = target != -100
+    nll = -logp[keep].gather(-1, target[keep, None])[:, 0]
+    ex = example_of_token[0, 1:][keep]
+    return torch.stack([nll[ex == i].mean() for i in range(int(ex.max()) + 1)])
+
+
+def test_packed_per_example_losses_equal_unpacked(tiny):
+    """TRL's padding-free packing (what ``trainer.packing=true`` trains on) gives each example its
+    own positions and attention: per-example losses equal the padded batch's to 1e-4.  With the
+    positions of one long sequence instead, examples attend to each other and the losses move."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    _, tok, model = tiny
+    ids = _ids(tok)
+    pad = tok.pad_token_id
+    padded = DataCollatorForLanguageModeling(pad_token_id=pad)([{"input_ids": x} for x in ids])
+    with torch.no_grad():
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+    unpacked = []
+    for row, n in enumerate(len(x) for x in ids):
+        labels = padded["labels"][row: row + 1, :n]
+        unpacked.append(_per_example_nll(logits[row: row + 1, :n], labels, torch.zeros_like(labels))[0])
+    unpacked = torch.stack(unpacked)
+
+    packed = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)([{"input_ids": x} for x in ids])
+    assert "attention_mask" not in packed and packed["input_ids"].shape == (1, sum(map(len, ids)))
+    example_of_token = (packed["position_ids"] == 0).cumsum(-1) - 1
+    # everything the collator gives the model, and use_cache=False as SFTTrainer.compute_loss sets it:
+    # transformers reads packed sequences from position_ids only without a KV cache
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in packed.items() if k != "labels"}, use_cache=False).logits
+    packed_nll = _per_example_nll(logits, packed["labels"], example_of_token)
+    assert torch.allclose(packed_nll, unpacked, atol=1e-4), (packed_nll, unpacked)
+
+    with torch.no_grad():  # the control: no resets, so later examples see the earlier ones
+        leaky = model(input_ids=packed["input_ids"], use_cache=False).logits
+    leaky_nll = _per_example_nll(leaky, packed["labels"], example_of_token)
+    assert abs(leaky_nll[0] - unpacked[0]) < 1e-4  # the first example has nothing before it
+    assert (leaky_nll[1:] - unpacked[1:]).abs().max() > 1e-2
+
+
+def _sft_trainer(tiny, tmp_path, dataset, **fields):
+    from datasets import Dataset
+
+    path, tok, _ = tiny
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    cfg = OmegaConf.merge(OmegaConf.structured(SFTTrainerConfig), fields)
+    args = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to=[], seed=0,
+                per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=1)
+    if dataset is None:
+        dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": q}],
+                                      "completion": [{"role": "assistant", "content": a}]} for q, a in CONVERSATIONS])
+    return SFT().build(model, tok, dataset, dataset, cfg, args, [])
+
+
+def test_lean_loss_equals_trls_fused_loss(tiny, tmp_path):
+    """``token_metrics=false`` (the model's own cross-entropy) computes the loss TRL's fused head
+    computes, on the same batch, and logs no per-token extras."""
+    lean = _sft_trainer(tiny, tmp_path, None)
+    full = _sft_trainer(tiny, tmp_path, None, token_metrics=True)
+    batch = lean.data_collator([lean.train_dataset[i] for i in range(4)])
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    with torch.no_grad():
+        a = lean.compute_loss(lean.model, dict(batch), num_items_in_batch=torch.tensor(n))
+        b = full.compute_loss(full.model, dict(batch), num_items_in_batch=torch.tensor(n))
+    assert torch.allclose(a, b, atol=1e-5), (a, b)
+    logged = lambda t: {k for mode in t._metrics.values() for k in mode}  # noqa: E731
+    assert "entropy" in logged(full) and "entropy" not in logged(lean)
+
+
+def test_batches_grouped_by_length_and_dev_in_order(tiny, tmp_path):
+    """sllmx's SFT default groups training batches by length; the dev split keeps its order, so
+    eval_loss does not depend on the sampling strategy or the seed."""
+    from torch.utils.data import SequentialSampler
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    trainer = _sft_trainer(tiny, tmp_path, None)
+    assert SFTTrainerConfig.train_sampling_strategy == "group_by_length"
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    assert isinstance(trainer._get_eval_sampler(trainer.eval_dataset), SequentialSampler)
+    random = _sft_trainer(tiny, tmp_path, None, train_sampling_strategy="random")
+    assert not isinstance(random._get_train_sampler(), LengthGroupedSampler)
+
+
+def test_tokenised_splits_are_cached_by_content_tokenizer_and_template(tiny, tmp_path):
+    """Splits saved by content (sllmx.data.cache) get datasets' map cache: a second trainer on the
+    same rows, tokenizer and template loads TRL's tokenisation (no new cache file, equal ids); a
+    changed chat template tokenises anew."""
+    from datasets import Dataset
+
+    from sllmx.data.cache import saved_split
+    from sllmx.data.pipeline import sha256_of
+
+    rows = [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+            for q, a in CONVERSATIONS]
+    root = tmp_path / "datasets"
+    first = saved_split(Dataset.from_list(rows), sha256_of(rows), root)
+    folder = root / sha256_of(rows)
+    assert (folder / "state.json").exists()
+
+    t1 = _sft_trainer(tiny, tmp_path, first)
+    files = sorted(p.name for p in folder.glob("cache-*.arrow"))
+    assert files, "TRL's map results were not cached beside the saved split"
+    again = saved_split(Dataset.from_list(rows), sha256_of(rows), root)
+    t2 = _sft_trainer(tiny, tmp_path, again)
+    assert sorted(p.name for p in folder.glob("cache-*.arrow")) == files
+    assert t2.train_dataset["input_ids"] == t1.train_dataset["input_ids"]
+    assert {Path(f["filename"]).name for f in t2.train_dataset.cache_files} <= set(files)
+
+    path, tok, _ = tiny
+    tok2 = copy.deepcopy(tok)
+    tok2.chat_template = tok.chat_template + "{# another template, the same text #}"
+    from transformers import AutoModelForCausalLM
+
+    cfg = OmegaConf.structured(SFTTrainerConfig)
+    SFT().build(AutoModelForCausalLM.from_pretrained(path), tok2, again, again, cfg,
+                dict(output_dir=str(tmp_path / "o2"), use_cpu=True, bf16=False, report_to=[], max_steps=1), [])
+    assert len(list(folder.glob("cache-*.arrow"))) > len(files)
+
+
+class _Cfg:
+    """SmolLM2-135M's shape (config.json of the converted model)."""
+
+    hidden_size, num_attention_heads, num_hidden_layers, vocab_size = 576, 9, 30, 49152
+
+
+def test_activation_estimate_and_checkpointing_decision(monkeypatch):
+    """Korthikanti et al.'s estimate for SmolLM2 at batch 8 × 640 tokens in fp32 (a step measured
+    14.7 GB peak RSS); checkpointing goes on only above half of the available memory."""
+    est = activation_bytes(_Cfg(), 8, 640)
+    per_layer = 640 * 8 * 576 * (34 + 5 * 9 * 640 / 576) * 2
+    assert est == int(30 * per_layer + 3 * 8 * 640 * 49152 * 4)
+    assert 17.5e9 < est < 18.5e9
+    assert activation_bytes(_Cfg(), 8, 640, bytes_per_value=2) < est
+    import sllmx.memory as memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 64 * 2**30)
+    assert decide_checkpointing(_Cfg(), 8, 640, "cpu")["gradient_checkpointing"] is False
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 24 * 2**30)
+    d = decide_checkpointing(_Cfg(), 8, 640, "cpu")
+    assert d["gradient_checkpointing"] is True and d["activation_estimate_bytes"] == est
+    assert decide_checkpointing(_Cfg(), 8, 160, "cpu")["gradient_checkpointing"] is False
+
+
+def test_run_records_memory_and_caches_splits(tmp_path):
+    """A run records its checkpointing decision and peak RSS, and memory-maps its splits from the cache."""
+    from tests.common import FAST, compose_config
+
+    from sllmx.run import run
+
+    cfg = compose_config([*FAST, "eval.before_training=false"], tmp_path / "run", tmp_path / "cache")
+    record = run(cfg)
+    assert record.status == "COMPLETE"
+    assert record.memory["set_by"] == "memory estimate" and record.memory["gradient_checkpointing"] is False
+    assert 0 < record.memory["activation_estimate_bytes"] < record.memory["available_bytes"]
+    assert record.peak_rss_bytes > 100 * 2**20
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["memory"] == record.memory
+    digests = {record.data["splits"][s]["sha256"] for s in ("train", "dev")}
+    assert digests <= {p.name for p in (tmp_path / "cache" / "datasets").iterdir()}
+
+    cfg = compose_config([*FAST, "eval.before_training=false", "trainer.gradient_checkpointing=true"],
+                         tmp_path / "run2", tmp_path / "cache")
+    record = run(cfg)
+    assert record.memory["gradient_checkpointing"] is True
+    assert record.memory["set_by"] == "trainer.gradient_checkpointing"
