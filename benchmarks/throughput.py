@@ -17,7 +17,9 @@ Jobs:
                         random order, lora_dropout 0.05): the framework's own overhead
   sllmx-before          sllmx's defaults before issue 7 (no checkpointing; token metrics,
                         random order, lora_dropout 0.05), then one change at a time:
-  sllmx-lean-loss       + the model's own loss (trainer.token_metrics=false)
+  sllmx-lean-loss       + the model's own loss on the full logits (trainer.token_metrics=false,
+                        trainer.label_positions_only=false)
+  sllmx-label-positions + the output head only at the label positions (label_positions_only=true)
   sllmx-no-dropout      + lora_dropout 0.0 (random order still)
   trl                   the hand-written TRL script (benchmarks/peers/trl_sft.py), TRL's defaults
   trl-sllmx-settings    the TRL script without checkpointing, grouped by length, lora_dropout 0
@@ -48,14 +50,16 @@ SLLMX_JOBS = {
     "sllmx": [],
     "sllmx-trl-settings": TRL_DEFAULTS,
     "sllmx-before": BEFORE,
-    "sllmx-lean-loss": ["trainer.train_sampling_strategy=random", "method.lora_dropout=0.05"],
+    "sllmx-lean-loss": ["trainer.label_positions_only=false", "trainer.train_sampling_strategy=random",
+                        "method.lora_dropout=0.05"],
+    "sllmx-label-positions": ["trainer.train_sampling_strategy=random", "method.lora_dropout=0.05"],
     "sllmx-no-dropout": ["trainer.train_sampling_strategy=random"],
 }
 TRL_JOBS = {"trl": ["--lora-dropout", "0.05"],
             "trl-sllmx-settings": ["--lora-dropout", "0", "--no-gradient-checkpointing", "--group-by-length"]}
 LF_JOBS = {"llamafactory": {}, "llamafactory-no-gc": {"disable_gradient_checkpointing": True}}
 ORDER = ["sllmx", "sllmx-trl-settings", "trl", "trl-sllmx-settings", "sllmx-before", "sllmx-lean-loss",
-         "sllmx-no-dropout", "llamafactory", "llamafactory-no-gc"]
+         "sllmx-label-positions", "sllmx-no-dropout", "llamafactory", "llamafactory-no-gc"]
 
 
 def sllmx_job(name: str, extra: list[str], train: Path, dev: Path, work: Path, steps: int, seed: int) -> dict:

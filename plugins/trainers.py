@@ -9,6 +9,7 @@ them with its own fields and ``args`` (any further TRL option) into TRL's config
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -19,6 +20,8 @@ from sllmx.config import TrainerConfig, _help
 from sllmx.errors import SllmxError
 from sllmx.interfaces import (LAYOUT_MESSAGES, LAYOUT_PREFERENCE, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT,
                               LAYOUT_UNPAIRED, Trainer)
+
+log = logging.getLogger("sllmx")
 
 
 def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
@@ -82,17 +85,82 @@ class SFTTrainerConfig(TrainerConfig):
         "order of the training examples (transformers' option): group_by_length (batches of similar length, "
         "little padding; the measured fastest on CPU), random, sequential", "group_by_length")
     token_metrics: bool = _help(
-        "log TRL's entropy and mean_token_accuracy at every step; off, the loss is the model's own "
-        "cross-entropy on the full logits: 1.47x the tokens/s on CPU (benchmarks/RESULTS.md)", False)
+        "log TRL's entropy and mean_token_accuracy at every step (TRL's fused LM head over every position); off, "
+        "the loss is the model's own cross-entropy with the output head applied only where there is a label: "
+        "faster on CPU (benchmarks/RESULTS.md)", False)
+    label_positions_only: bool = _help(
+        "with token_metrics off: apply the output head only where the next token has a label (the answer "
+        "tokens), not at every position; the same loss and gradients, measured faster on CPU "
+        "(benchmarks/RESULTS.md). false: the model's own loss on the full logits", True)
+
+
+def label_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    """Next-token cross-entropy of a causal LM, with the output head applied only where there is a label.
+
+    The model's own loss projects every position through the output head (``(batch, seq_len, vocab)``
+    logits, 49,152 columns for SmolLM2) and then ignores the positions labelled -100: the prompt, the
+    padding and, for chat data, every turn but the assistant's.  Here a forward pre-hook on the output
+    embeddings keeps only the hidden states whose next token has a label, so the head computes
+    ``(1, n_labels, vocab)`` logits; whatever the model does to its logits afterwards (softcapping,
+    scaling) still applies.  The loss is transformers' ``ForCausalLMLoss`` on those logits with the
+    already shifted labels, i.e. the same quantity as the model's loss: the sum of the token
+    cross-entropies divided by ``num_items_in_batch``, or their mean when it is None.  Prompt-learning
+    PEFT models (virtual tokens prepended to the sequence) and padding-free batches (labels -100 at
+    each example's first token) are handled.  The idea is the "compact" path of TRL's fused LM head
+    (``trl.trainer.utils.add_fused_lm_head``), which TRL takes on Triton devices only.
+
+    Args:
+        model: a causal LM (``transformers`` or PEFT-wrapped) with ``get_output_embeddings()``.
+        inputs: the collated batch: ``input_ids`` and ``labels`` of shape ``(batch, seq_len)``, plus
+            ``attention_mask`` / ``position_ids``; not modified.
+        num_items_in_batch: the count of labelled tokens over the accumulated batch (transformers'
+            ``Trainer`` passes it), or None.
+
+    Returns:
+        The scalar loss, or None when the model's output head is not called once on its hidden states
+        (then use the model's own loss).
+    """
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    labels = inputs["labels"]
+    inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    seq_len = labels.shape[1]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    calls = []
+
+    def gather(module, args):
+        if calls or not args or args[0].dim() != 3:
+            calls.append(None)
+            return None
+        hidden = args[0]
+        calls.append(hidden.shape)
+        # prompt learning prepends virtual tokens: the sequence's own positions are the last seq_len
+        return (hidden[:, hidden.shape[1] - seq_len:-1][keep].unsqueeze(0), *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        outputs = model(**inputs, use_cache=False)
+    finally:
+        handle.remove()
+    logits = outputs.logits
+    n = int(keep.sum())
+    if len(calls) != 1 or calls[0] is None or logits is None or tuple(logits.shape[:2]) != (1, n):
+        return None
+    if n == 0:  # no label in this batch: a zero that keeps the graph
+        return logits.sum() * 0.0
+    return ForCausalLMLoss(logits, None, logits.shape[-1], num_items_in_batch=num_items_in_batch,
+                           shift_labels=targets[keep])
 
 
 class SFT(TRLObjective):
     """Supervised fine-tuning with trl.SFTTrainer.
 
-    ``token_metrics=False`` (the default) trains with the model's own loss (``transformers.Trainer.compute_loss``)
-    instead of TRL's fused LM head, which also computes the entropy and top-1 accuracy of every token; the loss is
-    the same mean token cross-entropy.  The dev split is always evaluated in its own order, so ``eval_loss``
-    does not depend on ``train_sampling_strategy`` or the seed.
+    ``token_metrics=False`` (the default) trains with :func:`label_positions_loss` (or, with
+    ``label_positions_only=False``, the model's own loss on the full logits) instead of TRL's fused LM
+    head, which also computes the entropy and top-1 accuracy of every token and, off a GPU, projects
+    every position through the head; the loss is the same mean token cross-entropy.  The dev split is always
+    evaluated in its own order, so ``eval_loss`` does not depend on ``train_sampling_strategy`` or the seed.
     """
 
     name = "sft"
@@ -112,14 +180,29 @@ class SFT(TRLObjective):
         from trl import SFTConfig, SFTTrainer
 
         token_metrics = bool(cfg.token_metrics)
+        label_positions_only = bool(cfg.label_positions_only)
 
         class SllmxSFTTrainer(SFTTrainer):
+            # label_positions_loss is used (until it returns None once: a model it cannot serve)
+            sllmx_compact_head = label_positions_only
+
             def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
                 # TRL's own path where it computes something the model's loss does not (or when asked)
-                if token_metrics or self.args.loss_type != "nll" or self.aux_loss_enabled or return_outputs:
+                if (token_metrics or self.args.loss_type != "nll" or self.aux_loss_enabled or return_outputs
+                        or self.label_smoother is not None or self.compute_loss_func is not None):
                     return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                inputs["use_cache"] = False
-                return HFTrainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
+                loss = label_positions_loss(model, inputs, num_items_in_batch) if self.sllmx_compact_head else None
+                if loss is None:  # a model whose output head cannot be applied to the label positions alone
+                    if self.sllmx_compact_head:
+                        log.warning("sft: %s does not call its output head once on its hidden states; the "
+                                    "loss uses the full logits", type(model).__name__)
+                        self.sllmx_compact_head = False
+                    inputs["use_cache"] = False
+                    return HFTrainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
+                # as Trainer.compute_loss: num_items_in_batch counts every rank's tokens, DDP averages the gradients
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+                return loss
 
             def _get_eval_sampler(self, eval_dataset):
                 # transformers length-groups the dev split too (seeded): its batches, and so eval_loss (a mean
@@ -130,6 +213,7 @@ class SFT(TRLObjective):
 
         fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
         fields.pop("token_metrics", None)
+        fields.pop("label_positions_only", None)
         return SllmxSFTTrainer(model=model, args=trl_config(SFTConfig, fields, args), processing_class=tokenizer,
                                train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
 

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from sllmx.memory import activation_bytes, decide_checkpointing
 from sllmx_plugins.models import TinySource
-from sllmx_plugins.trainers import SFT, SFTTrainerConfig
+from sllmx_plugins.trainers import SFT, SFTTrainerConfig, label_positions_loss
 
 CONVERSATIONS = [
     ("환불은 어떻게 하나요?", "주문 번호를 알려 주시면 바로 처리해 드릴게요."),
@@ -102,15 +102,87 @@ def test_lean_loss_equals_trls_fused_loss(tiny, tmp_path):
     """``token_metrics=false`` (the model's own cross-entropy) computes the loss TRL's fused head
     computes, on the same batch, and logs no per-token extras."""
     lean = _sft_trainer(tiny, tmp_path, None)
+    full_logits = _sft_trainer(tiny, tmp_path, None, label_positions_only=False)
     full = _sft_trainer(tiny, tmp_path, None, token_metrics=True)
     batch = lean.data_collator([lean.train_dataset[i] for i in range(4)])
     n = int((batch["labels"][:, 1:] != -100).sum())
     with torch.no_grad():
         a = lean.compute_loss(lean.model, dict(batch), num_items_in_batch=torch.tensor(n))
         b = full.compute_loss(full.model, dict(batch), num_items_in_batch=torch.tensor(n))
-    assert torch.allclose(a, b, atol=1e-5), (a, b)
+        c = full_logits.compute_loss(full_logits.model, dict(batch), num_items_in_batch=torch.tensor(n))
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(c, b, atol=1e-5), (a, b, c)
+    assert lean.sllmx_compact_head and not full_logits.sllmx_compact_head
     logged = lambda t: {k for mode in t._metrics.values() for k in mode}  # noqa: E731
-    assert "entropy" in logged(full) and "entropy" not in logged(lean)
+    assert "entropy" in logged(full) and "entropy" not in logged(lean) | logged(full_logits)
+
+
+def _model_loss_and_grads(model, batch, loss_fn):
+    model.zero_grad()
+    loss = loss_fn(model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def _own_loss(num_items):
+    def fn(model, batch):
+        kwargs = {} if num_items is None else {"num_items_in_batch": num_items}
+        return model(**batch, use_cache=False, **kwargs).loss
+    return fn
+
+
+def _label_positions(num_items):
+    return lambda model, batch: label_positions_loss(model, batch, num_items)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed", "prompt_tuning"])
+def test_label_positions_loss_equals_the_models_own_loss_and_gradients(tiny, layout):
+    """The output head applied only at label positions gives the model's own loss and the same
+    gradients (to 1e-5), with and without ``num_items_in_batch``: on a padded batch with the loss on the
+    answers, on a padding-free packed batch, and through PEFT prompt tuning (virtual tokens prepended)."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    path, tok, _ = tiny
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path).train()
+    if layout == "prompt_tuning":
+        model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"] for q, _ in CONVERSATIONS]
+    examples = [{"input_ids": full, "labels": [-100] * len(p) + full[len(p):]} for p, full in zip(prompts, _ids(tok))]
+    collator = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=layout == "packed")
+    batch = collator(examples)
+    n_labels = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < n_labels < 0.8 * batch["labels"].numel()  # the prompts are masked: many positions have no label
+    for num_items in (None, torch.tensor(n_labels + 3)):
+        own, own_grads = _model_loss_and_grads(model, batch, _own_loss(num_items))
+        ours, our_grads = _model_loss_and_grads(model, batch, _label_positions(num_items))
+        assert torch.allclose(own, ours, atol=1e-5), (layout, own, ours)
+        assert own_grads.keys() == our_grads.keys() and own_grads
+        for name, grad in own_grads.items():
+            assert torch.allclose(grad, our_grads[name], atol=1e-5), name
+
+
+def test_label_positions_loss_falls_back_to_the_full_logits(tiny, tmp_path, caplog):
+    """A model whose output head does not see its hidden states (here: ``get_output_embeddings`` names a
+    module the forward never calls) gets None, and the SFT trainer then uses the model's own loss, with
+    one warning."""
+    import torch.nn as nn
+
+    trainer = _sft_trainer(tiny, tmp_path, None)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        own = trainer.model(**batch, use_cache=False).loss
+    unused = nn.Linear(4, 4)
+    trainer.model.get_output_embeddings = lambda: unused
+    with torch.no_grad():
+        assert label_positions_loss(trainer.model, batch) is None
+        with caplog.at_level("WARNING", logger="sllmx"):
+            loss = trainer.compute_loss(trainer.model, dict(batch))
+    assert torch.allclose(loss, own, atol=1e-6)
+    assert not trainer.sllmx_compact_head and "uses the full logits" in caplog.text
 
 
 def test_batches_grouped_by_length_and_dev_in_order(tiny, tmp_path):
