@@ -136,6 +136,7 @@ def main() -> None:
                    help="run the jobs this many times, interleaved (A B A B ...); the table shows medians. "
                         "This machine's speed drifts by 10-20%% over minutes, so compare jobs run side by side")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, run.json files)")
+    p.add_argument("--name", default="throughput", help="results file: benchmarks/results/<name>.json")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sllmx-bench-"))
     train, dev = write_workload(work / "data")
@@ -170,7 +171,7 @@ def main() -> None:
                           ("wall_s", "wall s", "{:.1f}"), ("peak_rss_gib", "peak RSS GiB", "{:.2f}"),
                           ("train_loss", "train loss", "{:.4f}"), ("eval_loss", "dev loss", "{:.4f}"),
                           ("gradient_checkpointing", "checkpointing", "{}"), ("skipped", "skipped", "{}")]))
-    path = save("throughput", {"machine": machine(), "max_steps": a.max_steps, "seed": a.seed, "repeat": a.repeat,
+    path = save(a.name, {"machine": machine(), "max_steps": a.max_steps, "seed": a.seed, "repeat": a.repeat,
                                "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
                                "summary": summary, "jobs": rows})
     print(f"wrote {path}")

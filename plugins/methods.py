@@ -39,7 +39,7 @@ class LoraMethodConfig(MethodConfig):
     name: str = "lora"
     r: int = _help("rank of the update matrices", 16)
     lora_alpha: int = _help("scaling numerator: the update is scaled by lora_alpha / r", 32)
-    lora_dropout: float = _help("dropout on the LoRA input (PEFT's default 0.0; 0.05 costs 15-26% of a CPU step, "
+    lora_dropout: float = _help("dropout on the LoRA input (PEFT's default 0.0; 0.05 cost 21% of a CPU step, "
                                 "where drawing the random masks is slow: benchmarks/RESULTS.md)", 0.0)
     target_modules: Any = _help("module names to adapt, or 'all-linear' (every linear layer but the output head)",
                                 "all-linear")

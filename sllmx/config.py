@@ -91,7 +91,9 @@ class TrainerConfig:
     max_grad_norm: float = _help("gradient clipping norm", 1.0)
     logging_steps: int = _help("log train loss every N steps", 5)
     gradient_checkpointing: Optional[bool] = _help(
-        "recompute activations to save memory; null: on for CUDA, off on CPU where it costs ~30% and is rarely needed",
+        "recompute activations to save memory (20% more time per CPU step in benchmarks/RESULTS.md); null: on only "
+        "when the estimated activation memory of the longest batch exceeds half of the available memory "
+        "(run.json memory)",
         None)
     args: dict[str, Any] = _help("further keyword arguments for the TRL config class (its own names)", {})
 

@@ -1,7 +1,7 @@
 """Memory: whether a run needs gradient checkpointing, and the peak memory it used.
 
-Gradient checkpointing recomputes every layer's activations in the backward pass: about 30% more
-time per step on CPU (benchmarks/RESULTS.md), for memory a small model rarely needs.  With
+Gradient checkpointing recomputes every layer's activations in the backward pass: 20% more time per
+step on CPU (SmolLM2-135M with LoRA, benchmarks/RESULTS.md), for memory a small model rarely needs.  With
 ``trainer.gradient_checkpointing=null`` sllmx turns it on only when the estimated activation memory
 of the largest batch would take more than half of the memory available once the model is loaded.
 """
@@ -21,7 +21,8 @@ def activation_bytes(model_config: Any, batch_size: int, seq_len: int, bytes_per
     Per layer ``s·b·h·(34 + 5·a·s/h)`` bytes for 16-bit activations (Korthikanti et al., 2022,
     "Reducing Activation Recomputation in Large Transformer Models", eq. 2, no parallelism),
     scaled by ``bytes_per_value / 2``; plus the output head's logits, their log-softmax and
-    gradient (``3·b·s·V`` values).  An upper bound for LoRA, which keeps fewer activations;
+    gradient (``3·b·s·V`` values; SFT with ``trainer.label_positions_only`` builds them only at the
+    label positions).  An upper bound for LoRA, which keeps fewer activations;
     for SmolLM2-135M at batch 8 × 640 tokens in fp32 it gives 17.9 GB, where a step measured
     14.7 GB peak RSS.
 
