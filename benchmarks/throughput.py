@@ -172,8 +172,8 @@ def main() -> None:
                           ("train_loss", "train loss", "{:.4f}"), ("eval_loss", "dev loss", "{:.4f}"),
                           ("gradient_checkpointing", "checkpointing", "{}"), ("skipped", "skipped", "{}")]))
     path = save(a.name, {"machine": machine(), "max_steps": a.max_steps, "seed": a.seed, "repeat": a.repeat,
-                               "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
-                               "summary": summary, "jobs": rows})
+                         "command": " ".join(["python", "benchmarks/throughput.py", *sys.argv[1:]]),
+                         "summary": summary, "jobs": rows})
     print(f"wrote {path}")
     if not a.keep:
         shutil.rmtree(work, ignore_errors=True)

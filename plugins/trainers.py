@@ -86,8 +86,8 @@ class SFTTrainerConfig(TrainerConfig):
         "little padding; the measured fastest on CPU), random, sequential", "group_by_length")
     token_metrics: bool = _help(
         "log TRL's entropy and mean_token_accuracy at every step (TRL's fused LM head over every position); off, "
-        "the loss is the model's own cross-entropy with the output head applied only where there is a label: "
-        "faster on CPU (benchmarks/RESULTS.md)", False)
+        "the loss is the model's own cross-entropy (see label_positions_only): faster on CPU "
+        "(benchmarks/RESULTS.md)", False)
     label_positions_only: bool = _help(
         "with token_metrics off: apply the output head only where the next token has a label (the answer "
         "tokens), not at every position; the same loss and gradients, measured faster on CPU "
@@ -127,14 +127,13 @@ def label_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch:
     seq_len = labels.shape[1]
     targets = labels[:, 1:]
     keep = targets != -100
-    calls = []
+    gathered = []  # one True per call of the head that this hook served, False for any it could not
 
     def gather(module, args):
-        if calls or not args or args[0].dim() != 3:
-            calls.append(None)
+        gathered.append(not gathered and bool(args) and args[0].dim() == 3)
+        if not gathered[-1]:
             return None
         hidden = args[0]
-        calls.append(hidden.shape)
         # prompt learning prepends virtual tokens: the sequence's own positions are the last seq_len
         return (hidden[:, hidden.shape[1] - seq_len:-1][keep].unsqueeze(0), *args[1:])
 
@@ -145,7 +144,7 @@ def label_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch:
         handle.remove()
     logits = outputs.logits
     n = int(keep.sum())
-    if len(calls) != 1 or calls[0] is None or logits is None or tuple(logits.shape[:2]) != (1, n):
+    if gathered != [True] or logits is None or tuple(logits.shape[:2]) != (1, n):
         return None
     if n == 0:  # no label in this batch: a zero that keeps the graph
         return logits.sum() * 0.0
@@ -212,8 +211,8 @@ class SFT(TRLObjective):
                 return SequentialSampler(eval_dataset)
 
         fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-        fields.pop("token_metrics", None)
-        fields.pop("label_positions_only", None)
+        for key in ("token_metrics", "label_positions_only"):  # sllmx's own options, not SFTConfig's
+            fields.pop(key, None)
         return SllmxSFTTrainer(model=model, args=trl_config(SFTConfig, fields, args), processing_class=tokenizer,
                                train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
 
