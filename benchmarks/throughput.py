@@ -21,6 +21,13 @@ Jobs:
                         trainer.label_positions_only=false)
   sllmx-label-positions + the output head only at the label positions (label_positions_only=true)
   sllmx-no-dropout      + lora_dropout 0.0 (random order still)
+  sllmx-fp32            sllmx's defaults in fp32 (trainer.precision=fp32)      \  issue 14: precision
+  sllmx-bf16            sllmx's defaults in bf16 (trainer.precision=bf16)      /  on this CPU
+  sllmx-fp32-avx512     fp32 with oneDNN limited to AVX-512 without its bf16 instructions
+  sllmx-bf16-avx512     bf16 the same way: what bf16 costs on a CPU without native bf16
+                        (ONEDNN_MAX_CPU_ISA=AVX512_CORE)
+  sllmx-ddp2            fp32, 2 processes x 1 thread (torchrun, gloo), per-device batch 4: the same
+                        global batch; against sllmx-fp32 (1 process x 2 threads)
   trl                   the hand-written TRL script (benchmarks/peers/trl_sft.py), TRL's defaults
   trl-sllmx-settings    the TRL script without checkpointing, grouped by length, lora_dropout 0
   llamafactory          LLaMA-Factory from its own venv (LF_VENV), its defaults
@@ -37,6 +44,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -54,24 +62,44 @@ SLLMX_JOBS = {
                         "method.lora_dropout=0.05"],
     "sllmx-label-positions": ["trainer.train_sampling_strategy=random", "method.lora_dropout=0.05"],
     "sllmx-no-dropout": ["trainer.train_sampling_strategy=random"],
+    "sllmx-fp32": ["trainer.precision=fp32"],
+    "sllmx-bf16": ["trainer.precision=bf16"],
+    "sllmx-fp32-avx512": ["trainer.precision=fp32"],
+    "sllmx-bf16-avx512": ["trainer.precision=bf16"],
+    "sllmx-ddp2": ["trainer.precision=fp32", "trainer.per_device_train_batch_size=4"],
 }
+#: environment of some jobs (oneDNN's instruction set: a CPU without native bf16)
+JOB_ENV = {"sllmx-fp32-avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+           "sllmx-bf16-avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+           "sllmx-ddp2": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
+#: jobs that run as several processes (torchrun)
+JOB_PROCESSES = {"sllmx-ddp2": 2}
 TRL_JOBS = {"trl": ["--lora-dropout", "0.05"],
             "trl-sllmx-settings": ["--lora-dropout", "0", "--no-gradient-checkpointing", "--group-by-length"]}
 LF_JOBS = {"llamafactory": {}, "llamafactory-no-gc": {"disable_gradient_checkpointing": True}}
 ORDER = ["sllmx", "sllmx-trl-settings", "trl", "trl-sllmx-settings", "sllmx-before", "sllmx-lean-loss",
-         "sllmx-label-positions", "sllmx-no-dropout", "llamafactory", "llamafactory-no-gc"]
+         "sllmx-label-positions", "sllmx-no-dropout", "llamafactory", "llamafactory-no-gc",
+         "sllmx-fp32", "sllmx-bf16", "sllmx-fp32-avx512", "sllmx-bf16-avx512", "sllmx-ddp2"]
 
 
-def sllmx_job(name: str, extra: list[str], train: Path, dev: Path, work: Path, steps: int, seed: int) -> dict:
-    """One ``python -m sllmx`` run; numbers from its run.json."""
+def sllmx_job(name: str, extra: list[str], train: Path, dev: Path, work: Path, steps: int, seed: int,
+              env: Optional[dict[str, str]] = None, processes: int = 1) -> dict:
+    """One ``python -m sllmx`` run (under torchrun with ``processes`` > 1); numbers from its run.json
+    (with several processes, peak RSS is the main process's, from run.json)."""
     out = work / name
-    cmd = [sys.executable, "-m", "sllmx", "model=smollm2-135m", "data=files", f"data.path={train}",
+    launcher = [sys.executable] if processes == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    cmd = [*launcher, "-m", "sllmx", "model=smollm2-135m", "data=files", f"data.path={train}",
            f"data.dev={dev}", "logger=none", "save_model=false", "eval.before_training=false",
            f"trainer.max_steps={steps}", f"eval.eval_steps={steps}", f"seed={seed}", f"hydra.run.dir={out}",
-           *extra]
-    m = measured(cmd, work / f"{name}.log", cwd=ROOT)
+           # the workload is fp32 (as the peers' runs), unless the job is about precision
+           *([] if any(e.startswith("trainer.precision=") for e in extra) else ["trainer.precision=fp32"]), *extra]
+    m = measured(cmd, work / f"{name}.log", env=env, cwd=ROOT)
     rec = json.loads((out / "run.json").read_text())
+    if processes > 1:
+        m["peak_rss_bytes"] = rec["peak_rss_bytes"]
     return {**m, "train_tokens": rec["train_tokens"], "tokens_per_s": rec["train_tokens_per_s"],
+            "precision": rec["precision"]["dtype"], "world_size": rec["world_size"],
             "train_loss": rec["metrics"].get("train_loss"), "eval_loss": rec["dev_metric"]["final"],
             "steps": rec["global_steps"], "gradient_checkpointing": rec["memory"]["gradient_checkpointing"],
             "overrides": extra}
@@ -147,7 +175,8 @@ def main() -> None:
             print(f"== {name} (run {rep + 1} of {a.repeat})", flush=True)
             job = f"{name}-{rep}"
             if name in SLLMX_JOBS:
-                r = sllmx_job(job, SLLMX_JOBS[name], train, dev, work, a.max_steps, a.seed)
+                r = sllmx_job(job, SLLMX_JOBS[name], train, dev, work, a.max_steps, a.seed, JOB_ENV.get(name),
+                              JOB_PROCESSES.get(name, 1))
             elif name in TRL_JOBS:
                 r = trl_job(job, TRL_JOBS[name], train, dev, work, a.max_steps, a.seed, model)
             else:

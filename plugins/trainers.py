@@ -27,8 +27,8 @@ log = logging.getLogger("sllmx")
 def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
     """Build TRL's config: run-level ``args``, then this objective's fields, then ``cfg.args``.
 
-    Fields of the sllmx config other than ``name`` and ``args`` pass through under their
-    own (TRL) names.  ``warmup_ratio`` is the one exception: transformers 5 folded it into
+    Fields of the sllmx config other than ``name``, ``args`` and ``precision`` (decided by the
+    runner, in ``args`` as ``bf16`` / ``fp16``) pass through under their own (TRL) names.  ``warmup_ratio`` is the one exception: transformers 5 folded it into
     ``warmup_steps`` (a float in [0, 1) is a ratio), so it is passed as that where the
     installed version has no ``warmup_ratio``.
 
@@ -38,6 +38,7 @@ def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
     fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     extra = fields.pop("args", {}) or {}
     name = fields.pop("name", None)
+    fields.pop("precision", None)  # sllmx's run-level decision, passed in ``args`` as bf16 / fp16
     known = {f.name for f in dataclasses.fields(config_cls)}
     if "warmup_ratio" not in known:
         ratio = fields.pop("warmup_ratio", 0.0)
@@ -54,6 +55,31 @@ def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
         raise SllmxError(f"trainer={name}: {config_cls.__name__} rejected the options: {exc}") from exc
 
 
+class GlobalBatchOrder:
+    """A mixin for a ``transformers.Trainer`` subclass: the same training order for any number of processes.
+
+    ``train_sampling_strategy=group_by_length`` groups examples of similar length into batches of
+    the per-process batch size (``LengthGroupedSampler``), so 2 processes x 4 examples see other
+    batches than 1 process x 8.  Here the groups are as large as one optimizer step of every rank
+    (per-device batch x gradient accumulation x world size) and their order is drawn by a
+    generator seeded with ``data_seed`` (else ``seed``); accelerate then deals each step's examples
+    out to the ranks, so every optimizer step averages the gradients of the same examples as one
+    process with the whole batch would.
+    """
+
+    def _get_train_sampler(self, train_dataset=None):
+        import torch
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            args = self.args
+            sampler.batch_size = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+            sampler.generator = torch.Generator().manual_seed(args.data_seed if args.data_seed is not None
+                                                              else args.seed)
+        return sampler
+
+
 class TRLObjective(Trainer):
     """A :class:`~sllmx.interfaces.Trainer` whose work is one TRL trainer class and its config class."""
 
@@ -62,8 +88,10 @@ class TRLObjective(Trainer):
         raise NotImplementedError
 
     def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
-        """``TrainerClass(model, args=ConfigClass(...), processing_class=tokenizer, ...)``; see :func:`trl_config`."""
+        """``TrainerClass(model, args=ConfigClass(...), processing_class=tokenizer, ...)`` with the
+        :class:`GlobalBatchOrder` training order; see :func:`trl_config`."""
         trainer_cls, config_cls = self.trl_classes()
+        trainer_cls = type(trainer_cls.__name__, (GlobalBatchOrder, trainer_cls), {})
         return trainer_cls(model=model, args=trl_config(config_cls, cfg, args), processing_class=tokenizer,
                            train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
 
@@ -94,7 +122,8 @@ class SFTTrainerConfig(TrainerConfig):
         "(benchmarks/RESULTS.md). false: the model's own loss on the full logits", True)
 
 
-def label_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+def label_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
+                         head: Any = None) -> Any:
     """Next-token cross-entropy of a causal LM, with the output head applied only where there is a label.
 
     The model's own loss projects every position through the output head (``(batch, seq_len, vocab)``
@@ -115,6 +144,9 @@ def label_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch:
             ``attention_mask`` / ``position_ids``; not modified.
         num_items_in_batch: the count of labelled tokens over the accumulated batch (transformers'
             ``Trainer`` passes it), or None.
+        head: the output embeddings module; None: ``model.get_output_embeddings()``.  Give it when
+            ``model`` is a wrapper without that method (``DistributedDataParallel``: the unwrapped
+            model's head, while the forward goes through the wrapper so gradients are synchronised).
 
     Returns:
         The scalar loss, or None when the model's output head is not called once on its hidden states
@@ -137,7 +169,7 @@ def label_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch:
         # prompt learning prepends virtual tokens: the sequence's own positions are the last seq_len
         return (hidden[:, hidden.shape[1] - seq_len:-1][keep].unsqueeze(0), *args[1:])
 
-    handle = model.get_output_embeddings().register_forward_pre_hook(gather)
+    handle = (head if head is not None else model.get_output_embeddings()).register_forward_pre_hook(gather)
     try:
         outputs = model(**inputs, use_cache=False)
     finally:
@@ -181,7 +213,7 @@ class SFT(TRLObjective):
         token_metrics = bool(cfg.token_metrics)
         label_positions_only = bool(cfg.label_positions_only)
 
-        class SllmxSFTTrainer(SFTTrainer):
+        class SllmxSFTTrainer(GlobalBatchOrder, SFTTrainer):
             # label_positions_loss is used (until it returns None once: a model it cannot serve)
             sllmx_compact_head = label_positions_only
 
@@ -190,7 +222,9 @@ class SFT(TRLObjective):
                 if (token_metrics or self.args.loss_type != "nll" or self.aux_loss_enabled or return_outputs
                         or self.label_smoother is not None or self.compute_loss_func is not None):
                     return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-                loss = label_positions_loss(model, inputs, num_items_in_batch) if self.sllmx_compact_head else None
+                loss = (label_positions_loss(model, inputs, num_items_in_batch,
+                                             self.accelerator.unwrap_model(model).get_output_embeddings())
+                        if self.sllmx_compact_head else None)
                 if loss is None:  # a model whose output head cannot be applied to the label positions alone
                     if self.sllmx_compact_head:
                         log.warning("sft: %s does not call its output head once on its hidden states; the "
@@ -205,8 +239,9 @@ class SFT(TRLObjective):
 
             def _get_eval_sampler(self, eval_dataset):
                 # transformers length-groups the dev split too (seeded): its batches, and so eval_loss (a mean
-                # of batch means), would change with the sampling strategy and the seed
-                if eval_dataset is None or self.args.world_size > 1:
+                # of batch means), would change with the sampling strategy and the seed.  With several
+                # processes accelerate deals these batches out in turn, so each batch stays the same.
+                if eval_dataset is None:
                     return super()._get_eval_sampler(eval_dataset)
                 return SequentialSampler(eval_dataset)
 

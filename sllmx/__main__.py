@@ -78,19 +78,31 @@ def app(cfg: DictConfig):
 
     from sllmx.run import run
 
+    from sllmx.runtime import launched_rank
+
     try:
         record = run(cfg)
     except SllmxError as exc:
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         exit_with(exc)
-    print(summary(record))
+    if launched_rank() == 0:  # several processes: the main one speaks for the run
+        print(summary(record))
     return record
 
 
 def main() -> None:
-    """Console entry point (``sllmx`` / ``python -m sllmx``): load plugins, then run the Hydra app."""
+    """Console entry point (``sllmx`` / ``python -m sllmx``): load plugins, check the launch
+    (:func:`sllmx.runtime.check_launch`), then run the Hydra app."""
+    import sys
+
+    from sllmx.runtime import check_launch
+
     _setup()
+    try:
+        sys.argv[1:] = check_launch(sys.argv[1:])
+    except SllmxError as exc:
+        exit_with(exc)
     app()
 
 

@@ -6,6 +6,8 @@
   best-checkpoint selection read them.
 - :class:`ObserverCallback` records each evaluation in the run's dev-metric history and
   calls the ``sllmx_after_evaluate`` hook.
+- :class:`MainDecidesCallback` (several processes only) gives every rank the main process's
+  decision to stop training after an evaluation.
 
 Early stopping is ``transformers.EarlyStoppingCallback``.
 """
@@ -13,6 +15,7 @@ Early stopping is ``transformers.EarlyStoppingCallback``.
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -20,6 +23,8 @@ from typing import Any, Iterator, Optional
 from transformers import TrainerCallback
 
 from sllmx.interfaces import Metric
+from sllmx.records import write_text_atomic
+from sllmx.runtime import Runtime, from_main, map_batches
 
 
 def dev_prompts_and_references(dataset: Any) -> tuple[list[list[dict]], list[str]]:
@@ -68,7 +73,7 @@ def inference(model: Any, tokenizer: Any, padding_side: str) -> Iterator[None]:
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int,
-             batch_size: int, truncated: Optional[list[bool]] = None) -> list[str]:
+             batch_size: int, truncated: Optional[list[bool]] = None, runtime: Optional[Runtime] = None) -> list[str]:
     """Greedy generation of one answer per chat prompt (chat template, left padding).
 
     Args:
@@ -77,30 +82,34 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
         batch_size: prompts per ``generate`` call.
         truncated: when given, extended with one flag per prompt: True when the answer reached
             ``max_new_tokens`` without an end-of-sequence token.
+        runtime: with several processes, the batches are split across the ranks and every rank
+            gets every answer (:func:`sllmx.runtime.map_batches`; a collective call).
 
     Returns:
         the decoded answers (special tokens removed), one per prompt.
     """
     import torch
 
-    out: list[str] = []
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id]))
+
+    def one_batch(batch: list[list[dict]]) -> list[tuple[str, bool]]:
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        ended = torch.isin(new.cpu(), eos).any(dim=1)
+        cut = [bool(new.shape[1] >= max_new_tokens and not e) for e in ended]
+        return list(zip(tokenizer.batch_decode(new, skip_special_tokens=True), cut))
+
     with inference(model, tokenizer, "left"):
-        for i in range(0, len(prompts), batch_size):
-            texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-                     for p in prompts[i:i + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            with torch.no_grad():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
-            new = gen[:, enc["input_ids"].shape[1]:]
-            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-            if truncated is not None:
-                eos = model.generation_config.eos_token_id
-                eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id]))
-                ended = torch.isin(new.cpu(), eos).any(dim=1)
-                truncated.extend(bool(new.shape[1] >= max_new_tokens and not e) for e in ended)
-    return [o.strip() for o in out]
+        out = map_batches(one_batch, prompts, batch_size, runtime or Runtime())
+    if truncated is not None:
+        truncated.extend(cut for _, cut in out)
+    return [text.strip() for text, _ in out]
 
 
 def preference_pairs(dataset: Any) -> tuple[list[list[dict]], list[list[dict]], list[list[dict]]]:
@@ -114,42 +123,46 @@ def preference_pairs(dataset: Any) -> tuple[list[list[dict]], list[list[dict]], 
 
 
 def answer_logprobs(model: Any, tokenizer: Any, prompts: list[list[dict]], answers: list[list[dict]],
-                    batch_size: int, counts: Optional[list[int]] = None) -> list[float]:
+                    batch_size: int, counts: Optional[list[int]] = None,
+                    runtime: Optional[Runtime] = None) -> list[float]:
     """Summed log-probability (nats) of each answer's tokens given its prompt, under ``model``.
 
     The conversation ``prompt + answer`` is rendered by the chat template; the answer's tokens
     are those after the rendering of ``prompt`` with the generation prompt (the tokens TRL's
     DPO trainer scores).  Right padding, no gradient, the model left in its previous mode.
-    ``counts``, when given, is extended with each answer's number of tokens.
+    ``counts``, when given, is extended with each answer's number of tokens.  With ``runtime`` of
+    several processes the batches are split across the ranks and gathered
+    (:func:`sllmx.runtime.map_batches`; a collective call).
     """
     import torch
 
-    out: list[float] = []
+    def one_batch(pairs: list[tuple[list[dict], list[dict]]]) -> list[tuple[float, int]]:
+        full = [tokenizer.apply_chat_template(p + a, tokenize=False) for p, a in pairs]
+        heads = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p, _ in pairs]
+        enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False)
+        starts = [len(tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        with torch.no_grad():
+            logits = model(**enc).logits
+        out = []
+        for j, start in enumerate(starts):
+            end = int(enc["attention_mask"][j].sum())  # right padding: the real tokens come first
+            # position t predicts token t + 1; only the answer's rows of the logits are normalised,
+            # so memory stays at (answer tokens x vocabulary) per row, not (batch x length x vocabulary)
+            rows = torch.log_softmax(logits[j, start - 1:end - 1].float(), dim=-1)
+            out.append((float(rows.gather(-1, enc["input_ids"][j, start:end].unsqueeze(-1)).sum()),
+                        max(end - start, 0)))
+        return out
+
     with inference(model, tokenizer, "right"):
-        for i in range(0, len(prompts), batch_size):
-            full = [tokenizer.apply_chat_template(p + a, tokenize=False)
-                    for p, a in zip(prompts[i:i + batch_size], answers[i:i + batch_size])]
-            heads = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-                     for p in prompts[i:i + batch_size]]
-            enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False)
-            starts = [len(tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            with torch.no_grad():
-                logits = model(**enc).logits
-            for j, start in enumerate(starts):
-                end = int(enc["attention_mask"][j].sum())  # right padding: the real tokens come first
-                # position t predicts token t + 1; only the answer's rows of the logits are normalised,
-                # so memory stays at (answer tokens x vocabulary) per row, not (batch x length x vocabulary)
-                rows = torch.log_softmax(logits[j, start - 1:end - 1].float(), dim=-1)
-                out.append(float(rows.gather(-1, enc["input_ids"][j, start:end].unsqueeze(-1)).sum()))
-                if counts is not None:
-                    counts.append(max(end - start, 0))
-            del logits
-    return out
+        scored = map_batches(one_batch, list(zip(prompts, answers)), batch_size, runtime or Runtime())
+    if counts is not None:
+        counts.extend(n for _, n in scored)
+    return [lp for lp, _ in scored]
 
 
 def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_new_tokens: int,
-                batch_size: int, banned: tuple = (), expect_json: bool = False,
+                batch_size: int, banned: tuple = (), expect_json: bool = False, runtime: Optional[Runtime] = None,
                 ) -> tuple[dict[str, float], list[dict[str, Any]], Optional[dict[str, Any]]]:
     """The metric's values on ``dataset``, the rows behind them (for ``generations.jsonl``) and
     the guardrail checks of the answers (:func:`sllmx.safety.check_outputs`; None without generations).
@@ -158,7 +171,9 @@ def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_ne
     preference pair's chosen and rejected log-probabilities.  With generations, the values also
     hold the checks' shares (``empty_answers``, ``truncated_answers``, ``pii_answers``,
     ``banned_answers``, ``invalid_json_answers`` with ``expect_json``).  Returns ``({}, [], None)``
-    when the split has nothing the metric can use (e.g. generations of a plain-text split).
+    when the split has nothing the metric can use (e.g. generations of a plain-text split).  With
+    ``runtime`` of several processes, the ranks share the batches and all get the same values
+    (a collective call: every rank must make it).
 
     Raises:
         SllmxError: a metric whose ``needs`` sllmx does not know.
@@ -173,7 +188,7 @@ def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_ne
         if not prompts:
             return {}, [], None
         cut: list[bool] = []
-        preds = generate(model, tokenizer, prompts, max_new_tokens, batch_size, cut)
+        preds = generate(model, tokenizer, prompts, max_new_tokens, batch_size, cut, runtime)
         rows = [{"input": p, "reference": r, "prediction": x, "truncated": t}
                 for p, r, x, t in zip(prompts, refs, preds, cut)]
         checks = check_outputs(preds, cut, banned, expect_json)
@@ -183,8 +198,8 @@ def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_ne
         prompts, chosen, rejected = preference_pairs(dataset)
         if not prompts:
             return {}, [], None
-        lp_c = answer_logprobs(model, tokenizer, prompts, chosen, batch_size)
-        lp_r = answer_logprobs(model, tokenizer, prompts, rejected, batch_size)
+        lp_c = answer_logprobs(model, tokenizer, prompts, chosen, batch_size, runtime=runtime)
+        lp_r = answer_logprobs(model, tokenizer, prompts, rejected, batch_size, runtime=runtime)
         rows = [{"input": p, "chosen_logp": c, "rejected_logp": r} for p, c, r in zip(prompts, lp_c, lp_r)]
         return {k: float(v) for k, v in metric.compute(lp_c, lp_r).items()}, rows, None
     raise SllmxError(f"metric {metric.name!r} needs {metric.needs!r}, which sllmx cannot compute; "
@@ -197,13 +212,18 @@ class GenerationMetricCallback(TrainerCallback):
     The metric's ``needs`` decides what is computed (:func:`score_split`): greedy generations,
     or preference pairs' log-probabilities.  Must come before ``EarlyStoppingCallback`` in the
     callback list: it writes into the same metrics dict that early stopping and
-    ``metric_for_best_model`` read.  The latest rows (input, reference, prediction; or the pair
-    log-probabilities) are written to ``generations_path`` as JSONL.
+    ``metric_for_best_model`` read, with ``eval_generation_runtime`` (seconds spent scoring).  The
+    latest rows (input, reference, prediction; or the pair log-probabilities) are written to
+    ``generations_path`` as JSONL (atomically, by the main process).
+    With several processes (``runtime``) every rank scores its share of the batches and receives
+    all values, so every rank's metrics, early stopping and checkpoint choice agree.
     """
 
     def __init__(self, metric: Metric, dev_dataset: Any, max_new_tokens: int, batch_size: int,
-                 generations_path: Path, banned: tuple = (), expect_json: bool = False, every: int = 1):
+                 generations_path: Path, banned: tuple = (), expect_json: bool = False, every: int = 1,
+                 runtime: Optional[Runtime] = None):
         self.metric = metric
+        self.runtime = runtime or Runtime()
         self.every, self.evaluations = max(1, every), 0
         self.banned, self.expect_json = banned, expect_json
         self.last_checks: Optional[dict[str, Any]] = None  # the guardrail checks of the latest evaluation
@@ -220,20 +240,21 @@ class GenerationMetricCallback(TrainerCallback):
         first, last = self.evaluations == 1, state.max_steps and state.global_step >= state.max_steps
         if not (first or last or (self.evaluations - 1) % self.every == 0):
             return  # eval.generation_every: this evaluation has the loss only
-        values, rows, checks = score_split(self.metric, model, processing_class, self.dataset,
-                                           self.max_new_tokens, self.batch_size, self.banned, self.expect_json)
+        start = time.perf_counter()
+        values, rows, checks = score_split(self.metric, model, processing_class, self.dataset, self.max_new_tokens,
+                                           self.batch_size, self.banned, self.expect_json, self.runtime)
         if not rows:
             return
         if checks is not None:
             self.last_checks = {"step": state.global_step, **checks}
         values = {f"eval_{k}": v for k, v in values.items()}
+        values["eval_generation_runtime"] = round(time.perf_counter() - start, 3)  # seconds, this rank's
         metrics.update(values)
         if self.trainer is not None:
             self.trainer.log(values)
-        self.generations_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.generations_path, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps({"step": state.global_step, **row}, ensure_ascii=False) + "\n")
+        if self.runtime.is_main:
+            write_text_atomic(self.generations_path, "".join(
+                json.dumps({"step": state.global_step, **row}, ensure_ascii=False) + "\n" for row in rows))
 
 
 def add_perplexity(metrics: dict[str, Any], prefix: str = "eval") -> None:
@@ -248,7 +269,8 @@ def add_perplexity(metrics: dict[str, Any], prefix: str = "eval") -> None:
 
 class ObserverCallback(TrainerCallback):
     """Adds ``eval_perplexity``, then feeds every evaluation to the run's dev-metric history and
-    the ``sllmx_after_evaluate`` hook."""
+    the ``sllmx_after_evaluate`` hook.  The evaluation at step 0 is the baseline (``eval_on_start``);
+    it sets ``run.training`` (False for it, True after)."""
 
     def __init__(self, run: Any):
         self.run = run
@@ -257,5 +279,18 @@ class ObserverCallback(TrainerCallback):
         if metrics is not None and getattr(self.run.trainer, "loss_is_token_nll", False):
             add_perplexity(metrics)
         metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+        self.run.training = state.global_step > 0  # step 0: the baseline (eval.before_training)
         self.run.record.dev_metric.add(state.global_step, metrics, training=self.run.training)
         self.run.pm.hook.sllmx_after_evaluate(run=self.run, metrics=metrics)
+
+
+class MainDecidesCallback(TrainerCallback):
+    """With several processes: after every evaluation, every rank takes the main process's decision
+    to stop training (``control.should_training_stop``, e.g. ``EarlyStoppingCallback``'s), so all
+    ranks stop at the same step.  Goes last in the callback list."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        control.should_training_stop = bool(from_main(bool(control.should_training_stop), self.runtime))

@@ -95,6 +95,10 @@ class TrainerConfig:
         "when the estimated activation memory of the longest batch exceeds half of the available memory "
         "(run.json memory)",
         None)
+    precision: str = _help(
+        "auto, fp32, bf16 or fp16 (CUDA only): dtype of the base weights and of the mixed-precision compute "
+        "(TrainingArguments bf16/fp16). auto: bf16 on a GPU that has it and on a CPU with native bf16 "
+        "(avx512_bf16 or amx_bf16), else fp32; the choice and its reason are in run.json precision", "auto")
     args: dict[str, Any] = _help("further keyword arguments for the TRL config class (its own names)", {})
 
 

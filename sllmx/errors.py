@@ -19,5 +19,9 @@ def exit_with(exc: BaseException) -> None:
 
     if os.environ.get("SLLMX_TRACEBACK"):
         traceback.print_exception(exc)
-    print(f"sllmx: error: {exc}", file=sys.stderr)
+    sys.stderr.write(f"sllmx: error: {exc}\n")  # one write: the lines of several ranks do not interleave
+    sys.stderr.flush()
+    from sllmx.runtime import settle_before_exit
+
+    settle_before_exit()  # several processes: each one prints its line before the launcher stops the rest
     sys.exit(2)

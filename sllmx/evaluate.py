@@ -106,7 +106,7 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
     trainer = reg.get("trainer", cfg.trainer.name)
     dev = dev_metric_of(cfg, trainer, reg)
     splits = load_splits(cfg.data, reg, trainer)
-    runtime = detect_runtime()
+    runtime = detect_runtime(str(cfg.trainer.get("precision", "auto")))
     model, tokenizer, method_name = load_model(cfg, run_dir, reg, runtime)
     OmegaConf.set_struct(cfg, False)
     cfg.output_dir = str(out_dir)  # not Hydra's run dir: this is no Hydra run
@@ -119,7 +119,8 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
                        data={**resolved["data"], "format": splits.format, "layout": list(splits.layout),
                              "splits": splits.provenance},
                        seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out_dir), started_at=now,
-                       device=runtime.device, hostname=socket.gethostname(), pid=os.getpid(),
+                       device=runtime.device, precision=runtime.record(), hostname=socket.gethostname(),
+                       pid=os.getpid(),
                        versions=library_versions(), global_steps=0)
     _, record.total_params = count_parameters(model)
     # what was trained: nothing for a base model; the run's own count for a run (PEFT loads adapters frozen)

@@ -95,19 +95,26 @@ def sllmx_check_combination(method: Method, trainer: Trainer, cfg: Any) -> str |
 
 @hookspec
 def sllmx_callbacks(run: RunContext) -> list[Any]:
-    """Return extra ``transformers.TrainerCallback`` objects for this run's trainer."""
+    """Return extra ``transformers.TrainerCallback`` objects for this run's trainer.
+
+    With several processes (``run.runtime.world_size > 1``) this is called on every rank and the
+    callbacks run on every rank; write files only where ``run.runtime.is_main``.  A decision to
+    stop training (``control.should_training_stop``) is taken from the main process after each
+    evaluation."""
 
 
 @hookspec
 def sllmx_before_train(run: RunContext) -> None:
-    """Called once the trainer is built, just before ``trainer.train()``."""
+    """Called once the trainer is built, just before ``trainer.train()`` (on every rank)."""
 
 
 @hookspec
 def sllmx_after_evaluate(run: RunContext, metrics: dict[str, float]) -> None:
-    """Called after each dev-split evaluation with its metrics (``eval_loss``, task metrics, ...)."""
+    """Called after each dev-split evaluation with its metrics (``eval_loss``, task metrics, ...), on
+    every rank with the same metrics."""
 
 
 @hookspec
 def sllmx_after_run(record: RunRecord) -> None:
-    """Called after ``run.json`` is written, with the final record (any status)."""
+    """Called after ``run.json`` is written, with the final record (any status); with several
+    processes, on the main process only."""

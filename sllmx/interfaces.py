@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Sequence
 
+from sllmx.runtime import Runtime  # noqa: F401  (part of the plugin interface: Method.load_model / wrap receive it)
+
 #: Example layouts a trainer can consume, named by their TRL dataset columns.
 #: See https://huggingface.co/docs/trl/dataset_formats
 LAYOUT_MESSAGES = ("messages",)
@@ -23,26 +25,6 @@ LAYOUT_PROMPT_COMPLETION = ("prompt", "completion")
 LAYOUT_TEXT = ("text",)
 LAYOUT_PREFERENCE = ("prompt", "chosen", "rejected")
 LAYOUT_UNPAIRED = ("prompt", "completion", "label")
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Facts about the hardware a run uses, decided once by the runner.
-
-    Attributes:
-        device: ``"cuda"`` or ``"cpu"``.
-        bf16: True where the accelerator computes in bfloat16 (an Ampere or newer GPU).
-    """
-
-    device: str = "cpu"
-    bf16: bool = False
-
-    @property
-    def compute_dtype(self) -> Any:
-        """``torch.bfloat16`` when ``bf16`` else ``torch.float32``."""
-        import torch
-
-        return torch.bfloat16 if self.bf16 else torch.float32
 
 
 class Plugin:
@@ -87,7 +69,7 @@ class Method(Plugin):
 
         ``kwargs`` are the model source's ``from_pretrained`` options (e.g. ``trust_remote_code``).
         Default: ``AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype, **kwargs)``
-        on ``runtime.device``.
+        on ``runtime.device`` (this process's device: ``cuda:<local rank>`` under a multi-GPU launch).
         """
         from transformers import AutoModelForCausalLM
 
@@ -159,6 +141,12 @@ class ModelSource(Plugin):
     def from_pretrained_kwargs(self, cfg: Any) -> dict[str, Any]:
         """Options for ``from_pretrained`` of the model and tokenizer at the resolved path
         (e.g. ``{"trust_remote_code": False}``).  Default: none."""
+        return {}
+
+    def facts(self, path: str) -> dict[str, Any]:
+        """What the source knows of the model at the resolved ``path`` that the config does not say
+        (a conversion's input file, the pad token and chat template it chose, ...); recorded in
+        run.json ``model_facts``.  Default: none."""
         return {}
 
 

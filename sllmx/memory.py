@@ -41,12 +41,12 @@ def activation_bytes(model_config: Any, batch_size: int, seq_len: int, bytes_per
 
 
 def available_bytes(device: str) -> int:
-    """Memory free for activations now: free CUDA memory of the current device, else the host's
-    ``MemAvailable`` (psutil)."""
-    if device == "cuda":
+    """Memory free for activations now: free memory of the CUDA ``device`` (``cuda``, ``cuda:1``),
+    else the host's ``MemAvailable`` (psutil)."""
+    if device.startswith("cuda"):
         import torch
 
-        return int(torch.cuda.mem_get_info()[0])
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
     import psutil
 
     return int(psutil.virtual_memory().available)
@@ -71,8 +71,8 @@ def decide_checkpointing(model_config: Any, batch_size: int, seq_len: int, devic
 def peak_memory(device: str) -> tuple[int, Optional[int]]:
     """(peak resident bytes of this process, peak CUDA bytes allocated or None)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    if device == "cuda":
+    if device.startswith("cuda"):
         import torch
 
-        return rss, int(torch.cuda.max_memory_allocated())
+        return rss, int(torch.cuda.max_memory_allocated(torch.device(device)))
     return rss, None

@@ -78,7 +78,14 @@ class RunRecord:
     ``data_check`` artifact); ``output_checks`` the guardrail checks of the generated answers
     (:func:`sllmx.safety.check_outputs`) at the latest dev evaluation (``dev``) and on ``test``;
     ``memory`` the gradient-checkpointing decision and the activation estimate behind it
-    (:func:`sllmx.memory.decide_checkpointing`).
+    (:func:`sllmx.memory.decide_checkpointing`).  ``world_size`` counts the run's processes
+    (torchrun, accelerate launch, a submitit job's tasks), ``backend`` is their
+    ``torch.distributed`` backend (None for one process), ``global_batch_size`` the examples per
+    optimizer step (per-device batch x gradient accumulation x world size); ``precision`` holds
+    ``dtype`` (fp32, bf16, fp16) and the ``reason`` for it; ``model_facts`` what the model source
+    knows of the model beyond its config (:meth:`sllmx.interfaces.ModelSource.facts`: a GGUF
+    conversion's file, pad token and chat template).  With several processes the record is
+    the main process's (its ``peak_rss_bytes``, ``hostname`` and ``pid``).
     """
 
     status: str
@@ -103,6 +110,10 @@ class RunRecord:
     peak_rss_bytes: Optional[int] = None
     peak_gpu_bytes: Optional[int] = None
     device: Optional[str] = None
+    world_size: int = 1
+    backend: Optional[str] = None
+    global_batch_size: Optional[int] = None
+    precision: dict[str, Any] = field(default_factory=dict)
     hostname: Optional[str] = None
     pid: Optional[int] = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +127,7 @@ class RunRecord:
     output_checks: dict[str, Any] = field(default_factory=dict)
     forgetting: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
+    model_facts: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

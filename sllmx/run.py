@@ -17,10 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
 from sllmx.errors import SllmxError
-from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Runtime, Trainer
+from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Trainer
 from sllmx.memory import peak_memory
 from sllmx.plugins import Registry, registry
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
+from sllmx.runtime import Runtime, detect_runtime, from_main, gather, main_process_first, wait_for_everyone
 
 
 @dataclass
@@ -29,7 +30,8 @@ class RunContext:
 
     Attributes:
         cfg: the composed config.  record: the run record being filled in.
-        training: False during the baseline evaluation, True after ``train()`` starts.
+        training: False until the baseline evaluation (step 0) is recorded, True for the evaluations
+            during training.
         trial: the Optuna trial this run reports to (``sllmx_optuna`` sweeps), else None.
         model / tokenizer / hf_trainer / splits: set as the run reaches them.
         general: the forgetting check's rows (``eval.general_data``), else None.
@@ -58,15 +60,6 @@ class RunContext:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def detect_runtime() -> Runtime:
-    """CUDA with bf16 where the GPU supports it, else CPU in float32."""
-    import torch
-
-    if torch.cuda.is_available():
-        return Runtime(device="cuda", bf16=torch.cuda.is_bf16_supported())
-    return Runtime(device="cpu", bf16=False)
 
 
 def dev_metric_of(cfg: DictConfig, trainer: Trainer, reg: Registry) -> DevMetric:
@@ -142,12 +135,16 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         output_dir=str(checkpoints),
         seed=cfg.seed,
         data_seed=cfg.seed,
-        use_cpu=runtime.device == "cpu",
+        use_cpu=runtime.accelerator == "cpu",
         bf16=runtime.bf16,
-        fp16=False,
+        fp16=runtime.fp16,
         **{gc_key: bool(gradient_checkpointing)},
+        # several processes with PEFT and checkpointing: DDP's search for unused parameters marks LoRA's
+        # weights ready twice ("Expected to mark a variable ready only once", trl #4782, peft #313)
+        ddp_find_unused_parameters=False if gradient_checkpointing else None,
         eval_strategy="steps",
         eval_steps=cfg.eval.eval_steps,
+        eval_on_start=bool(cfg.eval.before_training),
         save_strategy="steps",
         save_steps=cfg.eval.eval_steps,
         save_total_limit=1,
@@ -172,7 +169,8 @@ def run(cfg: DictConfig) -> RunRecord:
     """Fine-tune, evaluate and record one method × trainer × model × data configuration.
 
     Order (cheap checks first, so bad input fails before anything is loaded or written):
-    plugins → method/trainer/pair check → dev metric → data → ``run.json`` (RUNNING) →
+    runtime (device, ranks, precision) → plugins → method/trainer/pair check → dev metric → data →
+    ``run.json`` (RUNNING) →
     model source → method.load_model → method.wrap → callbacks → trainer.build →
     baseline evaluation → train → save → ``run.json`` (COMPLETE / PRUNED / FAIL) →
     ``sllmx_after_run``.
@@ -191,6 +189,8 @@ def run(cfg: DictConfig) -> RunRecord:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SllmxError(f"{missing[0]} is required; set it on the command line ({missing[0]}=...)")
+    # first: with several processes, the ranks can then wait for each other when one finds bad input
+    runtime = detect_runtime(str(cfg.trainer.get("precision", "auto")))
     reg = registry()
     method = reg.get("method", cfg.method.name)
     trainer = reg.get("trainer", cfg.trainer.name)
@@ -199,8 +199,9 @@ def run(cfg: DictConfig) -> RunRecord:
     from sllmx.safety import compile_patterns
 
     compile_patterns(cfg.eval.banned_patterns)  # a bad pattern fails now, before anything is written
-    out = Path(cfg.output_dir)
-    if (out / RUN_FILE).exists():
+    # several processes: one run folder, the main process's; and one answer to whether it is taken
+    out = Path(from_main(str(cfg.output_dir), runtime))
+    if from_main((out / RUN_FILE).exists(), runtime):
         raise SllmxError(f"{out / RUN_FILE} already exists; choose another hydra.run.dir (nothing is overwritten)")
     splits = load_splits(cfg.data, reg, trainer)
     if cfg.data.get("metric"):
@@ -221,30 +222,36 @@ def run(cfg: DictConfig) -> RunRecord:
 
         general = load_general(cfg.eval.general_data, cfg.eval.general_max_rows, reg)
 
-    runtime = detect_runtime()
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["output_dir"] = str(out)
     record = RunRecord(
         status="RUNNING", method=method.name, trainer=trainer.name, model=resolved["model"],
         data={**resolved["data"], "format": splits.format, "layout": list(splits.layout),
               "splits": splits.provenance},
         seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out), started_at=_now(),
-        device=runtime.device, hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(),
+        device=runtime.device, world_size=runtime.world_size, backend=runtime.backend,
+        global_batch_size=(cfg.trainer.per_device_train_batch_size * cfg.trainer.gradient_accumulation_steps
+                           * runtime.world_size),
+        precision=runtime.record(), hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(),
         git_commit=git_commit(os.getcwd()))
+    main = runtime.is_main  # with several processes, only the main one writes files
     if splits.options.enabled:
         record.data_checks = splits.report.summary()
-        splits.report.write(out / DATA_CHECK_FILE)
+        if main:
+            splits.report.write(out / DATA_CHECK_FILE)
         record.artifacts["data_check"] = DATA_CHECK_FILE
     if trial is not None:
         from sllmx.study import mask_url
 
         record.trial = {"study_name": cfg.trial.study_name, "number": trial.number,
                         "storage": mask_url(cfg.trial.storage)}
-    record.write(out)
+    if main:
+        record.write(out)
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
                      output_dir=out, splits=splits, trial=trial, general=general)
     wandb_run = None
     try:
-        wandb_run = _start_logger(cfg, out, resolved)
+        wandb_run = _start_logger(cfg, out, resolved) if main else None
         record.status = _train(ctx)
     except BaseException as exc:
         if ctx.hf_trainer is not None:
@@ -255,14 +262,16 @@ def run(cfg: DictConfig) -> RunRecord:
             raise
         record.status = "PRUNED"  # the pruner's decision, not an error: the run ends normally
         record.pruned = str(exc)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        if main:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
     finally:
         record.finished_at = _now()
         record.wall_time_s = round(time.time() - t0, 3)
         record.peak_rss_bytes, record.peak_gpu_bytes = peak_memory(runtime.device)
-        record.write(out)
-        _finish_logger(wandb_run, record)
-        reg.pm.hook.sllmx_after_run(record=record)
+        if main:
+            record.write(out)
+            _finish_logger(wandb_run, record)
+            reg.pm.hook.sllmx_after_run(record=record)
     return record
 
 
@@ -276,18 +285,22 @@ def _train(ctx: RunContext) -> str:
     from sllmx.data.cache import cache_splits
 
     datasets.disable_progress_bars()
-    cfg, record, out = ctx.cfg, ctx.record, ctx.output_dir
-    cache_splits(ctx.splits, cfg.cache_dir)  # a sweep's trials tokenise each split once (datasets' map cache)
-    set_seed(cfg.seed)
+    cfg, record, out, runtime = ctx.cfg, ctx.record, ctx.output_dir, ctx.runtime
+    main = runtime.is_main
     source = ctx.registry.get("model", cfg.model.source)
-    path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
+    with main_process_first(runtime):  # caches are built once, by the main process, then read by the others
+        cache_splits(ctx.splits, cfg.cache_dir)  # a sweep's trials tokenise each split once (datasets' map cache)
+        path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
+    set_seed(cfg.seed)
+    record.model_facts = source.facts(path)
     kwargs = source.from_pretrained_kwargs(cfg.model)
     ctx.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     if ctx.splits.options.enabled and ctx.splits.options.lengths:
         check_lengths(ctx.splits, ctx.tokenizer, cfg.trainer.get("max_length"))
         record.data_checks = ctx.splits.report.summary()
-        ctx.splits.report.write(out / DATA_CHECK_FILE)
-        record.write(out)
+        if main:
+            ctx.splits.report.write(out / DATA_CHECK_FILE)
+            record.write(out)
     model = ctx.method.load_model(path, cfg.method, ctx.runtime, **kwargs)
     ctx.model = ctx.method.wrap(model, cfg.method, ctx.runtime)
     record.trainable_params, record.total_params = count_parameters(ctx.model)
@@ -300,7 +313,7 @@ def _train(ctx: RunContext) -> str:
         gen_cb = GenerationMetricCallback(ctx.registry.get("metric", cfg.data.metric), ctx.splits.dev,
                                           cfg.eval.max_new_tokens, cfg.eval.generation_batch_size,
                                           out / "generations.jsonl", tuple(compile_patterns(cfg.eval.banned_patterns)),
-                                          bool(cfg.eval.expect_json), cfg.eval.generation_every)
+                                          bool(cfg.eval.expect_json), cfg.eval.generation_every, runtime)
         callbacks.append(gen_cb)
     callbacks.append(ObserverCallback(ctx))
     if ctx.trial is not None:
@@ -311,6 +324,10 @@ def _train(ctx: RunContext) -> str:
         callbacks.append(EarlyStoppingCallback(cfg.eval.early_stopping_patience, cfg.eval.early_stopping_threshold))
     for extra in ctx.pm.hook.sllmx_callbacks(run=ctx):
         callbacks.extend(extra)
+    if runtime.world_size > 1:
+        from sllmx.callbacks import MainDecidesCallback
+
+        callbacks.append(MainDecidesCallback(runtime))  # last: every rank stops when the main process does
 
     checkpoints = out / "checkpoints"
     args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints, _checkpointing(ctx))
@@ -324,11 +341,12 @@ def _train(ctx: RunContext) -> str:
         from sllmx import forgetting
 
         before = forgetting.score(ctx.model, ctx.tokenizer, general, cfg.trainer.per_device_eval_batch_size)
-    if cfg.eval.before_training:
-        ctx.hf_trainer.evaluate()
-    ctx.training = True
     ctx.pm.hook.sllmx_before_train(run=ctx)
+    # the baseline evaluation (eval.before_training) is TrainingArguments.eval_on_start: inside train(), after
+    # the model is prepared; an evaluate() before train() leaves it unwrapped by DDP, so that with several
+    # processes each rank trained alone on its own gradients (accelerate marks the model as prepared)
     result = ctx.hf_trainer.train()
+    wait_for_everyone(runtime)  # every rank has restored the best checkpoint before anything is removed
 
     state = ctx.hf_trainer.state
     record.global_steps = state.global_step
@@ -339,6 +357,11 @@ def _train(ctx: RunContext) -> str:
     if record.train_tokens and record.train_runtime_s > eval_s:
         record.train_tokens_per_s = round(record.train_tokens / (record.train_runtime_s - eval_s), 2)
     record.metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    if runtime.world_size > 1 and "train_loss" in record.metrics:
+        # transformers adds the loss since the last logging step to train_loss without averaging it over the
+        # ranks; the mean of the ranks' train_loss is the mean over every rank's examples
+        losses = gather(record.metrics["train_loss"], runtime)
+        record.metrics["train_loss"] = sum(losses) / len(losses)
     loss = record.metrics.get("train_loss")
     if loss is not None and not math.isfinite(loss):
         raise FloatingPointError(f"train_loss is {loss}")
@@ -362,11 +385,13 @@ def _train(ctx: RunContext) -> str:
     if cfg.eval.test:
         record.test_metrics = evaluate_split(ctx, ctx.splits.test, "test", gen_cb)
     if cfg.save_model:
-        ctx.hf_trainer.save_model(str(out / "model"))
+        ctx.hf_trainer.save_model(str(out / "model"))  # every rank calls it (FSDP gathers); the main one writes
         record.artifacts["model"] = "model"
     if (out / "generations.jsonl").exists():
         record.artifacts["generations"] = "generations.jsonl"
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    wait_for_everyone(runtime)
+    if main:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     return "COMPLETE"
 
 
@@ -381,7 +406,7 @@ def _checkpointing(ctx: RunContext) -> bool:
                or cfg.get("max_length") or 2048)
     seq_len = min(longest, cfg.get("max_length") or longest)
     decision = decide_checkpointing(ctx.model.config, cfg.per_device_train_batch_size, seq_len, ctx.runtime.device,
-                                    2 if ctx.runtime.bf16 else 4)
+                                    4 if ctx.runtime.precision == "fp32" else 2)
     if cfg.gradient_checkpointing is not None:
         decision["gradient_checkpointing"] = bool(cfg.gradient_checkpointing)
         decision["set_by"] = "trainer.gradient_checkpointing"
@@ -416,21 +441,24 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
     # A separate trainer with no callbacks, so the split is prepared by the objective's own
     # preprocessing and nothing here reaches the dev history, early stopping or the trial.
     args = training_args(ctx.cfg, ctx.runtime, ctx.record.dev_metric, ctx.output_dir / f"{prefix}-eval")
-    args.update(report_to=[], load_best_model_at_end=False, save_strategy="no", eval_strategy="no")
+    args.update(report_to=[], load_best_model_at_end=False, save_strategy="no", eval_strategy="no", eval_on_start=False)
     evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [])
     metrics = evaluator.evaluate(metric_key_prefix=prefix)
     if ctx.trainer.loss_is_token_nll:
         add_perplexity(metrics, prefix)
-    shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)
+    wait_for_everyone(ctx.runtime)
+    if ctx.runtime.is_main:
+        shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)
     if gen_cb is not None:
         values, rows, checks = score_split(gen_cb.metric, ctx.model, ctx.tokenizer, dataset, gen_cb.max_new_tokens,
-                                           gen_cb.batch_size, gen_cb.banned, gen_cb.expect_json)
+                                           gen_cb.batch_size, gen_cb.banned, gen_cb.expect_json, ctx.runtime)
         metrics.update({f"{prefix}_{k}": v for k, v in values.items()})
         if checks is not None:
             ctx.record.output_checks["dev" if prefix == "eval" else prefix] = checks
         if rows:
             path = ctx.output_dir / f"generations-{prefix}.jsonl"
-            write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            if ctx.runtime.is_main:
+                write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
             ctx.record.artifacts[f"generations_{prefix}"] = path.name
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 

@@ -21,6 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from sllmx.errors import SllmxError
+from sllmx.runtime import Runtime, from_main
 from sllmx.study import ACTIVE, PRUNER_ATTR, build_pruner, make_storage, mask_url
 
 
@@ -68,9 +69,11 @@ class TrialReporter(TrainerCallback):
     The step is the optimizer step (``state.global_step``); the baseline evaluation
     before training is not reported.  When ``trial.should_prune()`` is true it raises
     ``optuna.TrialPruned``, which leaves ``trainer.train()`` unchanged (so training
-    stops at once) and makes the run ``PRUNED``.  Per-run early stopping
-    (``EarlyStoppingCallback``) is separate: it ends a run that stopped improving, while
-    pruning ends a run that is worse than the other trials of its study.
+    stops at once) and makes the run ``PRUNED``.  With several processes only the main
+    process reports and asks the pruner; its decision is sent to every rank, which all
+    raise at the same step.  Per-run early stopping (``EarlyStoppingCallback``) is
+    separate: it ends a run that stopped improving, while pruning ends a run that is
+    worse than the other trials of its study.
     """
 
     def __init__(self, trial: Any, metric: str, run: Any):
@@ -83,8 +86,12 @@ class TrialReporter(TrainerCallback):
             return
         import optuna
 
+        runtime = getattr(self.run, "runtime", None) or Runtime()
         value = float(metrics[self.metric])
-        self.trial.report(value, step=state.global_step)
-        if self.trial.should_prune():
+        prune = False
+        if runtime.is_main:
+            self.trial.report(value, step=state.global_step)
+            prune = self.trial.should_prune()
+        if from_main(prune, runtime):
             shown = f"{value:.6g}" if math.isfinite(value) else str(value)
             raise optuna.TrialPruned(f"pruned at step {state.global_step}: {self.metric}={shown}")

@@ -65,9 +65,10 @@ def test_hooks_see_the_whole_lifecycle(observer, tmp_path):
     obs = observer()
     record = run(compose_config(FAST, tmp_path / "run", tmp_path / "cache"))
     kinds = [s[0] for s in obs.seen]
-    assert kinds == ["after_evaluate", "before_train", "after_evaluate", "after_evaluate", "after_run"]
-    assert obs.seen[0][1] is False and obs.seen[2][1] is True  # baseline, then training evaluations
-    assert obs.seen[1][2] == record.trainable_params
+    # the baseline evaluation is the first thing train() does (TrainingArguments.eval_on_start)
+    assert kinds == ["before_train", "after_evaluate", "after_evaluate", "after_evaluate", "after_run"]
+    assert obs.seen[1][1] is False and obs.seen[2][1] is True  # baseline, then training evaluations
+    assert obs.seen[0][2] == record.trainable_params
     assert obs.steps == 4
     history = [h["value"] for h in record.dev_metric.history]
     assert [round(v, 6) for v in history] == [s[2] for s in obs.seen if s[0] == "after_evaluate"]

@@ -24,7 +24,7 @@ from sllmx.study import build_pruner, make_storage, mask_url
 TINY = ["hydra/sweeper=sllmx_optuna", "model=tiny", "logger=none", "data=support_ko", "data.n_train=24",
         "data.n_dev=6", "data.n_test=6", "trainer.max_steps=12", "trainer.per_device_train_batch_size=4",
         "trainer.per_device_eval_batch_size=6", "trainer.logging_steps=3", "eval.eval_steps=3",
-        "eval.max_new_tokens=8", "eval.early_stopping_patience=null", "save_model=false"]
+        "eval.max_new_tokens=8", "eval.early_stopping_patience=null", "save_model=false", "trainer.precision=fp32"]
 
 
 def sllmx_multirun(tmp_path, *overrides, env=None, timeout=900):

@@ -1,0 +1,352 @@
+"""The hardware and the processes one run uses: device, precision, and ranks.
+
+A run is one process, or N processes started by a launcher that all execute the same
+``python -m sllmx ...`` as one data-parallel run (DDP): ``torchrun --nproc_per_node N``,
+``accelerate launch`` (which runs torchrun on GPUs), or a submitit job with several tasks
+(``hydra.launcher.tasks_per_node``).  accelerate's ``PartialState`` holds the ranks (the
+process group is created once and reused by the HF ``Trainer``); this module adds what sllmx
+decides about them:
+
+- the main process (rank 0) alone writes records, generations, logs and the model
+  (:attr:`Runtime.is_main`); every rank computes the same things in memory;
+- decisions that end training are the main process's, sent to every rank (:func:`from_main`),
+  so no rank trains on alone or waits forever;
+- work that every rank would otherwise repeat (the dev split's generations) is split by batch
+  across the ranks and gathered in order (:func:`map_batches`).
+
+Precision (``trainer.precision``): ``auto`` is bf16 on a CUDA GPU that supports it and on a CPU
+with native bf16 instructions (the ``avx512_bf16`` or ``amx_bf16`` flags; measured against fp32
+in benchmarks/RESULTS.md), fp32 otherwise.  The choice and its reason go into run.json.
+
+Nothing heavy is imported at module level: ``python -m sllmx`` imports this at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from sllmx.errors import SllmxError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: /proc/cpuinfo flags of native bf16 arithmetic (AVX512-BF16 dot products; AMX tiles)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: Hydra launcher plugins sllmx documents: {launcher: (module, pip requirement)}
+LAUNCHERS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "sllmx[joblib]"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "sllmx[submitit]"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "sllmx[submitit]"),
+    "submitit_local_ddp": ("hydra_plugins.hydra_submitit_launcher", "sllmx[submitit]"),
+    "submitit_slurm_ddp": ("hydra_plugins.hydra_submitit_launcher", "sllmx[submitit]"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "sllmx[ray]"),
+    "ray_aws": ("hydra_plugins.hydra_ray_launcher", "sllmx[ray]"),
+}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Facts about the hardware and processes a run uses, decided once by the runner.
+
+    Attributes:
+        device: ``"cpu"``, or this process's CUDA device (``"cuda"``, ``"cuda:1"``).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the dtype of the base weights and of
+            the mixed-precision compute (``TrainingArguments.bf16`` / ``fp16``).
+        precision_reason: why (``trainer.precision`` and what the hardware offers); in run.json.
+        world_size: processes of this run (1 without a multi-process launcher).
+        rank: this process's global rank; 0 is the main process.
+        backend: the ``torch.distributed`` backend (``gloo``, ``nccl``), None for one process.
+    """
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    precision_reason: str = ""
+    world_size: int = 1
+    rank: int = 0
+    backend: Optional[str] = None
+
+    @property
+    def bf16(self) -> bool:
+        """True when the run computes in bfloat16."""
+        return self.precision == "bf16"
+
+    @property
+    def fp16(self) -> bool:
+        """True when the run computes in float16 (CUDA only)."""
+        return self.precision == "fp16"
+
+    @property
+    def is_main(self) -> bool:
+        """True in the process that writes the run's files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def accelerator(self) -> str:
+        """``"cuda"`` or ``"cpu"`` (the device type, without an index)."""
+        return self.device.split(":")[0]
+
+    @property
+    def compute_dtype(self) -> Any:
+        """``torch.bfloat16``, ``torch.float16`` or ``torch.float32``, after :attr:`precision`."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+
+    def record(self) -> dict[str, Any]:
+        """What run.json keeps of it (``precision``): the dtype, what was asked and why."""
+        return {"dtype": self.precision, "reason": self.precision_reason}
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started for this run, read from the environment without
+    importing torch: ``WORLD_SIZE`` (torchrun, accelerate launch), else the tasks of a submitit
+    job (``SUBMITIT_EXECUTOR`` with several tasks), else 1."""
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        return int(submitit.JobEnvironment().num_tasks)
+    return 1
+
+
+def launched_rank() -> int:
+    """This process's global rank from the environment (``RANK``, or the submitit task's), else 0."""
+    if os.environ.get("RANK"):
+        return int(os.environ["RANK"])
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        return int(submitit.JobEnvironment().global_rank)
+    return 0
+
+
+def check_launch(argv: Sequence[str]) -> list[str]:
+    """The command line of ``python -m sllmx`` for this process, checked before Hydra starts.
+
+    - A launcher named by ``hydra/launcher=NAME`` that is not installed is refused with the
+      ``pip install`` that adds it.
+    - Under a multi-process launch (:func:`launched_processes` > 1) ``--multirun`` is refused: each
+      process would run the whole sweep.  Launch the sweep once and give each trial several
+      processes through its launcher (docs/scale-out.md).
+    - On a process other than the main one, Hydra writes nothing: ``hydra.output_subdir=null``
+      (no ``.hydra/``), no log file and only errors logged (``hydra/job_logging=disabled``: the
+      main process logs for the run), and ``hydra.run.dir=.``; the run uses the main process's
+      folder (:func:`sllmx.run.run` receives it from rank 0).
+
+    Returns:
+        ``argv`` with the overrides for this process added.
+
+    Raises:
+        SllmxError: for the two refusals above.
+    """
+    import importlib.util
+
+    argv = list(argv)
+    for arg in argv:
+        if arg.startswith(("hydra/launcher=", "override hydra/launcher=")):
+            name = arg.split("=", 1)[1]
+            module, requirement = LAUNCHERS.get(name, (None, None))
+            if module and importlib.util.find_spec(module) is None:
+                raise SllmxError(f"hydra/launcher={name} is not installed; pip install '{requirement}'")
+    world = launched_processes()
+    if world <= 1:
+        return argv
+    if any(a in ("--multirun", "-m") for a in argv):
+        raise SllmxError(f"--multirun under a launcher of {world} processes: every process would run the whole "
+                         f"sweep; start the sweep once and give each trial its processes through the launcher "
+                         f"(hydra.launcher.tasks_per_node, docs/scale-out.md)")
+    if launched_rank() != 0:
+        keys = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+        extra = {"hydra.output_subdir": "null", "hydra/job_logging": "disabled", "hydra.run.dir": "."}
+        argv += [f"{k}={v}" for k, v in extra.items() if k not in keys]
+    return argv
+
+
+def _export_submitit_env() -> None:
+    """In a submitit job of several tasks, export ``MASTER_ADDR``, ``RANK``, ``WORLD_SIZE``, ...
+    (``submitit.helpers.TorchDistributedEnvironment``) so torch.distributed's ``env://`` works
+    as under torchrun.  Every task keeps every GPU visible (``LOCAL_RANK`` picks its own)."""
+    if os.environ.get("RANK") or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+def _state() -> Any:
+    """accelerate's ``PartialState`` of this process (created on first use)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def detect_runtime(precision: str = "auto") -> Runtime:
+    """The device, ranks and precision of this process.
+
+    Starts ``torch.distributed`` (through accelerate's ``PartialState``: gloo on CPU, nccl on
+    CUDA) when a launcher started several processes; the HF ``Trainer`` reuses that process group.
+
+    Args:
+        precision: ``trainer.precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+
+    Raises:
+        SllmxError: an unknown precision, or one the hardware cannot run (fp16 off a GPU; bf16 on
+            a GPU without it).
+    """
+    _export_submitit_env()
+    state = _state()
+    if state.num_processes > 1:
+        import torch.distributed as dist
+
+        backend = dist.get_backend() if dist.is_initialized() else state.backend
+    else:
+        backend = None
+    device = str(state.device) if state.device.type == "cuda" else "cpu"
+    chosen, reason = decide_precision(precision, device)
+    return Runtime(device=device, precision=chosen, precision_reason=reason, world_size=state.num_processes,
+                   rank=state.process_index, backend=backend)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def decide_precision(requested: str, device: str) -> tuple[str, str]:
+    """``(precision, reason)`` for ``trainer.precision=requested`` on ``device``.
+
+    ``auto``: bf16 on a CUDA device with ``torch.cuda.is_bf16_supported()`` and on a CPU with
+    a native bf16 flag (:data:`CPU_BF16_FLAGS`), else fp32.  ``bf16`` on a CPU with AVX-512 but
+    without the flags runs emulated (oneDNN converts to fp32: slower than fp32), with that said in
+    the reason; on a CPU without AVX-512 it is refused (bf16 matrix products there measured 50x
+    slower than fp32; benchmarks/RESULTS.md).
+
+    Raises:
+        SllmxError: an unknown value; ``fp16`` off a CUDA device; ``bf16`` on a GPU without bf16 or
+            on a CPU without AVX-512.
+    """
+    if requested not in PRECISIONS:
+        raise SllmxError(f"trainer.precision={requested}: use one of {', '.join(PRECISIONS)}")
+    if device.startswith("cuda"):
+        import torch
+
+        name = torch.cuda.get_device_name(torch.device(device))
+        has_bf16 = torch.cuda.is_bf16_supported()
+        if requested == "auto":
+            return ("bf16", f"auto: {name} supports bf16") if has_bf16 else (
+                "fp32", f"auto: {name} has no bf16 (trainer.precision=fp16 for mixed fp16)")
+        if requested == "bf16" and not has_bf16:
+            raise SllmxError(f"trainer.precision=bf16: {name} does not support bf16; use fp16 or fp32")
+        return requested, f"trainer.precision={requested} on {name}"
+    if requested == "fp16":
+        raise SllmxError("trainer.precision=fp16 needs a CUDA GPU; on a CPU use bf16 or fp32")
+    flags = cpu_flags()
+    native = sorted(set(CPU_BF16_FLAGS) & flags)
+    if requested == "auto":
+        if native:
+            return "bf16", f"auto: the CPU has native bf16 ({', '.join(native)})"
+        return "fp32", "auto: the CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag)"
+    if requested == "bf16" and not native:
+        if "avx512f" not in flags:
+            raise SllmxError("trainer.precision=bf16: this CPU has neither native bf16 (avx512_bf16, amx_bf16) nor "
+                             "AVX-512, where bf16 matrix products measured 50x slower than fp32 "
+                             "(benchmarks/RESULTS.md); use trainer.precision=fp32")
+        return "bf16", ("trainer.precision=bf16; the CPU has AVX-512 but no native bf16, so bf16 is emulated "
+                        "(slower than fp32, benchmarks/RESULTS.md)")
+    return requested, f"trainer.precision={requested}" + (f" (the CPU has {', '.join(native)})" if native else "")
+
+
+# ----------------------------------------------------------------------------- between ranks
+
+
+def from_main(value: Any, runtime: Runtime) -> Any:
+    """The main process's ``value`` on every rank (``accelerate.utils.broadcast_object_list``); a
+    collective call: every rank must make it.  One process: ``value`` itself."""
+    if runtime.world_size == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def settle_before_exit(timeout_s: float = 30.0) -> None:
+    """Before a process of a multi-process run exits on bad input: wait (at most ``timeout_s``) until
+    every rank has reached this point too (``torch.distributed.monitored_barrier``, gloo only), so
+    each prints its error line before torchrun stops the others.  Does nothing with one process,
+    before the process group exists, or on another backend."""
+    if "torch" not in sys.modules:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    if dist.get_backend() != "gloo":
+        return
+    try:
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception:  # a rank that did not fail: it will be stopped by the launcher
+        pass
+
+
+def gather(value: Any, runtime: Runtime) -> list:
+    """Every rank's ``value``, in rank order, on every rank (``accelerate.utils.gather_object``); a
+    collective call.  One process: ``[value]``."""
+    if runtime.world_size == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
+def wait_for_everyone(runtime: Runtime) -> None:
+    """A barrier across the run's processes (no-op for one process)."""
+    if runtime.world_size > 1:
+        _state().wait_for_everyone()
+
+
+def main_process_first(runtime: Runtime) -> Any:
+    """A context in which the main process goes first and the others follow (e.g. a cache the main
+    process builds and the others then read): accelerate's ``main_process_first``."""
+    if runtime.world_size == 1:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return _state().main_process_first()
+
+
+def map_batches(fn: Callable[[list], list], items: list, batch_size: int, runtime: Runtime) -> list:
+    """``fn`` applied to each ``batch_size`` slice of ``items``, concatenated in order.
+
+    With several processes, slice ``i`` is computed on rank ``i % world_size`` and every rank
+    receives all results (``accelerate.utils.gather_object``): each slice is the batch a single
+    process would compute, so the results equal one process's.  A collective call.
+
+    Args:
+        fn: takes a list of at most ``batch_size`` items, returns one result per item.
+        items: the inputs.
+        batch_size: items per call of ``fn`` (at least 1).
+    """
+    starts = list(range(0, len(items), max(1, batch_size)))
+    mine = [(s, fn(items[s:s + batch_size])) for k, s in enumerate(starts) if k % runtime.world_size == runtime.rank]
+    if runtime.world_size > 1:
+        from accelerate.utils import gather_object
+
+        mine = sorted(gather_object(mine), key=lambda pair: pair[0])
+    return [result for _, results in mine for result in results]
+
