@@ -15,7 +15,8 @@ tokens trained per second over the device's peak dense bf16 FLOP/s.  Per token, 
 the forward pass (2 N), the gradients of the activations through the frozen weights (2 N) and the
 weight gradients of the trainable parameters only (2 N_trainable), plus attention 12 L d T (forward
 and backward of QK^T and AV for a sequence of T tokens); N counts every weight that multiplies
-activations (all parameters but the input embeddings, the output head once).  Full fine-tuning would be
+activations: all parameters but an untied input embedding (a lookup); a tied embedding is the output
+head and counts.  Full fine-tuning would be
 PaLM's 6 N + 12 L d T.  The peak comes from ``--peak-tflops`` or, for the GPUs listed in PEAK_TFLOPS,
 NVIDIA's data sheets; for another device MFU is left empty.
 """
@@ -51,8 +52,8 @@ def lora_flops_per_token(params: int, embedding_params: int, trainable: int, lay
 
     Args:
         params: every parameter of the wrapped model (base + adapters).
-        embedding_params: the input embedding's parameters (a lookup, no FLOPs); with tied
-            embeddings the same matrix is the output head, which is counted.
+        embedding_params: the parameters of an input embedding that is not tied to the output head
+            (a lookup, no FLOPs); 0 with tied embeddings (that matrix is the head, counted once).
         trainable: the trainable (adapter) parameters.
         layers, hidden: decoder layers and model width (for the attention term).
         seq_len: tokens per sequence.
@@ -70,10 +71,12 @@ def model_shape(model_dir: str) -> dict[str, int]:
 
 
 def job(name: str, overrides: list[str], train: Path, dev: Path, work: Path, steps: int, device: str) -> dict[str, Any]:
-    """One ``python -m sllmx`` run of the workload in bf16; the numbers from its run.json."""
+    """One ``python -m sllmx`` run of the workload in bf16 (on the CPU: ``trainer.precision=auto``); the
+    numbers from its run.json."""
     out = work / name
+    precision = "bf16" if device == "cuda" else "auto"
     cmd = [sys.executable, "-m", "sllmx", "model=smollm2-135m", "data=files", f"data.path={train}", f"data.dev={dev}",
-           "logger=none", "save_model=false", "eval.before_training=false", "trainer.precision=bf16",
+           "logger=none", "save_model=false", "eval.before_training=false", f"trainer.precision={precision}",
            f"trainer.max_steps={steps}", f"eval.eval_steps={steps}", "seed=0", f"hydra.run.dir={out}", *overrides]
     env = {"CUDA_VISIBLE_DEVICES": "0" if device == "cuda" else ""}
     m = measured(cmd, work / f"{name}.log", env=env, cwd=ROOT)
@@ -111,7 +114,7 @@ def main() -> None:
         print(f"== {jname} on {name}", flush=True)
         r = {"job": jname, **job(jname, JOBS[jname], train, dev, work, a.steps, a.device)}
         seq = r["train_tokens"] / max(1, r["steps"] * r["global_batch_size"])
-        embedding = shape["vocab"] * shape["hidden"]
+        embedding = 0 if shape["tied"] else shape["vocab"] * shape["hidden"]
         flops = lora_flops_per_token(r["total_params"], embedding, r["trainable_params"], shape["layers"],
                                      shape["hidden"], seq)
         r.update(flops_per_token=flops, achieved_tflops=round(flops * r["tokens_per_s"] / 1e12, 3),

@@ -170,6 +170,15 @@ class Full(Method):
     name = "full"
     config = FullMethodConfig
 
+    def load_model(self, path: str, cfg: Any, runtime: Runtime, **kwargs: Any) -> Any:
+        """The weights in float32 whatever ``trainer.precision``: with bf16 / fp16 they are the master
+        weights of mixed precision (autocast computes in the low precision), as PyTorch's AMP prescribes;
+        bf16 weights would take AdamW's small updates rounded, and fp16 ones cannot be unscaled."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map=runtime.device, **kwargs)
+
     def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
         return model
 

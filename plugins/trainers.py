@@ -28,9 +28,9 @@ def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
     """Build TRL's config: run-level ``args``, then this objective's fields, then ``cfg.args``.
 
     Fields of the sllmx config other than ``name``, ``args`` and ``precision`` (decided by the
-    runner, in ``args`` as ``bf16`` / ``fp16``) pass through under their own (TRL) names.  ``warmup_ratio`` is the one exception: transformers 5 folded it into
-    ``warmup_steps`` (a float in [0, 1) is a ratio), so it is passed as that where the
-    installed version has no ``warmup_ratio``.
+    runner, in ``args`` as ``bf16`` / ``fp16``) pass through under their own (TRL) names.
+    ``warmup_ratio`` is the one exception: transformers 5 folded it into ``warmup_steps`` (a float
+    in [0, 1) is a ratio), so it is passed as that where the installed version has no ``warmup_ratio``.
 
     Raises:
         SllmxError: naming the option when TRL rejects it (unknown name or bad value).
@@ -240,7 +240,8 @@ class SFT(TRLObjective):
             def _get_eval_sampler(self, eval_dataset):
                 # transformers length-groups the dev split too (seeded): its batches, and so eval_loss (a mean
                 # of batch means), would change with the sampling strategy and the seed.  With several
-                # processes accelerate deals these batches out in turn, so each batch stays the same.
+                # processes accelerate deals these batches out in turn, so each batch stays the same (but
+                # for a last one that it fills up with repeated rows when the split does not divide evenly)
                 if eval_dataset is None:
                     return super()._get_eval_sampler(eval_dataset)
                 return SequentialSampler(eval_dataset)

@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from sllmx.interfaces import Metric
 from sllmx.records import write_text_atomic
-from sllmx.runtime import Runtime, from_main, map_batches
+from sllmx.runtime import Runtime, from_main, map_batches, on_main
 
 
 def dev_prompts_and_references(dataset: Any) -> tuple[list[list[dict]], list[str]]:
@@ -248,13 +248,13 @@ class GenerationMetricCallback(TrainerCallback):
         if checks is not None:
             self.last_checks = {"step": state.global_step, **checks}
         values = {f"eval_{k}": v for k, v in values.items()}
-        values["eval_generation_runtime"] = round(time.perf_counter() - start, 3)  # seconds, this rank's
+        # seconds (the main process's, so every rank logs the same metrics)
+        values["eval_generation_runtime"] = from_main(round(time.perf_counter() - start, 3), self.runtime)
         metrics.update(values)
         if self.trainer is not None:
             self.trainer.log(values)
-        if self.runtime.is_main:
-            write_text_atomic(self.generations_path, "".join(
-                json.dumps({"step": state.global_step, **row}, ensure_ascii=False) + "\n" for row in rows))
+        on_main(lambda: write_text_atomic(self.generations_path, "".join(
+            json.dumps({"step": state.global_step, **row}, ensure_ascii=False) + "\n" for row in rows)), self.runtime)
 
 
 def add_perplexity(metrics: dict[str, Any], prefix: str = "eval") -> None:

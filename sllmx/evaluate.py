@@ -164,6 +164,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = [a for a in args.args if "=" not in a]
     overrides = [a for a in args.args if "=" in a]
     try:
+        from sllmx.runtime import launched_processes
+
+        if launched_processes() > 1:
+            raise SllmxError("python -m sllmx.evaluate runs as one process; start it without torchrun or "
+                             "accelerate launch")
         if len(runs) > 1:
             raise SllmxError(f"one run directory at a time, got {len(runs)}: {', '.join(runs)}")
         run_dir = runs[0] if runs else None

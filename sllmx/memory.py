@@ -53,17 +53,20 @@ def available_bytes(device: str) -> int:
 
 
 def decide_checkpointing(model_config: Any, batch_size: int, seq_len: int, device: str,
-                         bytes_per_value: int = 4) -> dict[str, Any]:
+                         bytes_per_value: int = 4, processes: int = 1) -> dict[str, Any]:
     """Whether ``trainer.gradient_checkpointing=null`` turns checkpointing on, and why.
+
+    ``processes`` is the number of processes that share this memory (the ranks of a run on one CPU
+    host): each gets that share of it.
 
     Returns:
         ``{"gradient_checkpointing": bool, "activation_estimate_bytes": int, "available_bytes": int,
         "seq_len": int, "batch_size": int}``: on when the estimate (:func:`activation_bytes`)
-        exceeds :data:`CHECKPOINTING_SHARE` of :func:`available_bytes`.  Recorded in run.json
-        under ``memory``.
+        exceeds :data:`CHECKPOINTING_SHARE` of :func:`available_bytes` (this process's share).
+        Recorded in run.json under ``memory``.
     """
     need = activation_bytes(model_config, batch_size, seq_len, bytes_per_value)
-    free = available_bytes(device)
+    free = available_bytes(device) // max(1, processes)
     return {"gradient_checkpointing": need > CHECKPOINTING_SHARE * free, "activation_estimate_bytes": need,
             "available_bytes": free, "seq_len": int(seq_len), "batch_size": int(batch_size)}
 

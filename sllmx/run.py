@@ -21,7 +21,8 @@ from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Tra
 from sllmx.memory import peak_memory
 from sllmx.plugins import Registry, registry
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
-from sllmx.runtime import Runtime, detect_runtime, from_main, gather, main_process_first, wait_for_everyone
+from sllmx.runtime import (Runtime, detect_runtime, from_main, gather, launched_processes, main_first, on_main,
+                           wait_for_everyone)
 
 
 @dataclass
@@ -139,9 +140,11 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         bf16=runtime.bf16,
         fp16=runtime.fp16,
         **{gc_key: bool(gradient_checkpointing)},
-        # several processes with PEFT and checkpointing: DDP's search for unused parameters marks LoRA's
-        # weights ready twice ("Expected to mark a variable ready only once", trl #4782, peft #313)
-        ddp_find_unused_parameters=False if gradient_checkpointing else None,
+        # several processes: every trainable weight takes part in each step, so DDP need not search the graph
+        # for unused ones (transformers searches for any PEFT model, and with checkpointing that search marks
+        # LoRA's weights ready twice: "Expected to mark a variable ready only once", trl #4782, peft #313);
+        # trainer.args={ddp_find_unused_parameters: true} for a model whose forward skips some
+        ddp_find_unused_parameters=False,
         eval_strategy="steps",
         eval_steps=cfg.eval.eval_steps,
         eval_on_start=bool(cfg.eval.before_training),
@@ -189,8 +192,15 @@ def run(cfg: DictConfig) -> RunRecord:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SllmxError(f"{missing[0]} is required; set it on the command line ({missing[0]}=...)")
-    # first: with several processes, the ranks can then wait for each other when one finds bad input
-    runtime = detect_runtime(str(cfg.trainer.get("precision", "auto")))
+    trainer_args = cfg.trainer.get("args") or {}
+
+    def runtime_now() -> Runtime:
+        return detect_runtime(str(cfg.trainer.get("precision", "auto")), trainer_args.get("ddp_backend"),
+                              trainer_args.get("ddp_timeout"))
+
+    # several processes: join them first, so that on bad input every rank prints its line before any exits
+    # (one process: after the cheap checks below, so bad input is refused before torch is imported)
+    runtime = runtime_now() if launched_processes() > 1 else None
     reg = registry()
     method = reg.get("method", cfg.method.name)
     trainer = reg.get("trainer", cfg.trainer.name)
@@ -199,6 +209,9 @@ def run(cfg: DictConfig) -> RunRecord:
     from sllmx.safety import compile_patterns
 
     compile_patterns(cfg.eval.banned_patterns)  # a bad pattern fails now, before anything is written
+    runtime = runtime or runtime_now()
+    if runtime.world_size > 1:
+        check_sharded_evaluation(cfg, trainer_args)
     # several processes: one run folder, the main process's; and one answer to whether it is taken
     out = Path(from_main(str(cfg.output_dir), runtime))
     if from_main((out / RUN_FILE).exists(), runtime):
@@ -215,7 +228,7 @@ def run(cfg: DictConfig) -> RunRecord:
                              f"the data as {'/'.join(splits.layout)}; use it with trainer=dpo or trainer=orpo")
     if cfg.eval.test and not len(splits.test or []):
         raise SllmxError("eval.test=true but the test split is empty; give data.test or data.test_fraction")
-    trial = _open_trial(cfg)
+    trial = on_main(lambda: _open_trial(cfg), runtime)  # the trial's storage: the main process reports to it
     general = None
     if cfg.eval.general_data:  # read now, so a bad file fails before anything is written
         from sllmx.forgetting import load_general
@@ -229,21 +242,18 @@ def run(cfg: DictConfig) -> RunRecord:
         data={**resolved["data"], "format": splits.format, "layout": list(splits.layout),
               "splits": splits.provenance},
         seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out), started_at=_now(),
-        device=runtime.device, world_size=runtime.world_size, backend=runtime.backend,
-        global_batch_size=(cfg.trainer.per_device_train_batch_size * cfg.trainer.gradient_accumulation_steps
-                           * runtime.world_size),
-        precision=runtime.record(), hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(),
-        git_commit=git_commit(os.getcwd()))
+        device=runtime.device, world_size=runtime.world_size, backend=runtime.backend, precision=runtime.record(),
+        hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(), git_commit=git_commit(os.getcwd()))
     main = runtime.is_main  # with several processes, only the main one writes files
     if splits.options.enabled:
         record.data_checks = splits.report.summary()
         if main:
             splits.report.write(out / DATA_CHECK_FILE)
         record.artifacts["data_check"] = DATA_CHECK_FILE
-    if trial is not None:
+    if cfg.trial.number is not None:
         from sllmx.study import mask_url
 
-        record.trial = {"study_name": cfg.trial.study_name, "number": trial.number,
+        record.trial = {"study_name": cfg.trial.study_name, "number": int(cfg.trial.number),
                         "storage": mask_url(cfg.trial.storage)}
     if main:
         record.write(out)
@@ -251,7 +261,7 @@ def run(cfg: DictConfig) -> RunRecord:
                      output_dir=out, splits=splits, trial=trial, general=general)
     wandb_run = None
     try:
-        wandb_run = _start_logger(cfg, out, resolved) if main else None
+        wandb_run = on_main(lambda: _start_logger(cfg, out, resolved), runtime)
         record.status = _train(ctx)
     except BaseException as exc:
         if ctx.hf_trainer is not None:
@@ -288,9 +298,12 @@ def _train(ctx: RunContext) -> str:
     cfg, record, out, runtime = ctx.cfg, ctx.record, ctx.output_dir, ctx.runtime
     main = runtime.is_main
     source = ctx.registry.get("model", cfg.model.source)
-    with main_process_first(runtime):  # caches are built once, by the main process, then read by the others
+
+    def build_caches() -> str:  # the main process builds them first; the others then read them
         cache_splits(ctx.splits, cfg.cache_dir)  # a sweep's trials tokenise each split once (datasets' map cache)
-        path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
+        return source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
+
+    path = main_first(build_caches, runtime)
     set_seed(cfg.seed)
     record.model_facts = source.facts(path)
     kwargs = source.from_pretrained_kwargs(cfg.model)
@@ -316,7 +329,7 @@ def _train(ctx: RunContext) -> str:
                                           bool(cfg.eval.expect_json), cfg.eval.generation_every, runtime)
         callbacks.append(gen_cb)
     callbacks.append(ObserverCallback(ctx))
-    if ctx.trial is not None:
+    if cfg.trial.number is not None:  # on every rank: the main process's decision reaches them all
         from sllmx.trial import TrialReporter
 
         callbacks.append(TrialReporter(ctx.trial, record.dev_metric.name, ctx))
@@ -333,6 +346,9 @@ def _train(ctx: RunContext) -> str:
     args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints, _checkpointing(ctx))
     ctx.hf_trainer = ctx.trainer.build(ctx.model, ctx.tokenizer, ctx.splits.train, ctx.splits.dev,
                                        cfg.trainer, args, callbacks)
+    built = ctx.hf_trainer.args  # trainer.args may have set the batch or the accumulation
+    record.global_batch_size = (built.per_device_train_batch_size * built.gradient_accumulation_steps
+                                * runtime.world_size)
     if gen_cb is not None:
         gen_cb.trainer = ctx.hf_trainer
 
@@ -346,14 +362,13 @@ def _train(ctx: RunContext) -> str:
     # the model is prepared; an evaluate() before train() leaves it unwrapped by DDP, so that with several
     # processes each rank trained alone on its own gradients (accelerate marks the model as prepared)
     result = ctx.hf_trainer.train()
-    wait_for_everyone(runtime)  # every rank has restored the best checkpoint before anything is removed
 
     state = ctx.hf_trainer.state
     record.global_steps = state.global_step
     record.train_runtime_s = round(result.metrics.get("train_runtime", 0.0), 3)
     record.train_tokens = int(state.num_input_tokens_seen) or None
-    # throughput of the training steps: train() also runs the dev evaluations
-    eval_s = sum(h.get("eval_runtime", 0.0) for h in state.log_history)
+    # throughput of the training steps: train() also runs the dev evaluations (loss and generation metrics)
+    eval_s = sum(h.get("eval_runtime", 0.0) + h.get("eval_generation_runtime", 0.0) for h in state.log_history)
     if record.train_tokens and record.train_runtime_s > eval_s:
         record.train_tokens_per_s = round(record.train_tokens / (record.train_runtime_s - eval_s), 2)
     record.metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
@@ -395,6 +410,28 @@ def _train(ctx: RunContext) -> str:
     return "COMPLETE"
 
 
+def check_sharded_evaluation(cfg: DictConfig, trainer_args: Any) -> None:
+    """Refuse what cannot work with sharded weights (FSDP, DeepSpeed, set in ``trainer.args`` or by
+    ``accelerate launch --config_file``): sllmx generates the dev answers (``data.metric``) and scores
+    ``eval.general_data`` with each rank's own model, a batch per rank, which with shards would make each
+    rank wait for the others' forward passes.
+
+    Raises:
+        SllmxError: naming the option and the way out.
+    """
+    sharded = [name for name, on in (
+        ("FSDP", trainer_args.get("fsdp") or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"),
+        ("DeepSpeed", trainer_args.get("deepspeed") or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower()
+         == "true")) if on]
+    if not sharded:
+        return
+    for option in ("data.metric", "eval.general_data"):
+        if OmegaConf.select(cfg, option):
+            raise SllmxError(f"{option}={OmegaConf.select(cfg, option)} with {sharded[0]}: each rank holds a shard "
+                             f"of the weights, and sllmx scores it with each rank's model; set {option}=null "
+                             f"(the dev loss still selects) or train with DDP")
+
+
 def _checkpointing(ctx: RunContext) -> bool:
     """``trainer.gradient_checkpointing``, or when null the memory estimate's decision; recorded in
     run.json ``memory``."""
@@ -405,8 +442,12 @@ def _checkpointing(ctx: RunContext) -> bool:
     longest = (ctx.splits.report.lengths.get("by_split", {}).get("train", {}).get("max")
                or cfg.get("max_length") or 2048)
     seq_len = min(longest, cfg.get("max_length") or longest)
-    decision = decide_checkpointing(ctx.model.config, cfg.per_device_train_batch_size, seq_len, ctx.runtime.device,
-                                    4 if ctx.runtime.precision == "fp32" else 2)
+    runtime = ctx.runtime
+    # on a CPU the processes of one run share the host's memory; a GPU is each process's own
+    sharing = runtime.world_size if runtime.accelerator == "cpu" else 1
+    decision = decide_checkpointing(ctx.model.config, cfg.per_device_train_batch_size, seq_len, runtime.device,
+                                    4 if runtime.precision == "fp32" else 2, sharing)
+    decision = from_main(decision, runtime)  # one decision for every rank (their free memory differs)
     if cfg.gradient_checkpointing is not None:
         decision["gradient_checkpointing"] = bool(cfg.gradient_checkpointing)
         decision["set_by"] = "trainer.gradient_checkpointing"
@@ -457,8 +498,8 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
             ctx.record.output_checks["dev" if prefix == "eval" else prefix] = checks
         if rows:
             path = ctx.output_dir / f"generations-{prefix}.jsonl"
-            if ctx.runtime.is_main:
-                write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            on_main(lambda: write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)),
+                    ctx.runtime)
             ctx.record.artifacts[f"generations_{prefix}"] = path.name
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 

@@ -31,8 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 from sllmx.errors import SllmxError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: /proc/cpuinfo flags of native bf16 arithmetic (AVX512-BF16 dot products; AMX tiles)
-CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: /proc/cpuinfo flags of native bf16 arithmetic (x86: AVX512-BF16 dot products, AMX tiles; ARM: the BF16 extension)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 #: Hydra launcher plugins sllmx documents: {launcher: (module, pip requirement)}
 LAUNCHERS = {
     "joblib": ("hydra_plugins.hydra_joblib_launcher", "sllmx[joblib]"),
@@ -156,7 +156,8 @@ def check_launch(argv: Sequence[str]) -> list[str]:
     world = launched_processes()
     if world <= 1:
         return argv
-    if any(a in ("--multirun", "-m") for a in argv):
+    if any(a in ("--multirun", "-m") or a.replace(" ", "") in ("hydra.mode=MULTIRUN", "hydra.mode=multirun")
+           for a in argv):
         raise SllmxError(f"--multirun under a launcher of {world} processes: every process would run the whole "
                          f"sweep; start the sweep once and give each trial its processes through the launcher "
                          f"(hydra.launcher.tasks_per_node, docs/scale-out.md)")
@@ -176,22 +177,34 @@ def _export_submitit_env() -> None:
     import submitit
 
     if submitit.JobEnvironment().num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # overwrite: RANK is unset (checked above), so any MASTER_ADDR / LOCAL_RANK here is not a launcher's
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
-def _state() -> Any:
-    """accelerate's ``PartialState`` of this process (created on first use)."""
+def _state(backend: Optional[str] = None, timeout_s: Optional[float] = None) -> Any:
+    """accelerate's ``PartialState`` of this process (created on first use, with ``backend`` and
+    ``timeout_s``; later calls return the same state)."""
+    import datetime
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    kwargs: dict[str, Any] = {"cpu": not torch.cuda.is_available()}
+    if backend:
+        kwargs["backend"] = backend
+    if timeout_s:
+        kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
+    return PartialState(**kwargs)
 
 
-def detect_runtime(precision: str = "auto") -> Runtime:
+def detect_runtime(precision: str = "auto", ddp_backend: Optional[str] = None,
+                   ddp_timeout: Optional[float] = None) -> Runtime:
     """The device, ranks and precision of this process.
 
     Starts ``torch.distributed`` (through accelerate's ``PartialState``: gloo on CPU, nccl on
-    CUDA) when a launcher started several processes; the HF ``Trainer`` reuses that process group.
+    CUDA, or ``ddp_backend``; a collective waits at most ``ddp_timeout`` seconds, torch's default
+    30 minutes when None) when a launcher started several processes; the HF ``Trainer`` reuses
+    that process group, so ``trainer.args.ddp_backend`` / ``ddp_timeout`` are passed here.
 
     Args:
         precision: ``trainer.precision``: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
@@ -201,7 +214,7 @@ def detect_runtime(precision: str = "auto") -> Runtime:
             a GPU without it).
     """
     _export_submitit_env()
-    state = _state()
+    state = _state(ddp_backend, ddp_timeout)
     if state.num_processes > 1:
         import torch.distributed as dist
 
@@ -215,11 +228,12 @@ def detect_runtime(precision: str = "auto") -> Runtime:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    """The CPU's feature flags from ``/proc/cpuinfo`` (x86 ``flags``, ARM ``Features``; empty where there
+    is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
@@ -230,10 +244,11 @@ def decide_precision(requested: str, device: str) -> tuple[str, str]:
     """``(precision, reason)`` for ``trainer.precision=requested`` on ``device``.
 
     ``auto``: bf16 on a CUDA device with ``torch.cuda.is_bf16_supported()`` and on a CPU with
-    a native bf16 flag (:data:`CPU_BF16_FLAGS`), else fp32.  ``bf16`` on a CPU with AVX-512 but
-    without the flags runs emulated (oneDNN converts to fp32: slower than fp32), with that said in
-    the reason; on a CPU without AVX-512 it is refused (bf16 matrix products there measured 50x
-    slower than fp32; benchmarks/RESULTS.md).
+    a native bf16 flag (:data:`CPU_BF16_FLAGS`), else fp32.  ``bf16`` on a CPU without the flags
+    runs emulated (oneDNN converts to fp32: 0.8x the fp32 throughput with AVX-512), with that said in
+    the reason, except on an x86 CPU without AVX-512, where it is refused: bf16 matrix products there
+    ran 50x slower than fp32 (measured with oneDNN limited to AVX2 on an AVX-512 CPU;
+    benchmarks/RESULTS.md §8).
 
     Raises:
         SllmxError: an unknown value; ``fp16`` off a CUDA device; ``bf16`` on a GPU without bf16 or
@@ -245,7 +260,7 @@ def decide_precision(requested: str, device: str) -> tuple[str, str]:
         import torch
 
         name = torch.cuda.get_device_name(torch.device(device))
-        has_bf16 = torch.cuda.is_bf16_supported()
+        has_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)  # T4 / V100 only emulate it
         if requested == "auto":
             return ("bf16", f"auto: {name} supports bf16") if has_bf16 else (
                 "fp32", f"auto: {name} has no bf16 (trainer.precision=fp16 for mixed fp16)")
@@ -261,10 +276,10 @@ def decide_precision(requested: str, device: str) -> tuple[str, str]:
             return "bf16", f"auto: the CPU has native bf16 ({', '.join(native)})"
         return "fp32", "auto: the CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag)"
     if requested == "bf16" and not native:
-        if "avx512f" not in flags:
+        if "avx2" in flags and "avx512f" not in flags:  # an x86 CPU without AVX-512
             raise SllmxError("trainer.precision=bf16: this CPU has neither native bf16 (avx512_bf16, amx_bf16) nor "
-                             "AVX-512, where bf16 matrix products measured 50x slower than fp32 "
-                             "(benchmarks/RESULTS.md); use trainer.precision=fp32")
+                             "AVX-512; bf16 matrix products without AVX-512 ran 50x slower than fp32 "
+                             "(benchmarks/RESULTS.md §8); use trainer.precision=fp32")
         return "bf16", ("trainer.precision=bf16; the CPU has AVX-512 but no native bf16, so bf16 is emulated "
                         "(slower than fp32, benchmarks/RESULTS.md)")
     return requested, f"trainer.precision={requested}" + (f" (the CPU has {', '.join(native)})" if native else "")
@@ -320,14 +335,41 @@ def wait_for_everyone(runtime: Runtime) -> None:
         _state().wait_for_everyone()
 
 
-def main_process_first(runtime: Runtime) -> Any:
-    """A context in which the main process goes first and the others follow (e.g. a cache the main
-    process builds and the others then read): accelerate's ``main_process_first``."""
-    if runtime.world_size == 1:
-        import contextlib
+def _fail_together(error: Optional[BaseException], runtime: Runtime) -> None:
+    """Raise on every rank when the main process's part failed (``error`` there): the main process
+    re-raises its own exception, the others a :class:`SllmxError` with its message (bad input) or a
+    ``RuntimeError`` naming it.  A collective call."""
+    sent = None if error is None else (type(error).__name__, str(error), isinstance(error, SllmxError))
+    failed = from_main(sent, runtime)
+    if error is not None:
+        raise error
+    if failed is not None:
+        name, message, bad_input = failed
+        raise SllmxError(message) if bad_input else RuntimeError(f"the main process failed: {name}: {message}")
 
-        return contextlib.nullcontext()
-    return _state().main_process_first()
+
+def on_main(fn: Callable[[], Any], runtime: Runtime) -> Any:
+    """``fn()`` on the main process only (files, the trial's storage, W&B); its result there, None on the
+    other ranks.  If it raises, every rank raises (no rank is left waiting for the others in a later
+    collective).  A collective call with several processes."""
+    if runtime.world_size == 1:
+        return fn()
+    result, error = None, None
+    if runtime.is_main:
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+    _fail_together(error, runtime)
+    return result
+
+
+def main_first(fn: Callable[[], Any], runtime: Runtime) -> Any:
+    """``fn()`` on the main process, then on the others (a cache that the main process builds and the
+    others read, e.g. a GGUF conversion); every rank's own result.  If it raises on the main process,
+    every rank raises.  A collective call with several processes."""
+    result = on_main(fn, runtime)
+    return fn() if not runtime.is_main else result
 
 
 def map_batches(fn: Callable[[list], list], items: list, batch_size: int, runtime: Runtime) -> list:

@@ -21,7 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from sllmx.errors import SllmxError
-from sllmx.runtime import Runtime, from_main
+from sllmx.runtime import Runtime, from_main, on_main
 from sllmx.study import ACTIVE, PRUNER_ATTR, build_pruner, make_storage, mask_url
 
 
@@ -77,7 +77,7 @@ class TrialReporter(TrainerCallback):
     """
 
     def __init__(self, trial: Any, metric: str, run: Any):
-        self.trial = trial
+        self.trial = trial  # None on the other ranks of a multi-process run
         self.metric = metric
         self.run = run
 
@@ -88,10 +88,12 @@ class TrialReporter(TrainerCallback):
 
         runtime = getattr(self.run, "runtime", None) or Runtime()
         value = float(metrics[self.metric])
-        prune = False
-        if runtime.is_main:
+
+        def report() -> bool:
             self.trial.report(value, step=state.global_step)
-            prune = self.trial.should_prune()
-        if from_main(prune, runtime):
+            return self.trial.should_prune()
+
+        # the main process reports and asks; every rank gets its answer (or its error)
+        if from_main(on_main(report, runtime), runtime):
             shown = f"{value:.6g}" if math.isfinite(value) else str(value)
             raise optuna.TrialPruned(f"pruned at step {state.global_step}: {self.metric}={shown}")

@@ -144,10 +144,18 @@ def test_a_pruned_trial_stops_every_rank_at_the_same_step(tmp_path, probe_site):
 
 
 def test_bad_input_stops_every_rank_with_one_line(tmp_path):
-    for override, message in [("trainer.precision=fp16", "trainer.precision=fp16 needs a CUDA GPU"),
-                              ("trainer.precision=fast", "trainer.precision=fast: use one of auto"),
-                              ("--multirun", "--multirun under a launcher of 2 processes")]:
-        proc = sllmx(tmp_path, torchrun(), override, f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    import optuna
+
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    for overrides, message in [
+            (["trainer.precision=fp16"], "trainer.precision=fp16 needs a CUDA GPU"),
+            (["trainer.precision=fast"], "trainer.precision=fast: use one of auto"),
+            (["--multirun"], "--multirun under a launcher of 2 processes"),
+            (["+trainer.args.fsdp=full_shard"], "data.metric=json_fields with FSDP: each rank holds a shard"),
+            # found by the main process alone (only it opens the trial's storage), then sent to the other rank
+            (["trial.study_name=s", f"trial.storage=sqlite:///{tmp_path / 'optuna.db'}", "trial.number=3"],
+             "trial.number=3: no such trial in study s")]:
+        proc = sllmx(tmp_path, torchrun(), *overrides, f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
         assert proc.returncode != 0
         errors = [line for line in proc.stderr.splitlines() if line.startswith("sllmx: error: ")]
         assert len(errors) == 2 and all(message in line for line in errors), proc.stderr[-3000:]
