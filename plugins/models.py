@@ -541,11 +541,30 @@ class GGUFSource(ModelSource):
         """The conversion's record (``sllmx_model.json``): the GGUF file, pad token and chat template chosen."""
         return _read_provenance(path)
 
-    def resolve(self, cfg: Any, cache_dir: str) -> str:
+    def check(self, cfg: Any) -> Optional[str]:
+        """A bad ``chat_template``, a missing .gguf file or package (nothing is assembled or converted)."""
+        import importlib.util
+
         opts = _options(cfg, GGUFModelConfig)
         if opts.get("chat_template") not in (None, *CHAT_TEMPLATES):
-            raise SllmxError(f"model.chat_template={opts['chat_template']}: use null, "
-                             f"{' or '.join(CHAT_TEMPLATES)}")
+            return f"model.chat_template={opts['chat_template']}: use null, {' or '.join(CHAT_TEMPLATES)}"
+        if opts.get("assemble"):
+            module = str(opts["assemble"]).partition(":")[0]
+            if importlib.util.find_spec(module) is None:
+                return (f"model={opts.get('name') or 'gguf'} needs the package {opts.get('package') or module}; "
+                        f"install it with: pip install {opts.get('requirement') or opts.get('package') or module}")
+            return None
+        try:
+            self.locate(opts)
+        except SllmxError as exc:
+            return str(exc)
+        return None
+
+    def resolve(self, cfg: Any, cache_dir: str) -> str:
+        opts = _options(cfg, GGUFModelConfig)
+        reason = self.check(cfg)
+        if reason:
+            raise SllmxError(reason)
         path = self.locate(opts, cache_dir)
         st = os.stat(path)
         stem = os.path.basename(path)

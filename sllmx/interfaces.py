@@ -132,6 +132,11 @@ class ModelSource(Plugin):
 
     kind = "model"
 
+    def check(self, cfg: Any) -> str | None:
+        """A reason why this config cannot work (a bad option, a missing file or package), found
+        without loading or writing anything; checked before run.json is written.  Default: None."""
+        return None
+
     def resolve(self, cfg: Any, cache_dir: str) -> str:
         """Return a local Hugging Face model directory (or hub id) holding weights and a
         tokenizer with a chat template.  May build it once and cache it under ``cache_dir``

