@@ -143,7 +143,7 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         # several processes: every trainable weight takes part in each step, so DDP need not search the graph
         # for unused ones (transformers searches for any PEFT model, and with checkpointing that search marks
         # LoRA's weights ready twice: "Expected to mark a variable ready only once", trl #4782, peft #313);
-        # trainer.args={ddp_find_unused_parameters: true} for a model whose forward skips some
+        # +trainer.args.ddp_find_unused_parameters=true for a model whose forward skips some
         ddp_find_unused_parameters=False,
         eval_strategy="steps",
         eval_steps=cfg.eval.eval_steps,

@@ -11,6 +11,8 @@ decides about them:
   (:attr:`Runtime.is_main`); every rank computes the same things in memory;
 - decisions that end training are the main process's, sent to every rank (:func:`from_main`),
   so no rank trains on alone or waits forever;
+- work only the main process does (the trial's storage, W&B, files, caches the others then read)
+  goes through :func:`on_main` / :func:`main_first`: if it fails there, every rank raises;
 - work that every rank would otherwise repeat (the dev split's generations) is split by batch
   across the ranks and gathered in order (:func:`map_batches`).
 
