@@ -542,17 +542,21 @@ class GGUFSource(ModelSource):
         return _read_provenance(path)
 
     def check(self, cfg: Any) -> Optional[str]:
-        """A bad ``chat_template``, a missing .gguf file or package (nothing is assembled or converted)."""
+        """A bad ``chat_template`` or ``assemble``, a missing .gguf file or package (nothing is assembled or
+        converted; an ``assemble`` module is imported)."""
+        import importlib
         import importlib.util
 
         opts = _options(cfg, GGUFModelConfig)
         if opts.get("chat_template") not in (None, *CHAT_TEMPLATES):
             return f"model.chat_template={opts['chat_template']}: use null, {' or '.join(CHAT_TEMPLATES)}"
         if opts.get("assemble"):
-            module = str(opts["assemble"]).partition(":")[0]
+            module, _, function = str(opts["assemble"]).partition(":")
             if importlib.util.find_spec(module) is None:
                 return (f"model={opts.get('name') or 'gguf'} needs the package {opts.get('package') or module}; "
                         f"install it with: pip install {opts.get('requirement') or opts.get('package') or module}")
+            if not function or not callable(getattr(importlib.import_module(module), function, None)):
+                return f"model.assemble={opts['assemble']}: give module:function of a function the module has"
             return None
         try:
             self.locate(opts)
