@@ -84,7 +84,7 @@ class FilesDataConfig(DataConfig):
     hub_name: Optional[str] = _help("configuration (subset) name when path is a datasets id", None)
     sample_seed: Optional[int] = _help(
         "with max_rows: take a seeded random sample of N rows instead of the first N "
-        "(for files sorted by topic or label); null keeps the first N", None)
+        "(for files sorted by topic or label); null keeps the first N", None, ge=0)
 
 
 

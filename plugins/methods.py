@@ -37,13 +37,14 @@ class LoraMethodConfig(MethodConfig):
     """Options of ``peft.LoraConfig`` (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models")."""
 
     name: str = "lora"
-    r: int = _help("rank of the update matrices", 16)
-    lora_alpha: int = _help("scaling numerator: the update is scaled by lora_alpha / r", 32)
+    r: int = _help("rank of the update matrices", 16, ge=1)
+    lora_alpha: int = _help("scaling numerator: the update is scaled by lora_alpha / r", 32, gt=0)
     lora_dropout: float = _help("dropout on the LoRA input (PEFT's default 0.0; 0.05 cost 21% of a CPU step, "
-                                "where drawing the random masks is slow: benchmarks/RESULTS.md)", 0.0)
+                                "where drawing the random masks is slow: benchmarks/RESULTS.md)", 0.0, ge=0, lt=1)
     target_modules: Any = _help("module names to adapt, or 'all-linear' (every linear layer but the output head)",
                                 "all-linear")
-    bias: str = _help("none, all or lora_only", "none")
+    bias: str = _help("which biases train: none, all or lora_only (peft.LoraConfig)", "none",
+                      choices=("none", "all", "lora_only"))
     use_rslora: bool = _help("scale by lora_alpha / sqrt(r) (Kalajdzievski, 2023)", False)
 
 
@@ -52,6 +53,9 @@ class LoRA(Method):
 
     name = "lora"
     config = LoraMethodConfig
+    # SFT of SmolLM2-135M on the built-in task, 32 steps: json_exact 0 at 2e-4, 0.31 at 1e-3 (benchmarks/RESULTS.md
+    # §10); 2e-4 is the QLoRA paper's rate for 7B-13B models (Dettmers et al., 2023), small models take more
+    sft_learning_rate = 1e-3
     use_dora = False
 
     def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
@@ -80,10 +84,11 @@ class QloraMethodConfig(LoraMethodConfig):
     """LoRA on a 4-bit NF4 base model (Dettmers et al., 2023, "QLoRA"); options of ``BitsAndBytesConfig``."""
 
     name: str = "qlora"
-    bnb_4bit_quant_type: str = _help("nf4 (normal float 4) or fp4", "nf4")
+    bnb_4bit_quant_type: str = _help("nf4 (normal float 4) or fp4", "nf4", choices=("nf4", "fp4"))
     bnb_4bit_use_double_quant: bool = _help("quantise the quantisation constants too", True)
     bnb_4bit_compute_dtype: Optional[str] = _help(
-        "dtype of the matmuls: bfloat16, float16 or float32; null: bfloat16 where the GPU has it, else float32", None)
+        "dtype of the matmuls: bfloat16, float16 or float32; null: bfloat16 where the GPU has it, else float32", None,
+        choices=("bfloat16", "float16", "float32"))
 
 
 class QLoRA(LoRA):
@@ -133,11 +138,18 @@ class PromptTuningMethodConfig(MethodConfig):
     Prompt Tuning").  It needs a much higher learning rate than LoRA (e.g. 1e-2 to 3e-1)."""
 
     name: str = "prompt_tuning"
-    num_virtual_tokens: int = _help("number of trainable soft-prompt embeddings prepended to every input", 20)
-    prompt_tuning_init: str = _help("RANDOM, or TEXT to start from the embeddings of prompt_tuning_init_text",
-                                    "RANDOM")
+    num_virtual_tokens: int = _help("number of trainable soft-prompt embeddings prepended to every input", 20, ge=1)
+    prompt_tuning_init: str = _help("RANDOM, TEXT (the embeddings of prompt_tuning_init_text) or SAMPLE_VOCAB "
+                                    "(embeddings of random vocabulary tokens): peft.PromptTuningInit", "RANDOM",
+                                    choices=("RANDOM", "TEXT", "SAMPLE_VOCAB"))
     prompt_tuning_init_text: Optional[str] = _help("text whose token embeddings initialise the soft prompt (TEXT)",
                                                    None)
+
+    def check(self, key: str) -> Optional[str]:
+        """TEXT initialisation needs its text."""
+        if self.prompt_tuning_init == "TEXT" and not self.prompt_tuning_init_text:
+            return f"{key}.prompt_tuning_init=TEXT needs {key}.prompt_tuning_init_text (the text to start from)"
+        return None
 
 
 class PromptTuning(Method):

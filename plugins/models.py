@@ -83,7 +83,7 @@ class GGUFModelConfig(ModelConfig):
     chat_template: Optional[str] = _help(
         "chat format: chatml, or gemma (<start_of_turn>user ... <start_of_turn>model, the Gemma instruct "
         "models' turns, for Gemma base models); null: the GGUF's own template, else chatml. Recorded in "
-        "run.json model_facts", None)
+        "run.json model_facts", None, choices=("chatml", "gemma"))
 
 
 @dataclass
@@ -91,14 +91,26 @@ class TinyModelConfig(ModelConfig):
     """``model=tiny``: a tiny random-init Llama with a locally trained byte-level BPE tokenizer (tests, smoke runs)."""
 
     source: str = _help("model source plugin that resolves this config to a local HF directory", "tiny")
-    hidden_size: int = _help("width of the residual stream", 64)
-    num_hidden_layers: int = _help("decoder layers", 2)
-    num_attention_heads: int = _help("attention heads", 4)
-    num_key_value_heads: int = _help("key/value heads (grouped-query attention)", 2)
-    intermediate_size: int = _help("MLP width", 128)
-    max_position_embeddings: int = _help("longest sequence (also the tokenizer's model_max_length)", 1024)
-    vocab_size: int = _help("target vocabulary of the byte-level BPE tokenizer (fewer if the corpus runs out of merges)", 1024)
-    seed: int = _help("seed of the random weights; fixed apart from the training seed so the same config gives the same model", 0)
+    hidden_size: int = _help("width of the residual stream (a multiple of num_attention_heads)", 64, ge=1)
+    num_hidden_layers: int = _help("decoder layers", 2, ge=1)
+    num_attention_heads: int = _help("attention heads (a multiple of num_key_value_heads)", 4, ge=1)
+    num_key_value_heads: int = _help("key/value heads (grouped-query attention)", 2, ge=1)
+    intermediate_size: int = _help("MLP width", 128, ge=1)
+    max_position_embeddings: int = _help("longest sequence (also the tokenizer's model_max_length)", 1024, ge=2)
+    vocab_size: int = _help("target vocabulary of the byte-level BPE tokenizer (fewer if the corpus runs out of "
+                            "merges)", 1024, ge=1)
+    seed: int = _help("seed of the random weights; fixed apart from the training seed so the same config gives the "
+                      "same model", 0, ge=0)
+
+    def check(self, key: str) -> Optional[str]:
+        """The attention heads divide the width, the key/value heads divide the heads."""
+        if self.hidden_size % self.num_attention_heads:
+            return (f"{key}.hidden_size={self.hidden_size}: must be a multiple of {key}.num_attention_heads="
+                    f"{self.num_attention_heads}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            return (f"{key}.num_attention_heads={self.num_attention_heads}: must be a multiple of "
+                    f"{key}.num_key_value_heads={self.num_key_value_heads}")
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -321,6 +333,43 @@ class HFSource(ModelSource):
             raise SllmxError(f"model.name_or_path={name!r} {what}; give a Hugging Face model directory "
                              f"or a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct")
         return name  # a hub id: the loader fetches it (or finds it in the HF cache)
+
+    def check(self, cfg: Any) -> Optional[str]:
+        """For a local directory, what transformers would refuse or run (nothing is loaded):
+
+        - a model whose ``config.json`` needs its own Python code (``auto_map`` and a ``model_type``
+          transformers does not have) while ``model.trust_remote_code`` is false;
+        - weights only in pickle files (``*.bin``, ``*.pt``, ``*.pth``, ``*.ckpt``), which can run code
+          when loaded; sllmx loads safetensors only (convert with ``save_pretrained(...,
+          safe_serialization=True)`` from a trusted environment).
+        A hub id is checked by transformers when it is fetched."""
+        import json
+
+        opts = _options(cfg, HFModelConfig)
+        name = str(opts["name_or_path"])
+        path = os.path.expanduser(name)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            return None  # resolve() names a missing directory or config.json
+        try:
+            config = json.loads(open(os.path.join(path, "config.json"), encoding="utf-8").read())
+        except (OSError, ValueError) as exc:
+            return f"model.name_or_path={name!r}: config.json cannot be read ({exc})"
+        if config.get("auto_map") and not opts["trust_remote_code"]:
+            from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+            # a built-in model_type loads with transformers' own code, auto_map or not (e.g. Phi-3 copies)
+            if config.get("model_type") not in CONFIG_MAPPING_NAMES:
+                return (f"model.name_or_path={name!r} needs its own code (model_type "
+                        f"{config.get('model_type')!r}, {', '.join(sorted(config['auto_map']))} in config.json "
+                        f"auto_map); read it, then set model.trust_remote_code=true to allow it")
+        files = os.listdir(path)
+        if not any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files):
+            pickled = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt")))
+            if pickled:
+                return (f"model.name_or_path={name!r} has weights only as pickle files ({pickled[0]}), which can run "
+                        f"code when loaded; convert them to safetensors (save_pretrained(..., "
+                        f"safe_serialization=True)) in a trusted environment")
+        return None
 
     def from_pretrained_kwargs(self, cfg: Any) -> dict[str, Any]:
         """``trust_remote_code`` and, when set, ``revision`` for ``from_pretrained``."""

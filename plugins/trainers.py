@@ -62,7 +62,7 @@ class GlobalBatchOrder:
     the per-process batch size (``LengthGroupedSampler``), so 2 processes x 4 examples see other
     batches than 1 process x 8.  Here the groups are as large as one optimizer step of every rank
     (per-device batch x gradient accumulation x world size) and their order is drawn by a
-    generator seeded with ``data_seed`` (else ``seed``); accelerate then deals each step's examples
+    generator seeded with ``data_seed`` (else ``seed``) plus the epoch; accelerate then deals each step's examples
     out to the ranks, so every optimizer step averages the gradients of the same examples as one
     process with the whole batch would.
     """
@@ -75,8 +75,11 @@ class GlobalBatchOrder:
         if isinstance(sampler, LengthGroupedSampler):
             args = self.args
             sampler.batch_size = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-            sampler.generator = torch.Generator().manual_seed(args.data_seed if args.data_seed is not None
-                                                              else args.seed)
+            seed = args.data_seed if args.data_seed is not None else args.seed
+            sampler.generator = torch.Generator().manual_seed(seed)
+            # epoch e draws its order from seed + e (the trainer calls set_epoch at each epoch), so a run
+            # resumed in a later epoch sees the order the uninterrupted run saw
+            sampler.set_epoch = lambda epoch: sampler.generator.manual_seed(seed + epoch)
         return sampler
 
 
@@ -104,6 +107,9 @@ class SFTTrainerConfig(TrainerConfig):
     """Supervised fine-tuning (``trl.SFTConfig``): next-token loss on the completion / assistant turns."""
 
     name: str = "sft"
+    learning_rate: float = _help(
+        "peak learning rate of AdamW; default: the method's own for SFT (lora, dora, qlora: 1e-3, measured on the "
+        "built-in task, benchmarks/RESULTS.md section 10), else 2e-4", "${sllmx_sft_learning_rate:${oc.select:method.name,null}}")
     completion_only_loss: Optional[bool] = _help(
         "loss on the completion only for prompt/completion data (null: TRL's default, on)", None)
     packing: bool = _help("pack several examples into one row (TRL's bfd packing, padding-free: each example keeps "
@@ -111,7 +117,8 @@ class SFTTrainerConfig(TrainerConfig):
                           "slower than group_by_length (benchmarks/RESULTS.md)", False)
     train_sampling_strategy: str = _help(
         "order of the training examples (transformers' option): group_by_length (batches of similar length, "
-        "little padding; the measured fastest on CPU), random, sequential", "group_by_length")
+        "little padding; the measured fastest on CPU), random, sequential or batch_rebalance", "group_by_length",
+        choices=("random", "sequential", "group_by_length", "batch_rebalance"))
     token_metrics: bool = _help(
         "log TRL's entropy and mean_token_accuracy at every step (TRL's fused LM head over every position); off, "
         "the loss is the model's own cross-entropy (see label_positions_only): faster on CPU "
@@ -262,9 +269,18 @@ class DPOTrainerConfig(TrainerConfig):
 
     name: str = "dpo"
     learning_rate: float = _help("peak learning rate (DPO wants far less than SFT)", 5e-6)
-    beta: float = _help("strength of the KL penalty towards the reference model", 0.1)
+    beta: float = _help("strength of the KL penalty towards the reference model", 0.1, gt=0)
     loss_type: list[str] = _help("TRL loss names, combined by loss_weights: [sigmoid] (DPO), [ipo] (Azar et al., "
-                                 "2023), [hinge], [robust], ...; e.g. trainer.loss_type=[ipo]", ["sigmoid"])
+                                 "2023), [hinge], [robust], ...; e.g. trainer.loss_type=[ipo]", ["sigmoid"],
+                                 # the names trl.DPOTrainer accepts (tests/test_validate.py compares them with TRL's)
+                                 choices=("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+                                          "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
+                                          "sft", "sigmoid_norm"))
+
+    def check(self, key: str) -> Optional[str]:
+        """At least one loss."""
+        return super().check(key) or (f"{key}.loss_type=[]: name at least one loss, e.g. [sigmoid]"
+                                      if not self.loss_type else None)
 
 
 class DPO(TRLObjective):
@@ -290,7 +306,7 @@ class ORPOTrainerConfig(TrainerConfig):
 
     name: str = "orpo"
     learning_rate: float = _help("peak learning rate", 8e-6)
-    beta: float = _help("weight of the odds-ratio term (lambda in the paper)", 0.1)
+    beta: float = _help("weight of the odds-ratio term (lambda in the paper)", 0.1, gt=0)
 
 
 class ORPO(TRLObjective):
@@ -349,9 +365,9 @@ class KTOTrainerConfig(TrainerConfig):
 
     name: str = "kto"
     learning_rate: float = _help("peak learning rate", 5e-6)
-    beta: float = _help("strength of the KL penalty towards the reference model", 0.1)
-    desirable_weight: float = _help("loss weight of desirable (label true) examples", 1.0)
-    undesirable_weight: float = _help("loss weight of undesirable (label false) examples", 1.0)
+    beta: float = _help("strength of the KL penalty towards the reference model", 0.1, gt=0)
+    desirable_weight: float = _help("loss weight of desirable (label true) examples", 1.0, ge=0)
+    undesirable_weight: float = _help("loss weight of undesirable (label false) examples", 1.0, ge=0)
 
 
 class KTO(TRLObjective):

@@ -11,7 +11,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from sllmx.config import SllmxConfig
-from sllmx.errors import SllmxError, exit_with
+from sllmx.errors import Interrupted, SllmxError, exit_with
 from sllmx.plugins import register_configs, registry
 
 
@@ -30,40 +30,69 @@ def _setup() -> None:
 
 
 def compose(overrides: list[str]):
-    """The run config composed by Hydra from ``overrides`` (plugins loaded first, as ``python -m sllmx`` does)."""
+    """The run config composed by Hydra from ``overrides`` (plugins loaded first, as ``python -m sllmx`` does)
+    and validated (:func:`sllmx.validate.validate_config`).
+
+    Raises:
+        SllmxError: an unknown option or key, or a value outside its allowed range (one line).
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from sllmx.validate import validate_config
+
     _setup()
     try:
         with initialize_config_module(config_module="sllmx.conf", version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
+            cfg = hydra_compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as exc:
         raise SllmxError(str(exc).splitlines()[0]) from exc
+    validate_config(cfg)  # every option within its declared range, as python -m sllmx checks it
+    return cfg
 
 
 def summary(record) -> str:
-    """The lines printed at the end of a run: dev metric before → after, where run.json is."""
+    """The lines printed at the end of a run: the task metric before → after (the data's generation metric,
+    e.g. json_exact, when it has one), the dev metric that selected the checkpoint, the cost, where
+    run.json is."""
+    from sllmx.progress import fmt
+
     dm = record.dev_metric
-    direction = "higher" if dm.higher_is_better else "lower"
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"status: {record.status}",
-             f"dev metric {dm.name} ({direction} is better): before {fmt(dm.baseline)} -> best {fmt(dm.best)} "
-             f"(step {dm.best_step}), final {fmt(dm.final)}"]
-    if dm.history:
-        first = dm.history[0]["metrics"]
-        best = next((h["metrics"] for h in dm.history[1:] if h["step"] == dm.best_step), dm.history[-1]["metrics"])
-        for key in sorted(k for k in best if k.startswith("eval_") and k != dm.name
-                          and not k.endswith(("runtime", "per_second", "preparation_time", "num_tokens"))):
-            lines.append(f"  {key}: before {fmt(first.get(key))} -> at best step {fmt(best.get(key))}")
+    direction = lambda higher: "higher" if higher else "lower"  # noqa: E731
+    steps = f"{record.global_steps} steps" if record.global_steps is not None else "no steps"
+    lines = [f"status: {record.status} ({steps}, wall time {fmt(record.wall_time_s)} s)"]
+    first = dm.history[0]["metrics"] if dm.history else {}
+    best = next((h["metrics"] for h in dm.history[1:] if h["step"] == dm.best_step),
+                dm.history[-1]["metrics"] if dm.history else {})
+    shown = {dm.name}
+    task = (record.config.get("data") or {}).get("metric")
+    if task and best:
+        try:
+            metric = registry().get("metric", task)
+        except SllmxError:
+            metric = None
+        keys = [f"eval_{k}" for k in (metric.keys if metric else ()) if f"eval_{k}" in best]
+        if keys:
+            lines.append(f"task metric {task} on the dev split ({direction(metric.higher_is_better)} is better), "
+                         f"before training -> the selected checkpoint (step {dm.best_step}):")
+            width = max(len(k) for k in keys) - 5
+            lines += [f"  {k[5:]:<{width}}  {fmt(first.get(k))} -> {fmt(best.get(k))}" for k in keys]
+            shown.update(keys)
+    lines.append(f"dev metric {dm.name} ({direction(dm.higher_is_better)} is better; selects the checkpoint): "
+                 f"before {fmt(dm.baseline)} -> best {fmt(dm.best)} (step {dm.best_step}), final {fmt(dm.final)}")
+    rest = [k for k in sorted(best) if k.startswith("eval_") and k not in shown
+            and not k.endswith(("runtime", "per_second", "preparation_time", "num_tokens"))]
+    if rest:
+        lines.append("  at the selected step: " + ", ".join(f"{k} {fmt(first.get(k))} -> {fmt(best[k])}"
+                                                           for k in rest))
     if record.trainable_params:
         lines.append(f"trainable parameters: {record.trainable_params:,} of {record.total_params:,} "
                      f"({100 * record.trainable_params / record.total_params:.3f}%)")
     if record.train_tokens_per_s:
         lines.append(f"train tokens: {record.train_tokens:,} ({record.train_tokens_per_s:.1f} tokens/s in the training "
-                     f"steps); wall time {record.wall_time_s:.1f} s")
+                     f"steps)")
     lines.append(f"record: {os.path.join(record.output_dir, 'run.json')}")
     return "\n".join(lines)
 
@@ -76,19 +105,44 @@ def app(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from sllmx.progress import quiet_console
     from sllmx.run import run
-
     from sllmx.runtime import launched_rank
 
+    quiet_console()  # a multirun's console keeps one line per trial; the run's lines go to its log file
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         record = run(cfg)
     except SllmxError as exc:
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if multirun:
             raise
         exit_with(exc)
+    except Interrupted as exc:
+        if multirun:
+            raise KeyboardInterrupt(str(exc)) from None
+        _interrupted(exc, cfg)
     if launched_rank() == 0:  # several processes: the main one speaks for the run
-        print(summary(record))
+        if multirun:  # the sweeper prints the trial's line; the summary goes to the trial's log file
+            import logging
+
+            logging.getLogger("sllmx").info(summary(record))
+        else:
+            print(summary(record))
     return record
+
+
+def _interrupted(exc: Interrupted, cfg: DictConfig) -> None:
+    """One line for a run stopped by a signal (run.json says INTERRUPTED), then exit 128 + the signal."""
+    import sys
+
+    from sllmx.runtime import launched_rank
+
+    if launched_rank() == 0:
+        out = cfg.output_dir
+        sys.stderr.write(f"sllmx: {exc.signal}: run stopped at step {exc.step or 0}; {out}/run.json says "
+                         f"INTERRUPTED; continue it with: python -m sllmx resume={out}\n")
+        sys.stderr.flush()
+    sys.exit(exc.exit_status)
 
 
 def main() -> None:
@@ -96,14 +150,26 @@ def main() -> None:
     (:func:`sllmx.runtime.check_launch`), then run the Hydra app."""
     import sys
 
+    from sllmx.resume import AlreadyComplete, prepare_argv
     from sllmx.runtime import check_launch
 
     _setup()
+    argv = sys.argv[1:]
+    if "--quiet" in argv:  # no bars and no per-evaluation lines on the console (the log file keeps them)
+        argv = [a for a in argv if a != "--quiet"]
+        os.environ["SLLMX_QUIET"] = "1"
     try:
-        sys.argv[1:] = check_launch(sys.argv[1:])
+        sys.argv[1:] = check_launch(prepare_argv(argv))
+    except AlreadyComplete as exc:
+        print(f"sllmx: {exc}")
+        sys.exit(0)
     except SllmxError as exc:
         exit_with(exc)
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:  # a signal outside the run (Hydra starting, a sweep between trials)
+        sys.stderr.write("sllmx: interrupted\n")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

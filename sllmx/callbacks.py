@@ -6,6 +6,10 @@
   best-checkpoint selection read them.
 - :class:`ObserverCallback` records each evaluation in the run's dev-metric history and
   calls the ``sllmx_after_evaluate`` hook.
+- :class:`ConsoleProgress`: the bar over the steps (or a line per logging step) and a line per
+  evaluation (:mod:`sllmx.progress`).
+- :class:`GracefulStop` and :class:`NonFiniteStop`: SIGINT / SIGTERM and a non-finite loss end the
+  run at the step, with a checkpoint for ``resume=`` and an honest record.
 - :class:`MainDecidesCallback` (several processes only) gives every rank the main process's
   decision to stop training after an evaluation.
 
@@ -15,6 +19,8 @@ Early stopping is ``transformers.EarlyStoppingCallback``.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +29,11 @@ from typing import Any, Iterator, Optional
 from transformers import TrainerCallback
 
 from sllmx.interfaces import Metric
+from sllmx.progress import evaluation_line, fmt, progress_enabled
 from sllmx.records import write_text_atomic
 from sllmx.runtime import Runtime, from_main, map_batches, on_main
+
+_log = logging.getLogger("sllmx")
 
 
 def dev_prompts_and_references(dataset: Any) -> tuple[list[list[dict]], list[str]]:
@@ -73,7 +82,8 @@ def inference(model: Any, tokenizer: Any, padding_side: str) -> Iterator[None]:
 
 
 def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int,
-             batch_size: int, truncated: Optional[list[bool]] = None, runtime: Optional[Runtime] = None) -> list[str]:
+             batch_size: int, truncated: Optional[list[bool]] = None, runtime: Optional[Runtime] = None,
+             progress: bool = True) -> list[str]:
     """Greedy generation of one answer per chat prompt (chat template, left padding).
 
     Args:
@@ -84,6 +94,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
             ``max_new_tokens`` without an end-of-sequence token.
         runtime: with several processes, the batches are split across the ranks and every rank
             gets every answer (:func:`sllmx.runtime.map_batches`; a collective call).
+        progress: a bar over the prompts on a terminal (:func:`sllmx.progress.batches_bar`); False for none.
 
     Returns:
         the decoded answers (special tokens removed), one per prompt.
@@ -103,10 +114,19 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
         new = gen[:, enc["input_ids"].shape[1]:]
         ended = torch.isin(new.cpu(), eos).any(dim=1)
         cut = [bool(new.shape[1] >= max_new_tokens and not e) for e in ended]
+        if bar is not None:
+            bar.update(len(batch))
         return list(zip(tokenizer.batch_decode(new, skip_special_tokens=True), cut))
 
-    with inference(model, tokenizer, "left"):
-        out = map_batches(one_batch, prompts, batch_size, runtime or Runtime())
+    from sllmx.progress import batches_bar
+
+    bar = batches_bar(len(prompts), "generate") if progress else None
+    try:
+        with inference(model, tokenizer, "left"):
+            out = map_batches(one_batch, prompts, batch_size, runtime or Runtime())
+    finally:
+        if bar is not None:
+            bar.close()
     if truncated is not None:
         truncated.extend(cut for _, cut in out)
     return [text.strip() for text, _ in out]
@@ -268,8 +288,8 @@ def add_perplexity(metrics: dict[str, Any], prefix: str = "eval") -> None:
 
 
 class ObserverCallback(TrainerCallback):
-    """Adds ``eval_perplexity``, then feeds every evaluation to the run's dev-metric history and
-    the ``sllmx_after_evaluate`` hook.  The evaluation at step 0 is the baseline (``eval_on_start``);
+    """Adds ``eval_perplexity``, then feeds every evaluation to the run's dev-metric history (and
+    ``run.json``, rewritten with it) and the ``sllmx_after_evaluate`` hook.  The evaluation at step 0 is the baseline (``eval_on_start``);
     it sets ``run.training`` (False for it, True after)."""
 
     def __init__(self, run: Any):
@@ -281,6 +301,9 @@ class ObserverCallback(TrainerCallback):
         metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
         self.run.training = state.global_step > 0  # step 0: the baseline (eval.before_training)
         self.run.record.dev_metric.add(state.global_step, metrics, training=self.run.training)
+        self.run.record.global_steps = state.global_step
+        if self.run.runtime.is_main:  # a killed run's record shows its evaluations so far
+            self.run.record.write(self.run.output_dir)
         self.run.pm.hook.sllmx_after_evaluate(run=self.run, metrics=metrics)
 
 
@@ -294,3 +317,208 @@ class MainDecidesCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         control.should_training_stop = bool(from_main(bool(control.should_training_stop), self.runtime))
+
+
+class GracefulStop(TrainerCallback):
+    """SIGINT / SIGTERM during training: finish the current step, save a full checkpoint (the one
+    ``resume=`` continues from), stop, and let the runner record ``INTERRUPTED``.  A second signal,
+    or one outside the training loop (loading, saving), raises :class:`~sllmx.errors.Interrupted`
+    at once.  With several processes every rank stops at the same step (any rank's signal counts).
+
+    Use as a context manager around the run: it installs the handlers (main thread only) and puts
+    the previous ones back.  It also logs the train loss at every checkpoint, so that a resumed run
+    can give the mean train loss of all its steps.
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+    #: a second SIGTERM within this many seconds is the same request (scancel reaches the process directly
+    #: and through torchrun's agent), not a demand to stop at once
+    REPEAT_S = 5.0
+
+    def __init__(self, runtime: Optional[Runtime] = None):
+        self.runtime = runtime or Runtime()
+        self.signal: Optional[str] = None  # the first signal received
+        self.in_loop = False
+        self.step: Optional[int] = None
+        self._at = 0.0  # when the first signal came (time.monotonic)
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        import logging
+        import signal
+
+        from sllmx.errors import Interrupted
+
+        import time
+
+        name = signal.Signals(signum).name
+        if self.signal == "SIGTERM" and name == "SIGTERM" and time.monotonic() - self._at < self.REPEAT_S:
+            return  # the same SIGTERM again: SLURM signals every process and torchrun forwards it once more
+        if self.signal is not None or not self.in_loop:
+            raise Interrupted(self.signal or name, self.step)
+        self.signal, self._at = name, time.monotonic()
+        logging.getLogger("sllmx").warning("%s: stopping after this step and saving a checkpoint for resume= "
+                                           "(send it again to stop at once)", name)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.in_loop, self.step = True, state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        stop = self.signal is not None
+        if self.runtime.world_size > 1:  # one decision for every rank, or they would wait for each other
+            from sllmx.runtime import gather
+
+            names = [n for n in gather(self.signal, self.runtime) if n]
+            self.signal, stop = (names[0] if names else None), bool(names)
+        if stop:
+            control.should_save = True
+            control.should_training_stop = True
+        if control.should_save:
+            # a logging window ends at every checkpoint, so the train loss of a resumed run's earlier steps
+            # is in the log history it restores (sllmx.run._whole_run_loss)
+            control.should_log = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.in_loop = False
+
+
+class NonFiniteStop(TrainerCallback):
+    """Stop training at the step whose loss or gradients are not finite, instead of training on.
+
+    Before each optimizer step the trainable parameters' gradients are summed (a NaN or inf
+    anywhere makes the sum non-finite; one pass over the gradients, about 1% of a CPU step for
+    full fine-tuning of a 135M model); with several processes any rank's finding stops every rank
+    (FSDP ranks hold different gradient shards).  At each logging step the logged loss is checked
+    too.  With fp16 (a ``GradScaler``) inf gradients are routine, the scaler skips those steps and
+    lowers its scale, so only the logged loss is checked; under DeepSpeed the gradients are not on
+    the parameters and likewise only the loss is.
+
+    Args:
+        runtime: the run's processes (one decision for all).  scaled: fp16 training with a grad scaler.
+
+    Raises:
+        FloatingPointError: ``loss or gradients not finite at step k`` (k counts from 1: the step
+            being taken), which the runner records as ``FAIL`` with the last checkpoint kept.
+    """
+
+    def __init__(self, runtime: Optional[Runtime] = None, scaled: bool = False):
+        self.runtime = runtime or Runtime()
+        self.scaled = scaled
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        import torch
+
+        if self.scaled:
+            return
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        bad = bool(grads) and not bool(torch.isfinite(torch.stack([g.detach().float().sum() for g in grads]).sum()))
+        if self.runtime.world_size > 1:
+            from sllmx.runtime import gather
+
+            bad = any(gather(bad, self.runtime))
+        if bad:
+            raise FloatingPointError(f"loss or gradients not finite at step {state.global_step + 1}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import math
+
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise FloatingPointError(f"train loss {loss} at step {state.global_step}")
+
+
+class ConsoleProgress(TrainerCallback):
+    """Training progress for a person watching: a tqdm bar over the optimizer steps (step, loss, train
+    tokens/s, ETA) when stdout is a terminal, else (a log file, CI, a SLURM job's output) one line per
+    logging step, ``train step 40/80 (50%): loss 0.8123 | 412 tokens/s | elapsed 1:02 | ETA 1:02`` (the ETA
+    from the steps' own pace: the time of the dev evaluations is left out);
+    and one line per dev evaluation (:func:`evaluation_line`).  The lines go through the ``sllmx``
+    logger (console and Hydra's log file).  Must come after the callbacks that add metrics (generation
+    metrics, perplexity) and the one that records the evaluation.
+    """
+
+    def __init__(self, run: Any, bar: Optional[bool] = None):
+        self.run = run
+        self.show_bar = (progress_enabled() and sys.stdout.isatty()) if bar is None else bar
+        self.bar: Any = None
+        self._mark: Optional[tuple[float, int]] = None  # (time, tokens seen) at the last log
+        self._start: Optional[tuple[float, int]] = None  # (time, step) when this train() began
+        self._last = 0.0  # when the last step or evaluation ended
+        self._eval_s = 0.0  # seconds spent in evaluations since train() began (left out of the step rate)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._mark = (time.perf_counter(), state.num_input_tokens_seen or 0)
+        self._start = (time.perf_counter(), state.global_step)
+        self._last, self._eval_s = self._start[0], 0.0
+        if not self.show_bar or not state.is_world_process_zero:
+            return
+        from tqdm.auto import tqdm
+
+        # stdout: where Hydra's console log goes, so the log lines (through logging_redirect_tqdm) clear the bar
+        self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                        dynamic_ncols=True, file=sys.stdout)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._last = time.perf_counter()
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
+            return
+        now, seen = time.perf_counter(), state.num_input_tokens_seen or 0
+        rate = None
+        if self._mark is not None and seen > self._mark[1] and now > self._mark[0]:
+            rate = (seen - self._mark[1]) / (now - self._mark[0])
+        self._mark = (now, seen)
+        if self.bar is not None:
+            self.bar.set_postfix({"loss": fmt(logs["loss"]), **({"tok/s": f"{rate:.0f}"} if rate else {})},
+                                 refresh=False)
+            return
+        from tqdm import tqdm
+
+        step, total = state.global_step, state.max_steps or 0
+        elapsed = now - self._start[0]
+        done = step - self._start[1]
+        # the steps' own pace (evaluations left out), times the steps left
+        eta = (elapsed - self._eval_s) / done * (total - step) if done > 0 and total >= step else None
+        parts = [f"loss {fmt(logs['loss'])}"] + ([f"{rate:.0f} tokens/s"] if rate else [])
+        parts += [f"elapsed {tqdm.format_interval(elapsed)}"] + ([f"ETA {tqdm.format_interval(eta)}"]
+                                                                   if eta is not None else [])
+        pct = f" ({100 * step / total:.0f}%)" if total else ""
+        _log.info(f"train step {step}/{total}{pct}: " + " | ".join(parts))
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not state.is_world_process_zero or metrics is None:
+            return
+        line = evaluation_line(state.global_step, state.max_steps,
+                               {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                               self.run.record.dev_metric)
+        _log.info(line)  # through the bar while it is drawn (:func:`console`)
+        now = time.perf_counter()
+        self._eval_s += now - self._last
+        self._last = now
+        self._mark = (now, state.num_input_tokens_seen or 0)  # tokens/s of the steps only
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

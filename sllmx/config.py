@@ -4,21 +4,90 @@ Field names follow the libraries that consume them: PEFT (``r``, ``lora_alpha``)
 TRL / transformers ``TrainingArguments`` (``learning_rate``, ``num_train_epochs``),
 ``EarlyStoppingCallback`` (``early_stopping_patience``, ``early_stopping_threshold``).
 Plugins subclass these bases and set ``name`` / ``source`` to their own name.
+
+Each field declares its allowed values next to its help text (:func:`_help`: ``gt``, ``ge``,
+``lt``, ``le``, ``choices``, ``plugin``), and a config class may add rules that involve several
+fields in a ``check(self, key) -> Optional[str]`` method: called on an instance built from the
+composed node, ``key`` being where the node sits (``trainer``), it returns the error line naming the
+option and its allowed values, or None.  :func:`sllmx.validate.validate_config` applies both to the
+composed config before a run loads anything.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from sllmx.runtime import PRECISIONS
+
+#: the metadata keys :func:`_help` stores and :mod:`sllmx.validate` checks (besides ``help``)
+CONSTRAINTS = ("gt", "ge", "lt", "le", "choices", "plugin")
+#: ``transformers.SchedulerType`` values (tests/test_validate.py compares them with the installed transformers)
+LR_SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                      "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                      "warmup_stable_decay", "greedy")
+#: seeds go to ``numpy.random.seed`` (``transformers.set_seed``), which takes 0 to 2**32 - 1
+SEED_MAX = 2**32 - 1
 
 
-def _help(text: str, default: Any = MISSING, **kw: Any) -> Any:
-    """``dataclasses.field`` with ``metadata={"help": text}`` (the TRL convention)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": text}, **kw)
-    return field(default=default, metadata={"help": text}, **kw)
+def _help(text: str, default: Any = MISSING, *, gt: Optional[float] = None, ge: Optional[float] = None,
+          lt: Optional[float] = None, le: Optional[float] = None, choices: Optional[Sequence[Any]] = None,
+          plugin: Optional[str] = None, **kw: Any) -> Any:
+    """``dataclasses.field`` with ``metadata={"help": text}`` (the TRL convention) and the allowed values.
+
+    Args:
+        text: the help text.
+        default: the default; a list or dict is copied for each instance.  A dict default becomes a
+            mapping that takes any key on the command line (``data.columns={prompt: Q}``): Hydra puts the
+            whole config in struct mode, where a dict that is empty by default could take no key at all.
+        gt, ge, lt, le: bounds of a number (``>``, ``>=``, ``<``, ``<=``).
+        choices: the allowed values (of each item, for a list).
+        plugin: a plugin kind (``format``, ``metric``, ...) whose registered names are allowed too.
+        kw: passed on to ``dataclasses.field``.
+
+    Bounds and choices are stored in the field's metadata under their own names (:data:`CONSTRAINTS`),
+    so a plugin's dataclass may equally write ``field(default=8, metadata={"help": ..., "ge": 1})``.
+    ``None`` passes every check when the field is ``Optional``.  A subclass that redeclares a field with
+    no constraint (a new default) keeps its base class's.  :mod:`sllmx.validate` checks them.
+    """
+    metadata = {"help": text, **{k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le),
+                                                   ("plugin", plugin)) if v is not None}}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: _open_dict(default), metadata=metadata, **kw)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+#: the SFT learning rate of a method that declares none (:attr:`sllmx.interfaces.Method.sft_learning_rate`)
+SFT_LEARNING_RATE = 2e-4
+
+
+def sft_learning_rate(method: Optional[str]) -> float:
+    """The ``sllmx_sft_learning_rate`` resolver: the SFT learning rate of the method plugin named ``method``
+    (its ``sft_learning_rate``), else :data:`SFT_LEARNING_RATE` (also for a trainer config used on its own,
+    with no ``method`` in the config)."""
+    if method:
+        from sllmx.plugins import registry
+
+        entry = registry().entries["method"].get(str(method))
+        rate = getattr(entry.obj, "sft_learning_rate", None) if entry is not None else None
+        if rate is not None:
+            return float(rate)
+    return SFT_LEARNING_RATE
+
+
+OmegaConf.register_new_resolver("sllmx_sft_learning_rate", sft_learning_rate, replace=True)
+
+
+def _open_dict(default: dict) -> Any:
+    """A copy of ``default`` as an OmegaConf mapping out of struct mode: OmegaConf keeps the flag when it
+    builds the structured config, Hydra's merges keep it, so ``key={a: 1}`` overrides may add keys."""
+    return OmegaConf.create(dict(default), flags={"struct": False})
 
 
 @dataclass
@@ -33,34 +102,47 @@ class DataConfig:
     """Base of every ``data=`` config.  ``source`` names the data-source plugin."""
 
     source: str = _help("data source plugin that reads or generates the rows")
-    format: str = _help("row format (a data-format plugin name), or 'auto' to detect it from the columns", "auto")
+    format: str = _help("row format (a data-format plugin name), or 'auto' to detect it from the columns", "auto",
+                        choices=("auto",), plugin="format")
     columns: dict[str, str] = _help("column mapping {canonical: column in the file}, e.g. {prompt: Q, completion: A}", {})
     system: Optional[str] = _help("system prompt put first in every conversation", None)
-    split_seed: int = _help("seed of the dev/test split; fixed apart from the training seed so runs compare on the same data", 0)
-    dev_fraction: float = _help("fraction of train held out (seeded) as the dev split when no dev file is given", 0.1)
-    test_fraction: float = _help("fraction of train held out (seeded) as the test split when no test file is given", 0.0)
-    max_rows: Optional[int] = _help("keep the first N rows of each file (before splitting); null keeps all", None)
-    max_dev_rows: Optional[int] = _help("cap the dev split (evaluations cost time); null keeps all", 200)
-    metric: Optional[str] = _help("generation metric plugin computed on the dev split at each evaluation", None)
+    split_seed: int = _help("seed of the dev/test split; fixed apart from the training seed so runs compare on the "
+                            "same data", 0, ge=0)
+    dev_fraction: float = _help("fraction of train held out (seeded) as the dev split when no dev file is given; "
+                                "dev_fraction + test_fraction < 1", 0.1, ge=0, lt=1)
+    test_fraction: float = _help("fraction of train held out (seeded) as the test split when no test file is given",
+                                 0.0, ge=0, lt=1)
+    max_rows: Optional[int] = _help("keep the first N rows of each file (before splitting); null keeps all", None, ge=1)
+    max_dev_rows: Optional[int] = _help("cap the dev split (evaluations cost time); null keeps all", 200, ge=1)
+    metric: Optional[str] = _help("generation metric plugin computed on the dev split at each evaluation", None,
+                                  plugin="metric")
     skip_invalid: bool = _help("skip rows with a missing, empty or mistyped field (counted in run.json) "
                                "instead of stopping with an error", False)
     checks: bool = _help("run the data-quality checks before training (PII, duplicates, leakage, labels, "
                          "lengths; report in data_check.json); false turns them all off", True)
     duplicates: str = _help("exact and near duplicates within each split: drop (keep the first), report or off",
-                            "report")
+                            "report", choices=("drop", "report", "off"))
     near_dup_threshold: Optional[float] = _help(
         "Jaccard similarity of character 3-grams (MinHash LSH, datasketch) from which two rows are near "
-        "duplicates; null: exact duplicates only (after Unicode NFKC, case and whitespace normalisation)", 0.8)
+        "duplicates; null: exact duplicates only (after Unicode NFKC, case and whitespace normalisation)", 0.8, gt=0, le=1)
     leakage: str = _help("rows shared by train/dev/test (exact or near, by prompt or prompt + response): error "
-                         "(stop), drop (remove them from train), report or off", "error")
+                         "(stop), drop (remove them from train), report or off", "error",
+                         choices=("error", "drop", "report", "off"))
     pii: str = _help("personal information (phone, e-mail, resident registration, card and account numbers, "
                      "IP addresses): mask (typed placeholders such as <PHONE>), drop (the row), report or off",
-                     "report")
+                     "report", choices=("mask", "drop", "report", "off"))
     stratify: Optional[str] = _help("column whose value proportions the dev/test hold-out keeps (e.g. label)", None)
     label_column: Optional[str] = _help("column whose value counts per split are reported; null: data.stratify, "
                                         "else a column named label, category, intent or class", None)
     lengths: bool = _help("token-length statistics with the model's tokenizer and chat template, and a "
                           "suggested trainer.max_length", True)
+
+    def check(self, key: str) -> Optional[str]:
+        """The dev and test hold-outs leave rows in train (their fractions sum to below 1)."""
+        if self.dev_fraction + self.test_fraction >= 1:
+            return (f"{key}.dev_fraction={self.dev_fraction} with {key}.test_fraction={self.test_fraction}: "
+                    f"their sum must be < 1 (the rest is train)")
+        return None
 
 
 @dataclass
@@ -74,22 +156,27 @@ class MethodConfig:
 class TrainerConfig:
     """Base of every ``trainer=`` config: the TRL / ``TrainingArguments`` fields sllmx sweeps and records.
 
-    Anything else TRL accepts goes in ``args`` (validated by TRL's own config class).
+    Anything else TRL accepts goes in ``args`` (validated by TRL's own config class), but for
+    ``resume_from_checkpoint``: a run is resumed with ``resume=auto`` or ``resume=<run folder>``.
     """
 
     name: str = _help("trainer plugin name")
-    learning_rate: float = _help("peak learning rate of AdamW", 2e-4)
-    num_train_epochs: float = _help("passes over the train split", 1.0)
-    max_steps: int = _help("stop after this many optimizer steps (overrides num_train_epochs when > 0)", -1)
-    per_device_train_batch_size: int = _help("examples per device per forward pass", 8)
-    per_device_eval_batch_size: int = _help("examples per device per evaluation forward pass", 8)
-    gradient_accumulation_steps: int = _help("forward passes per optimizer step", 1)
-    max_length: Optional[int] = _help("truncate tokenized examples to this many tokens", 512)
-    warmup_ratio: float = _help("fraction of steps with linear warm-up", 0.0)
-    lr_scheduler_type: str = _help("transformers scheduler name", "linear")
-    weight_decay: float = _help("AdamW weight decay", 0.0)
-    max_grad_norm: float = _help("gradient clipping norm", 1.0)
-    logging_steps: int = _help("log train loss every N steps", 5)
+    learning_rate: float = _help("peak learning rate of AdamW", 2e-4, gt=0)
+    num_train_epochs: float = _help("passes over the train split; > 0 unless max_steps > 0", 1.0, ge=0)
+    max_steps: int = _help("stop after this many optimizer steps (overrides num_train_epochs); -1: train for "
+                           "num_train_epochs", -1, ge=-1)
+    per_device_train_batch_size: int = _help("examples per device per forward pass", 8, ge=1)
+    per_device_eval_batch_size: int = _help("examples per device per evaluation forward pass", 8, ge=1)
+    gradient_accumulation_steps: int = _help("forward passes per optimizer step", 1, ge=1)
+    max_length: Optional[int] = _help("truncate tokenized examples to this many tokens (at least 2: a next-token "
+                                      "loss needs a token and the token after it); null: no truncation", 512, ge=2)
+    warmup_ratio: float = _help("fraction of steps with linear warm-up, in [0, 1) (transformers 5 takes it as "
+                                "warmup_steps, where 1 or more counts steps)", 0.0, ge=0, lt=1)
+    lr_scheduler_type: str = _help("transformers scheduler name (transformers.SchedulerType)", "linear",
+                                   choices=LR_SCHEDULER_TYPES)
+    weight_decay: float = _help("AdamW weight decay", 0.0, ge=0)
+    max_grad_norm: float = _help("gradient clipping norm; 0: no clipping (transformers' rule)", 1.0, ge=0)
+    logging_steps: int = _help("log train loss every N steps", 5, ge=1)
     gradient_checkpointing: Optional[bool] = _help(
         "recompute activations to save memory (20% more time per CPU step in benchmarks/RESULTS.md); null: on only "
         "when the estimated activation memory of the longest batch exceeds half of the available memory "
@@ -98,8 +185,22 @@ class TrainerConfig:
     precision: str = _help(
         "auto, fp32, bf16 or fp16 (CUDA only): dtype of the base weights and of the mixed-precision compute "
         "(TrainingArguments bf16/fp16). auto: bf16 on a GPU that has it and on a CPU with native bf16 "
-        "(avx512_bf16 or amx_bf16), else fp32; the choice and its reason are in run.json precision", "auto")
-    args: dict[str, Any] = _help("further keyword arguments for the TRL config class (its own names)", {})
+        "(avx512_bf16 or amx_bf16), else fp32; the choice and its reason are in run.json precision", "auto",
+        choices=PRECISIONS)
+    args: dict[str, Any] = _help("further keyword arguments for the TRL config class (its own names), e.g. "
+                                 "trainer.args={save_total_limit: 2}", {})
+
+    def check(self, key: str) -> Optional[str]:
+        """Training has a length (epochs or steps); ``args`` does not resume (``resume=`` does)."""
+        if self.max_steps == 0:
+            return f"{key}.max_steps=0: must be -1 (train for {key}.num_train_epochs) or >= 1"
+        if self.max_steps < 0 and self.num_train_epochs <= 0:
+            return (f"{key}.num_train_epochs={self.num_train_epochs}: must be > 0 unless {key}.max_steps > 0 "
+                    f"(nothing would be trained)")
+        if "resume_from_checkpoint" in (self.args or {}):
+            return (f"{key}.args.resume_from_checkpoint={self.args['resume_from_checkpoint']}: not an option here; "
+                    f"resuming is done with resume=auto (or resume=<run folder>)")
+        return None
 
 
 @dataclass
@@ -111,16 +212,16 @@ class EvalConfig:
         "rougeL, bleu, preference_accuracy); "
         "null: the trainer's default", None)
     higher_is_better: Optional[bool] = _help("direction of a metric not registered by a plugin; null: from the plugin", None)
-    eval_steps: int = _help("evaluate on the dev split every N optimizer steps (and at the end)", 20)
+    eval_steps: int = _help("evaluate on the dev split every N optimizer steps (and at the end)", 20, ge=1)
     early_stopping_patience: Optional[int] = _help(
-        "stop after this many evaluations without improvement; null disables early stopping", 3)
-    early_stopping_threshold: float = _help("minimum improvement that resets patience", 0.0)
-    max_new_tokens: int = _help("greedy generation length for generation metrics", 128)
-    generation_batch_size: int = _help("dev prompts per generate() call", 16)
+        "stop after this many evaluations without improvement; null disables early stopping", 3, ge=1)
+    early_stopping_threshold: float = _help("minimum improvement that resets patience", 0.0, ge=0)
+    max_new_tokens: int = _help("greedy generation length for generation metrics", 128, ge=1)
+    generation_batch_size: int = _help("dev prompts per generate() call", 16, ge=1)
     before_training: bool = _help("also evaluate the untrained model (the baseline in run.json)", True)
     generation_every: int = _help(
         "score data.metric (generations cost far more than the loss) at every Nth dev evaluation, and always "
-        "before training and at the end; must be 1 when eval.metric is one of its values", 1)
+        "before training and at the end; must be 1 when eval.metric is one of its values", 1, ge=1)
     banned_patterns: list[str] = _help("regular expressions (case-insensitive) a generated answer must not match; "
                                        "answers that do are counted (eval_banned_answers, run.json output_checks)",
                                        [])
@@ -129,9 +230,9 @@ class EvalConfig:
     general_data: Optional[str] = _help(
         "forgetting check: a data file (any format the files source reads) scored before and after fine-tuning "
         "(token NLL and perplexity of its answers; run.json forgetting)", None)
-    general_max_rows: int = _help("rows of eval.general_data scored (the first N)", 200)
+    general_max_rows: int = _help("rows of eval.general_data scored (the first N)", 200, ge=1)
     forgetting_threshold: float = _help("flag forgetting when the general perplexity rises by more than this "
-                                        "fraction", 0.1)
+                                        "fraction", 0.1, ge=0)
     test: bool = _help("after training, evaluate the selected checkpoint once on the test split "
                        "(run.json test_metrics); model selection never sees it", False)
 
@@ -140,12 +241,14 @@ class EvalConfig:
 class LoggerConfig:
     """Experiment tracking.  ``name: none`` turns it off."""
 
-    name: str = _help("wandb or none", "wandb")
+    name: str = _help("wandb or none", "wandb", choices=("wandb", "none"))
     project: str = _help("W&B project", "sllmx")
     group: Optional[str] = _help("W&B group (a sweep puts its study name here)", None)
     run_name: Optional[str] = _help("W&B run name; null: method-trainer-seed", None)
     tags: list[str] = _help("W&B tags", [])
-    mode: Optional[str] = _help("online, offline or disabled; null: online with WANDB_API_KEY, else offline", None)
+    mode: Optional[str] = _help("wandb.init mode: online, offline, disabled or shared; null: $WANDB_MODE, else online "
+                                "with WANDB_API_KEY, else offline", None,
+                                choices=("online", "offline", "disabled", "shared"))
 
 
 @dataclass
@@ -159,7 +262,7 @@ class TrialConfig:
 
     study_name: Optional[str] = _help("Optuna study name", None)
     storage: Optional[str] = _help("Optuna storage URL of the study (sqlite:///..., postgresql://...)", None)
-    number: Optional[int] = _help("trial number in the study; null: not part of a sweep", None)
+    number: Optional[int] = _help("trial number in the study; null: not part of a sweep", None, ge=0)
 
 
 @dataclass
@@ -173,7 +276,7 @@ class SllmxConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
-    seed: int = _help("seed for data splits, initialisation and training", 42)
+    seed: int = _help("seed for data splits, initialisation and training", 42, ge=0, le=SEED_MAX)
     output_dir: str = _help("where run.json, the adapter and checkpoints go", "${hydra:runtime.output_dir}")
     cache_dir: str = _help("where converted models (GGUF → HF), built tiny models and saved data splits "
                            "with their tokenised forms (sllmx.data.cache) are cached",
@@ -181,3 +284,20 @@ class SllmxConfig:
     shared_data: str = _help("folder of the shared real datasets used by the data presets",
                              "${oc.env:SLLMX_SHARED_DATA,../shared/data}")
     save_model: bool = _help("save the adapter / model with save_pretrained at the end", True)
+    resume: Optional[str] = _help(
+        "continue an unfinished run (killed, interrupted, failed) from its last full checkpoint: its folder, or "
+        "auto (the folder in hydra.run.dir, else the newest unfinished run under outputs/ with the same "
+        "overrides; a new run when there is none); null: a new run", None)
+
+
+def _help_config(*, _root_: Any) -> str:
+    """The ``${sllmx_help_config:}`` resolver of ``hydra.help.template`` (conf/config.yaml): ``python -m sllmx
+    --help`` prints the composed config with each option's allowed values (:func:`sllmx.validate.annotated_yaml`).
+    ``$`` is doubled for the ``string.Template`` Hydra then fills in."""
+    from sllmx.validate import annotated_yaml
+
+    return annotated_yaml(_root_).replace("$", "$$")
+
+
+if not OmegaConf.has_resolver("sllmx_help_config"):
+    OmegaConf.register_new_resolver("sllmx_help_config", _help_config)

@@ -25,3 +25,23 @@ def exit_with(exc: BaseException) -> None:
 
     settle_before_exit()  # several processes: each one prints its line before the launcher stops the rest
     sys.exit(2)
+
+
+class Interrupted(BaseException):
+    """A run stopped by SIGINT or SIGTERM (a ``BaseException``, like ``KeyboardInterrupt``).
+
+    Attributes:
+        signal: the signal's name, ``SIGINT`` or ``SIGTERM``.
+        step: the last optimizer step completed (None before training started).
+    """
+
+    def __init__(self, signal: str, step: "int | None" = None):
+        super().__init__(f"{signal}" + (f" at step {step}" if step is not None else ""))
+        self.signal, self.step = signal, step
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal number (130 for SIGINT, 143 for SIGTERM), the shell's convention."""
+        import signal as _signal
+
+        return 128 + int(getattr(_signal, self.signal, _signal.SIGINT))

@@ -58,6 +58,9 @@ class Method(Plugin):
     """
 
     kind = "method"
+    #: the learning rate ``trainer=sft`` uses with this method unless ``trainer.learning_rate`` is given
+    #: (None: the trainer's own default, 2e-4); read through the ``sllmx_sft_learning_rate`` resolver
+    sft_learning_rate: float | None = None
 
     def check(self, trainer: "Trainer", cfg: Any) -> str | None:
         """Return a reason why this method cannot work with ``trainer`` (checked before any

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,7 +54,12 @@ def _save(fig: Any, out_dir: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = out_dir / f"{name}.{ext}"
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        partial = out_dir / f".{name}.partial.{ext}"  # written beside, then renamed into place (atomic)
+        try:
+            fig.savefig(partial, dpi=120, bbox_inches="tight")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
         paths.append(path)
     plt.close(fig)
     return paths

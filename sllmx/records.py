@@ -3,8 +3,9 @@
 The schema is versioned (``schema_version``) and documented in ``docs/run-record.md``.
 It is written atomically (a temporary file in the same folder, then ``os.replace``)
 twice: with ``status: RUNNING`` when the run starts, so a killed run is visible,
-and once more at the end with ``COMPLETE``, ``PRUNED`` or ``FAIL``.  Status names
-are Optuna's ``TrialState`` names.
+and once more at the end with ``COMPLETE``, ``PRUNED``, ``FAIL`` or ``INTERRUPTED``.  Status
+names are Optuna's ``TrialState`` names, apart from ``INTERRUPTED`` (a signal stopped the run;
+a sweep counts it as ``FAIL``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-SCHEMA_VERSION = 1
+#: 2 (issue 15): ``resumed`` and the ``INTERRUPTED`` status; a version-1 record reads as one that was never resumed
+SCHEMA_VERSION = 2
+#: the versions :meth:`RunRecord.read` accepts
+READABLE_VERSIONS = (1, 2)
 RUN_FILE = "run.json"
+#: statuses of a run that did not finish and may be continued with ``resume=``
+UNFINISHED = ("RUNNING", "INTERRUPTED", "FAIL")
 LIBRARIES = ("sllmx", "torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate",
              "hydra-core", "pluggy", "wandb", "optuna")
 
@@ -65,7 +71,7 @@ class DevMetric:
 
 @dataclass
 class RunRecord:
-    """Everything a report needs about one run (``run.json``, schema version 1).
+    """Everything a report needs about one run (``run.json``, schema version 2).
 
     Units: ``wall_time_s`` and ``train_runtime_s`` in seconds, ``peak_rss_bytes`` and
     ``peak_gpu_bytes`` in bytes, ``train_tokens`` counts non-padding tokens fed to
@@ -85,7 +91,12 @@ class RunRecord:
     ``dtype`` (fp32, bf16, fp16) and the ``reason`` for it; ``model_facts`` what the model source
     knows of the model beyond its config (:meth:`sllmx.interfaces.ModelSource.facts`: a GGUF
     conversion's file, pad token and chat template).  With several processes the record is
-    the main process's (its ``peak_rss_bytes``, ``hostname`` and ``pid``).
+    the main process's (its ``peak_rss_bytes``, ``hostname`` and ``pid``).  ``resumed`` lists each
+    time the run was continued (``resume=``): ``{"step", "checkpoint", "at", "previous_status"}``;
+    ``train_runtime_s``, ``train_tokens_per_s`` and ``wall_time_s`` are then those of the last part.
+    ``status`` is ``RUNNING``, ``COMPLETE``, ``PRUNED``, ``FAIL`` (``error`` says why) or
+    ``INTERRUPTED`` (SIGINT / SIGTERM; ``error`` names the signal and the step; the checkpoints are
+    kept for ``resume=``).
     """
 
     status: str
@@ -128,6 +139,7 @@ class RunRecord:
     forgetting: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     model_facts: dict[str, Any] = field(default_factory=dict)
+    resumed: list[dict[str, Any]] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,16 +155,44 @@ class RunRecord:
         """Read a ``run.json`` (a file or the run directory).
 
         Raises:
-            ValueError: if the file is not a run record of a known schema version.
+            ValueError: if the file is not a run record of a schema version this sllmx reads (1 or 2).
         """
         path = Path(path)
         if path.is_dir():
             path = path / RUN_FILE
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{path}: schema_version {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        if data.get("schema_version") not in READABLE_VERSIONS:
+            raise ValueError(f"{path}: schema_version {data.get('schema_version')!r}, expected one of "
+                             f"{', '.join(map(str, READABLE_VERSIONS))} (a newer sllmx wrote it?)")
         data["dev_metric"] = DevMetric(**data["dev_metric"])
         return cls(**data)
+
+
+class Reserve:
+    """A file of ``size`` bytes (default 1 MiB) kept beside ``run.json`` while a run writes checkpoints and
+    models, and deleted just before the final ``run.json`` is written, so that a disk that fills up
+    during the run still has room for the record that says so (``.run.json.reserve``; allocated with
+    ``posix_fallocate`` where the file system has it).  Creating it on a disk already full is
+    silently skipped."""
+
+    NAME = ".run.json.reserve"
+
+    def __init__(self, directory: str | os.PathLike, size: int = 2**20):
+        self.path: Optional[Path] = Path(directory) / self.NAME
+        try:
+            with open(self.path, "wb") as f:
+                try:
+                    os.posix_fallocate(f.fileno(), 0, size)
+                except (AttributeError, OSError):
+                    f.write(b"\0" * size)
+        except OSError:
+            self.release()
+
+    def release(self) -> None:
+        """Delete the reserve (idempotent)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:

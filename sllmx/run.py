@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
-from sllmx.errors import SllmxError
+from sllmx.errors import Interrupted, SllmxError
 from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Trainer
 from sllmx.memory import peak_memory
 from sllmx.plugins import Registry, registry
@@ -36,6 +36,9 @@ class RunContext:
         trial: the Optuna trial this run reports to (``sllmx_optuna`` sweeps), else None.
         model / tokenizer / hf_trainer / splits: set as the run reaches them.
         general: the forgetting check's rows (``eval.general_data``), else None.
+        checkpoint: the checkpoint a resumed run continues from (``resume=``), else None.
+        stop: the :class:`~sllmx.callbacks.GracefulStop` that turns SIGINT / SIGTERM into a checkpoint
+            and ``INTERRUPTED``.
     """
 
     cfg: DictConfig
@@ -52,6 +55,8 @@ class RunContext:
     splits: Any = None
     trial: Any = None
     general: Any = None
+    checkpoint: Any = None
+    stop: Any = None
 
     @property
     def pm(self) -> Any:
@@ -118,11 +123,14 @@ def count_parameters(model: Any) -> tuple[int, int]:
 
 
 def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints: Path,
-                  gradient_checkpointing: bool = False) -> dict[str, Any]:
+                  gradient_checkpointing: bool = False, resuming: bool = False) -> dict[str, Any]:
     """The run-level TRL/``TrainingArguments`` options sllmx decides (see :meth:`Trainer.build`).
 
     ``gradient_checkpointing`` is the run's decision (``trainer.gradient_checkpointing``, or
-    :func:`sllmx.memory.decide_checkpointing` when that is null).
+    :func:`sllmx.memory.decide_checkpointing` when that is null).  Checkpoints are saved at each dev
+    evaluation with the optimizer, scheduler and RNG states (``save_only_model=False``), so that
+    ``resume=`` can continue the run (the cost is in docs/resume.md).  ``resuming``: the run continues
+    from a checkpoint, whose baseline evaluation is already recorded (no ``eval_on_start``).
     """
     import dataclasses
 
@@ -147,11 +155,15 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         ddp_find_unused_parameters=False,
         eval_strategy="steps",
         eval_steps=cfg.eval.eval_steps,
-        eval_on_start=bool(cfg.eval.before_training),
+        eval_on_start=bool(cfg.eval.before_training) and not resuming,
         save_strategy="steps",
         save_steps=cfg.eval.eval_steps,
-        save_total_limit=1,
-        save_only_model=True,  # checkpoints serve load_best_model_at_end only; sllmx never resumes from them
+        # the best and the newest checkpoint (transformers keeps both even with 1, but deletes the newest at the
+        # end of train(), which would lose the checkpoint an interrupted run resumes from)
+        save_total_limit=2,
+        # full state (optimizer, scheduler, RNG, trainer state) so resume= can continue the run;
+        # +trainer.args.save_only_model=true saves the model only (no resume)
+        save_only_model=False,
         load_best_model_at_end=True,
         metric_for_best_model=dev.name,
         greater_is_better=dev.higher_is_better,
@@ -202,6 +214,8 @@ def run(cfg: DictConfig) -> RunRecord:
     # several processes: join them first, so that on bad input every rank prints its line before any exits
     # (one process: after the cheap checks below, so bad input is refused before torch is imported)
     runtime = runtime_now() if launched_processes() > 1 else None
+    from sllmx.validate import validate_config
+    validate_config(cfg)  # every option within its declared range (sllmx.config), before anything loads
     reg = registry()
     method = reg.get("method", cfg.method.name)
     trainer = reg.get("trainer", cfg.trainer.name)
@@ -218,8 +232,26 @@ def run(cfg: DictConfig) -> RunRecord:
         check_sharded_evaluation(cfg, trainer_args)
     # several processes: one run folder, the main process's; and one answer to whether it is taken
     out = Path(from_main(str(cfg.output_dir), runtime))
+    previous = None  # resume=: the unfinished run's record
     if from_main((out / RUN_FILE).exists(), runtime):
-        raise SllmxError(f"{out / RUN_FILE} already exists; choose another hydra.run.dir (nothing is overwritten)")
+        from sllmx.resume import check_unfinished, read_run, taken
+
+        if not cfg.get("resume"):
+            message = on_main(lambda: taken(out), runtime)  # every rank calls it; the main one reads the file
+            raise SllmxError(message or f"{out / RUN_FILE} already exists (the main process's run folder)")
+
+        previous = on_main(lambda: read_run(out), runtime)
+        on_main(lambda: check_unfinished(out, previous), runtime)
+        previous = from_main(previous, runtime)
+        from sllmx.resume import config_difference
+
+        now = OmegaConf.to_container(cfg, resolve=True)
+        diff = config_difference(now, previous.get("config", {}))
+        if diff:
+            raise SllmxError(f"resume={out}: the config differs from the run's ({diff}); resume with the run's own "
+                             f"overrides (python -m sllmx resume={out} adds them)")
+    elif cfg.get("resume") not in (None, "auto"):
+        raise SllmxError(f"resume={cfg.resume}: {out / RUN_FILE} does not exist; nothing to resume")
     splits = load_splits(cfg.data, reg, trainer)
     if cfg.data.get("metric"):
         metric = reg.get("metric", cfg.data.metric)
@@ -241,6 +273,9 @@ def run(cfg: DictConfig) -> RunRecord:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["output_dir"] = str(out)
+    checkpoint = None
+    if previous is not None:
+        checkpoint = _resume_point(out, runtime)
     record = RunRecord(
         status="RUNNING", method=method.name, trainer=trainer.name, model=resolved["model"],
         data={**resolved["data"], "format": splits.format, "layout": list(splits.layout),
@@ -254,25 +289,46 @@ def run(cfg: DictConfig) -> RunRecord:
         if main:
             splits.report.write(out / DATA_CHECK_FILE)
         record.artifacts["data_check"] = DATA_CHECK_FILE
+    if previous is not None:
+        _continue_record(record, previous, checkpoint, out)
     if cfg.trial.number is not None:
         from sllmx.study import mask_url
 
         record.trial = {"study_name": cfg.trial.study_name, "number": int(cfg.trial.number),
                         "storage": mask_url(cfg.trial.storage)}
+    reserve = None
     if main:
+        from sllmx.records import Reserve
+
         record.write(out)
+        reserve = Reserve(out)  # the room for the last run.json on a disk that fills up during the run
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
                      output_dir=out, splits=splits, trial=trial, general=general)
+    ctx.checkpoint = checkpoint
     wandb_run = None
+    from sllmx.callbacks import GracefulStop
+
     try:
-        wandb_run = on_main(lambda: _start_logger(cfg, out, resolved), runtime)
-        record.status = _train(ctx)
+        with GracefulStop(runtime) as stop:
+            ctx.stop = stop
+            wandb_run = on_main(lambda: _start_logger(cfg, out, resolved), runtime)
+            record.status = _train(ctx)
     except BaseException as exc:
         if ctx.hf_trainer is not None:
             record.global_steps = ctx.hf_trainer.state.global_step
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            if not isinstance(exc, Interrupted):
+                exc = Interrupted("SIGINT", record.global_steps)
+            exc.step = record.global_steps
+            record.status = "INTERRUPTED"  # the checkpoints stay: resume= continues from the last one
+            record.error = f"{exc.signal} at step {record.global_steps or 0}"
+            raise exc from None
         if type(exc).__name__ != "TrialPruned":
             record.status = "FAIL"
             record.error = f"{type(exc).__name__}: {exc}"
+            if disk_full(exc, out):
+                raise SllmxError(f"no space left on device under {out} (at step {record.global_steps or 0}); "
+                                 f"{RUN_FILE} records FAIL; free space and continue with resume={out}") from exc
             raise
         record.status = "PRUNED"  # the pruner's decision, not an error: the run ends normally
         record.pruned = str(exc)
@@ -283,10 +339,72 @@ def run(cfg: DictConfig) -> RunRecord:
         record.wall_time_s = round(time.time() - t0, 3)
         record.peak_rss_bytes, record.peak_gpu_bytes = peak_memory(runtime.device)
         if main:
+            reserve.release()
             record.write(out)
             _finish_logger(wandb_run, record)
             reg.pm.hook.sllmx_after_run(record=record)
     return record
+
+
+def disk_full(exc: BaseException, out: Path) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a failed write on a full disk:
+    ``OSError`` ENOSPC, safetensors' ``StorageFull``, or torch's "file write failed" with under
+    1 MiB left under ``out``."""
+    import errno
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc)
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text or "StorageFull" in text:
+            return True
+        if "write failed" in text or "failed writing" in text:
+            try:
+                return shutil.disk_usage(out).free < 2**20
+            except OSError:
+                return False
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _resume_point(out: Path, runtime: Runtime) -> Any:
+    """The checkpoint ``resume=`` continues from (None: none was complete; the run starts again in its
+    folder).  Half-written checkpoints a kill left are removed (by the main process).
+
+    Raises:
+        SllmxError: when the newest checkpoint holds only the model (``save_only_model``), which
+            cannot restore the optimizer and data order.
+    """
+    from sllmx.resume import incomplete_checkpoints, latest_checkpoint
+
+    def find() -> Any:
+        for partial in incomplete_checkpoints(out):
+            shutil.rmtree(partial, ignore_errors=True)
+        found = latest_checkpoint(out)
+        if found is not None and not (found / "optimizer.pt").is_file():
+            raise SllmxError(f"resume={out}: {found} holds the model only (trainer.args.save_only_model=true), "
+                             f"not the optimizer, scheduler and RNG states a resumed run needs")
+        return None if found is None else str(found)
+
+    found = on_main(find, runtime)
+    found = from_main(found, runtime)
+    return None if found is None else Path(found)
+
+
+def _continue_record(record: RunRecord, previous: dict[str, Any], checkpoint: Any, out: Path) -> None:
+    """Carry an unfinished run's record into the resumed one: its start, earlier resumptions and the dev
+    history up to the checkpoint's step (later evaluations are made again); note this resumption."""
+    step = 0
+    if checkpoint is not None:
+        step = int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    record.started_at = previous.get("started_at") or record.started_at
+    record.resumed = [*previous.get("resumed", []), {
+        "step": step, "checkpoint": None if checkpoint is None else str(checkpoint.relative_to(out)),
+        "at": _now(), "previous_status": previous.get("status"), "previous_error": previous.get("error")}]
+    dev = record.dev_metric
+    for h in previous.get("dev_metric", {}).get("history", []) if checkpoint is not None else []:
+        if h["step"] <= step:
+            dev.add(h["step"], h["metrics"], training=h["step"] > 0)
 
 
 def _train(ctx: RunContext) -> str:
@@ -294,7 +412,10 @@ def _train(ctx: RunContext) -> str:
     import datasets
     from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
 
-    from sllmx.callbacks import GenerationMetricCallback, ObserverCallback
+    from transformers import PrinterCallback
+
+    from sllmx.callbacks import ConsoleProgress, GenerationMetricCallback, NonFiniteStop, ObserverCallback
+    from sllmx.progress import console
 
     from sllmx.data.cache import cache_splits
 
@@ -333,6 +454,10 @@ def _train(ctx: RunContext) -> str:
                                           bool(cfg.eval.expect_json), cfg.eval.generation_every, runtime)
         callbacks.append(gen_cb)
     callbacks.append(ObserverCallback(ctx))
+    progress = ConsoleProgress(ctx)
+    callbacks += [progress, NonFiniteStop(runtime, scaled=runtime.fp16)]
+    if ctx.stop is not None:
+        callbacks.append(ctx.stop)
     if cfg.trial.number is not None:  # on every rank: the main process's decision reaches them all
         from sllmx.trial import TrialReporter
 
@@ -347,14 +472,17 @@ def _train(ctx: RunContext) -> str:
         callbacks.append(MainDecidesCallback(runtime))  # last: every rank stops when the main process does
 
     checkpoints = out / "checkpoints"
-    args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints, _checkpointing(ctx))
+    args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints, _checkpointing(ctx),
+                         resuming=ctx.checkpoint is not None)
     ctx.hf_trainer = ctx.trainer.build(ctx.model, ctx.tokenizer, ctx.splits.train, ctx.splits.dev,
                                        cfg.trainer, args, callbacks)
+    ctx.hf_trainer.remove_callback(PrinterCallback)  # it prints each log as a raw dict: ConsoleProgress instead
     built = ctx.hf_trainer.args  # trainer.args may have set the batch or the accumulation
     record.global_batch_size = (built.per_device_train_batch_size * built.gradient_accumulation_steps
                                 * runtime.world_size)
     if gen_cb is not None:
         gen_cb.trainer = ctx.hf_trainer
+        gen_cb.evaluations = len(record.dev_metric.history)  # resumed: the evaluations already made
 
     general = ctx.general
     if general is not None:
@@ -365,22 +493,33 @@ def _train(ctx: RunContext) -> str:
     # the baseline evaluation (eval.before_training) is TrainingArguments.eval_on_start: inside train(), after
     # the model is prepared; an evaluate() before train() leaves it unwrapped by DDP, so that with several
     # processes each rank trained alone on its own gradients (accelerate marks the model as prepared)
-    result = ctx.hf_trainer.train()
+    resumed_at = record.resumed[-1]["step"] if ctx.checkpoint is not None else 0
+    tokens_before = _tokens_at(ctx.checkpoint)
+    with console(progress.show_bar):
+        result = ctx.hf_trainer.train(resume_from_checkpoint=None if ctx.checkpoint is None else str(ctx.checkpoint))
 
     state = ctx.hf_trainer.state
     record.global_steps = state.global_step
+    if ctx.stop is not None and ctx.stop.signal and not (state.max_steps and state.global_step >= state.max_steps):
+        raise Interrupted(ctx.stop.signal, state.global_step)  # after the checkpoint of this step
     record.train_runtime_s = round(result.metrics.get("train_runtime", 0.0), 3)
     record.train_tokens = int(state.num_input_tokens_seen) or None
-    # throughput of the training steps: train() also runs the dev evaluations (loss and generation metrics)
-    eval_s = sum(h.get("eval_runtime", 0.0) + h.get("eval_generation_runtime", 0.0) for h in state.log_history)
-    if record.train_tokens and record.train_runtime_s > eval_s:
-        record.train_tokens_per_s = round(record.train_tokens / (record.train_runtime_s - eval_s), 2)
+    # throughput of the training steps: train() also runs the dev evaluations (loss and generation metrics);
+    # a resumed run: of this part only (train_runtime is this train() call's)
+    eval_s = sum(h.get("eval_runtime", 0.0) + h.get("eval_generation_runtime", 0.0) for h in state.log_history
+                 if h.get("step", 0) > resumed_at or (resumed_at == 0 and h.get("step", 0) == 0))
+    tokens_now = (record.train_tokens or 0) - tokens_before
+    if tokens_now > 0 and record.train_runtime_s > eval_s:
+        record.train_tokens_per_s = round(tokens_now / (record.train_runtime_s - eval_s), 2)
     record.metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     if runtime.world_size > 1 and "train_loss" in record.metrics:
         # transformers adds the loss since the last logging step to train_loss without averaging it over the
         # ranks; the mean of the ranks' train_loss is the mean over every rank's examples
         losses = gather(record.metrics["train_loss"], runtime)
         record.metrics["train_loss"] = sum(losses) / len(losses)
+    if resumed_at and "train_loss" in record.metrics:
+        record.metrics["train_loss"] = _whole_run_loss(state.log_history, resumed_at, record.metrics["train_loss"],
+                                                       state.global_step)
     loss = record.metrics.get("train_loss")
     if loss is not None and not math.isfinite(loss):
         raise FloatingPointError(f"train_loss is {loss}")
@@ -404,7 +543,17 @@ def _train(ctx: RunContext) -> str:
     if cfg.eval.test:
         record.test_metrics = evaluate_split(ctx, ctx.splits.test, "test", gen_cb)
     if cfg.save_model:
-        ctx.hf_trainer.save_model(str(out / "model"))  # every rank calls it (FSDP gathers); the main one writes
+        # written beside, then renamed into place: a model/ folder is always whole
+        partial = out / ".model.partial"
+        on_main(lambda: shutil.rmtree(partial, ignore_errors=True), runtime)
+        ctx.hf_trainer.save_model(str(partial))  # every rank calls it (FSDP gathers); the main one writes
+        wait_for_everyone(runtime)
+
+        def into_place() -> None:
+            shutil.rmtree(out / "model", ignore_errors=True)  # a resumed run's earlier partial save
+            os.replace(partial, out / "model")
+
+        on_main(into_place, runtime)
         record.artifacts["model"] = "model"
     if (out / "generations.jsonl").exists():
         record.artifacts["generations"] = "generations.jsonl"
@@ -412,6 +561,28 @@ def _train(ctx: RunContext) -> str:
     if main:
         shutil.rmtree(checkpoints, ignore_errors=True)
     return "COMPLETE"
+
+
+def _whole_run_loss(log_history: list[dict], resumed_at: int, part_loss: float, last_step: int) -> float:
+    """The mean train loss over every step of a resumed run: transformers' ``train_loss`` covers only the
+    steps of the last ``train()`` call, so the steps before ``resumed_at`` come from the logged losses
+    (each the mean of its logging window).  Returns ``part_loss`` unchanged when the windows do not
+    end exactly at ``resumed_at``."""
+    done, total, previous = 0, 0.0, 0
+    for h in log_history:
+        if "loss" in h and h["step"] <= resumed_at:
+            total += h["loss"] * (h["step"] - previous)
+            done, previous = h["step"], h["step"]
+    if done != resumed_at or last_step <= resumed_at:
+        return part_loss
+    return (total + part_loss * (last_step - resumed_at)) / last_step
+
+
+def _tokens_at(checkpoint: Any) -> int:
+    """Train tokens seen up to a checkpoint (its ``trainer_state.json``); 0 for None."""
+    if checkpoint is None:
+        return 0
+    return int(json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen") or 0)
 
 
 def check_sharded_evaluation(cfg: DictConfig, trainer_args: Any) -> None:

@@ -12,12 +12,13 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow real-model tests run only when asked for: ``python -m pytest -m slow``."""
+    """Slow tests (real models, installs, sweeps, the documented commands that take minutes) run only when
+    asked for: ``python -m pytest -m slow``."""
     import pytest
 
     if "slow" in (config.getoption("-m") or ""):
         return
-    skip = pytest.mark.skip(reason="slow real-model test; run with: python -m pytest -m slow")
+    skip = pytest.mark.skip(reason="slow test; run with: python -m pytest -m slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

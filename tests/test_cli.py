@@ -73,10 +73,12 @@ def test_a_run_from_the_command_line_writes_run_json(tmp_path):
     run_dir = tmp_path / "run"
     proc = sllmx(*FAST, f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", "seed=3")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "dev metric eval_loss (lower is better): before" in proc.stdout
+    assert "dev metric eval_loss (lower is better; selects the checkpoint): before" in proc.stdout
+    assert "task metric json_fields on the dev split (higher is better)" in proc.stdout
+    assert "{'loss'" not in proc.stdout and "{'eval_loss'" not in proc.stdout  # no raw dicts
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "COMPLETE" and record["seed"] == 3
-    assert record["schema_version"] == 1
+    assert record["schema_version"] == 2
     assert record["dev_metric"]["best"] is not None
     assert record["data"]["splits"]["train"]["sha256"]
     assert record["versions"]["trl"] and record["config"]["method"]["name"] == "lora"

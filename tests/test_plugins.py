@@ -134,3 +134,17 @@ def test_a_plugin_with_only_lifecycle_hooks_is_listed_with_its_hooks(tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = next(line.split(maxsplit=4) for line in proc.stdout.splitlines() if line.startswith("hooks"))
     assert row == ["hooks", "obs_mod", "obs-plugin", "0.1", "sllmx_after_run, sllmx_callbacks"]
+
+
+def test_sft_learning_rate_is_the_methods_own():
+    """trainer=sft takes its default learning rate from the method plugin (Method.sft_learning_rate); a method
+    that declares none, another trainer, or an explicit trainer.learning_rate keeps its own."""
+    from sllmx.__main__ import compose
+
+    def rate(*overrides):
+        return compose(list(overrides)).trainer.learning_rate
+
+    assert rate() == rate("method=dora") == rate("method=qlora") == 1e-3
+    assert rate("method=full") == rate("method=prompt_tuning") == 2e-4
+    assert rate("trainer=dpo") == 5e-6
+    assert rate("trainer.learning_rate=3e-4") == 3e-4

@@ -32,7 +32,7 @@ def test_config_fields_and_defaults():
         assert f.metadata.get("help"), f"SupportTaskConfig.{f.name} has no help"
     cfg = SupportTaskConfig()
     assert (cfg.source, cfg.format, cfg.metric, cfg.seed) == ("support_ko", "preference", "json_fields", 0)
-    assert (cfg.n_train, cfg.n_dev, cfg.n_test) == (128, 16, 64)
+    assert (cfg.n_train, cfg.n_dev, cfg.n_test) == (256, 32, 64)
     assert all(k in cfg.system for k in KEYS) and all(i in cfg.system for i in INTENTS)
 
 
@@ -48,14 +48,14 @@ def test_registered_and_composes():
     with initialize_config_module("sllmx.conf", version_base="1.3"):
         data = compose(config_name=None, overrides=["+data=support_ko", "data.n_train=8"]).data
     assert (data.source, data.format, data.metric, data.n_train, data.n_dev) == ("support_ko", "preference",
-                                                                                  "json_fields", 8, 16)
+                                                                                  "json_fields", 8, 32)
     rows = SupportTaskSource().load(data)
-    assert [len(rows[s].rows) for s in ("train", "dev", "test")] == [8, 16, 64]
+    assert [len(rows[s].rows) for s in ("train", "dev", "test")] == [8, 32, 64]
 
 
 def test_load_shapes(splits):
     assert set(splits) == {"train", "dev", "test"}
-    assert [len(splits[s].rows) for s in ("train", "dev", "test")] == [128, 16, 64]
+    assert [len(splits[s].rows) for s in ("train", "dev", "test")] == [256, 32, 64]
     assert all(isinstance(s, RawSplit) for s in splits.values())
     assert splits["dev"].origin == "support_ko(seed=0)/dev"
     small = SupportTaskSource().load(SupportTaskConfig(n_train=5, n_dev=2, n_test=0))

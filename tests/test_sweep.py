@@ -206,7 +206,7 @@ def test_ready_sweep_ranges_follow_common_practice():
 
     params = {p.stem: OmegaConf.load(p).hydra.sweeper.params for p in (ROOT / "sweeps").glob("*.yaml")
               if p.stem != "compare"}
-    assert params["sft_lora"]["trainer.learning_rate"] == "tag(log, interval(1e-5, 2e-4))"
+    assert params["sft_lora"]["trainer.learning_rate"] == "tag(log, interval(1e-5, 2e-3))"
     assert params["sft_lora"]["method.r"] == "choice(4, 8, 16, 32, 64)"
     assert params["qlora"]["trainer.num_train_epochs"] == "choice(1, 2, 3)"
     assert params["dpo"]["trainer.learning_rate"] == "tag(log, interval(5e-7, 5e-6))"
@@ -263,7 +263,8 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     assert doc["n_trials"] == 2  # lowered to the grid's size
     by_lr = {t["params"]["trainer.learning_rate"]: t for t in doc["trials"]}
     assert by_lr[1e-3]["state"] == "COMPLETE" and by_lr[1e30]["state"] == "FAIL"
-    assert "nan" in by_lr[1e30]["error"].lower() or "inf" in by_lr[1e30]["error"].lower()
+    error = by_lr[1e30]["error"].lower()
+    assert "nan" in error or "inf" in error or "not finite" in error
     assert run_json(by_lr[1e30])["status"] == "FAIL"
 
 
