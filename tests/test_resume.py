@@ -261,3 +261,16 @@ def test_evaluation_line_formats_numbers_as_numbers():
                                     "eval_empty_answers": 0.0}, dev)
     assert line == ("eval step 20/80: eval_json_exact 0.125 (higher is better; best 0.125 at step 20) | "
                     "eval_empty_answers 0 | eval_loss 0.9022")
+
+
+def test_a_diverged_run_ends_with_one_line_and_a_fail_record(tmp_path):
+    run_dir = tmp_path / "run"
+    rc, out, err = finish(sllmx(*RUN, "trainer.learning_rate=1e30", f"hydra.run.dir={run_dir}"))
+    record = json.loads((run_dir / "run.json").read_text())
+    assert rc == 1 and "Traceback" not in err
+    step = record["global_steps"] + 1
+    assert record["status"] == "FAIL" and record["error"] == (
+        f"FloatingPointError: loss or gradients not finite at step {step}")
+    assert err.strip().splitlines()[-1] == (f"sllmx: error: training diverged: loss or gradients not finite at step "
+                                            f"{step}; {run_dir}/run.json records FAIL (a lower "
+                                            f"trainer.learning_rate may help)")
