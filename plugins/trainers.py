@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
+import sllmx.validate  # noqa: F401  (registers the sllmx_sft_learning_rate resolver of SFTTrainerConfig)
 from sllmx import hookimpl
 from sllmx.config import TrainerConfig, _help
 from sllmx.errors import SllmxError

@@ -16,7 +16,10 @@ from sllmx.plugins import register_configs, registry
 
 
 def _setup() -> None:
-    """Load plugins and store every config schema (top level, methods, trainers, sources)."""
+    """Load plugins and store every config schema (top level, methods, trainers, sources); register the
+    config tree's resolvers (:mod:`sllmx.validate`)."""
+    import sllmx.validate  # noqa: F401  (the sllmx_help_config and sllmx_sft_learning_rate resolvers)
+
     try:
         register_configs(registry())
     except SllmxError as exc:

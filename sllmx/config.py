@@ -63,27 +63,6 @@ def _help(text: str, default: Any = MISSING, *, gt: Optional[float] = None, ge: 
     return field(default=default, metadata=metadata, **kw)
 
 
-#: the SFT learning rate of a method that declares none (:attr:`sllmx.interfaces.Method.sft_learning_rate`)
-SFT_LEARNING_RATE = 2e-4
-
-
-def sft_learning_rate(method: Optional[str]) -> float:
-    """The ``sllmx_sft_learning_rate`` resolver: the SFT learning rate of the method plugin named ``method``
-    (its ``sft_learning_rate``), else :data:`SFT_LEARNING_RATE` (also for a trainer config used on its own,
-    with no ``method`` in the config)."""
-    if method:
-        from sllmx.plugins import registry
-
-        entry = registry().entries["method"].get(str(method))
-        rate = getattr(entry.obj, "sft_learning_rate", None) if entry is not None else None
-        if rate is not None:
-            return float(rate)
-    return SFT_LEARNING_RATE
-
-
-OmegaConf.register_new_resolver("sllmx_sft_learning_rate", sft_learning_rate, replace=True)
-
-
 def _open_dict(default: dict) -> Any:
     """A copy of ``default`` as an OmegaConf mapping out of struct mode: OmegaConf keeps the flag when it
     builds the structured config, Hydra's merges keep it, so ``key={a: 1}`` overrides may add keys."""
@@ -288,16 +267,3 @@ class SllmxConfig:
         "continue an unfinished run (killed, interrupted, failed) from its last full checkpoint: its folder, or "
         "auto (the folder in hydra.run.dir, else the newest unfinished run under outputs/ with the same "
         "overrides; a new run when there is none); null: a new run", None)
-
-
-def _help_config(*, _root_: Any) -> str:
-    """The ``${sllmx_help_config:}`` resolver of ``hydra.help.template`` (conf/config.yaml): ``python -m sllmx
-    --help`` prints the composed config with each option's allowed values (:func:`sllmx.validate.annotated_yaml`).
-    ``$`` is doubled for the ``string.Template`` Hydra then fills in."""
-    from sllmx.validate import annotated_yaml
-
-    return annotated_yaml(_root_).replace("$", "$$")
-
-
-if not OmegaConf.has_resolver("sllmx_help_config"):
-    OmegaConf.register_new_resolver("sllmx_help_config", _help_config)

@@ -1,4 +1,5 @@
-"""The one error type for bad input: printed as a single clear line, exit status 2, no traceback."""
+"""Errors and how a command ends on them: bad input (one clear line, exit status 2, no traceback) and a
+run stopped by a signal."""
 
 
 class SllmxError(Exception):
@@ -21,8 +22,6 @@ def exit_with(exc: BaseException) -> None:
         traceback.print_exception(exc)
     sys.stderr.write(f"sllmx: error: {exc}\n")  # one write: the lines of several ranks do not interleave
     sys.stderr.flush()
-    from sllmx.runtime import settle_before_exit
-
     settle_before_exit()  # several processes: each one prints its line before the launcher stops the rest
     sys.exit(2)
 
@@ -45,3 +44,26 @@ class Interrupted(BaseException):
         import signal as _signal
 
         return 128 + int(getattr(_signal, self.signal, _signal.SIGINT))
+
+
+def settle_before_exit(timeout_s: float = 30.0) -> None:
+    """Before a process of a multi-process run exits on bad input: wait (at most ``timeout_s``) until
+    every rank has reached this point too (``torch.distributed.monitored_barrier``, gloo only), so
+    each prints its error line before torchrun stops the others.  Does nothing with one process,
+    before the process group exists, or on another backend."""
+    import sys
+
+    if "torch" not in sys.modules:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    if dist.get_backend() != "gloo":
+        return
+    try:
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception:  # a rank that did not fail: it will be stopped by the launcher
+        pass

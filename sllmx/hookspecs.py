@@ -26,7 +26,7 @@ import pluggy
 if TYPE_CHECKING:
     from sllmx.interfaces import DataFormat, DataSource, Method, Metric, ModelSource, Trainer
     from sllmx.records import RunRecord
-    from sllmx.run import RunContext
+    from sllmx.context import RunContext
 
 hookspec = pluggy.HookspecMarker("sllmx")
 

@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,47 +20,11 @@ from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Tra
 from sllmx.memory import peak_memory
 from sllmx.plugins import Registry, registry
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
+from sllmx.context import RunContext
 from sllmx.runtime import (Runtime, detect_runtime, from_main, gather, launched_processes, main_first, on_main,
                            wait_for_everyone)
 
-
-@dataclass
-class RunContext:
-    """What hooks see of a run in progress.
-
-    Attributes:
-        cfg: the composed config.  record: the run record being filled in.
-        training: False until the baseline evaluation (step 0) is recorded, True for the evaluations
-            during training.
-        trial: the Optuna trial this run reports to (``sllmx_optuna`` sweeps), else None.
-        model / tokenizer / hf_trainer / splits: set as the run reaches them.
-        general: the forgetting check's rows (``eval.general_data``), else None.
-        checkpoint: the checkpoint a resumed run continues from (``resume=``), else None.
-        stop: the :class:`~sllmx.callbacks.GracefulStop` that turns SIGINT / SIGTERM into a checkpoint
-            and ``INTERRUPTED``.
-    """
-
-    cfg: DictConfig
-    registry: Registry
-    method: Method
-    trainer: Trainer
-    runtime: Runtime
-    record: RunRecord
-    output_dir: Path
-    training: bool = False
-    model: Any = None
-    tokenizer: Any = None
-    hf_trainer: Any = None
-    splits: Any = None
-    trial: Any = None
-    general: Any = None
-    checkpoint: Any = None
-    stop: Any = None
-
-    @property
-    def pm(self) -> Any:
-        """The pluggy plugin manager (``ctx.pm.hook.<name>(...)``)."""
-        return self.registry.pm
+__all__ = ["RunContext", "run"]  # RunContext lives in sllmx.context (what hooks receive); run.py re-exports it
 
 
 def _now() -> str:

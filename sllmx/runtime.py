@@ -26,7 +26,6 @@ Nothing heavy is imported at module level: ``python -m sllmx`` imports this at s
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
@@ -298,27 +297,6 @@ def from_main(value: Any, runtime: Runtime) -> Any:
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value])[0]
-
-
-def settle_before_exit(timeout_s: float = 30.0) -> None:
-    """Before a process of a multi-process run exits on bad input: wait (at most ``timeout_s``) until
-    every rank has reached this point too (``torch.distributed.monitored_barrier``, gloo only), so
-    each prints its error line before torchrun stops the others.  Does nothing with one process,
-    before the process group exists, or on another backend."""
-    if "torch" not in sys.modules:
-        return
-    import datetime
-
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    if dist.get_backend() != "gloo":
-        return
-    try:
-        dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
-    except Exception:  # a rank that did not fail: it will be stopped by the launcher
-        pass
 
 
 def gather(value: Any, runtime: Runtime) -> list:

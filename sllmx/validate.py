@@ -220,3 +220,38 @@ def annotated_yaml(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> str:
 
     emit(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True), "", "")
     return "\n".join(lines)
+
+
+# The resolvers the config tree uses; registered when this module is imported (sllmx.__main__ and the
+# built-in trainers import it), so sllmx.config itself depends on nothing above it.
+
+#: the SFT learning rate of a method that declares none (:attr:`sllmx.interfaces.Method.sft_learning_rate`)
+SFT_LEARNING_RATE = 2e-4
+
+
+def sft_learning_rate(method: Optional[str]) -> float:
+    """The ``sllmx_sft_learning_rate`` resolver: the SFT learning rate of the method plugin named ``method``
+    (its ``sft_learning_rate``), else :data:`SFT_LEARNING_RATE` (also for a trainer config used on its own,
+    with no ``method`` in the config)."""
+    if method:
+        from sllmx.plugins import registry
+
+        entry = registry().entries["method"].get(str(method))
+        rate = getattr(entry.obj, "sft_learning_rate", None) if entry is not None else None
+        if rate is not None:
+            return float(rate)
+    return SFT_LEARNING_RATE
+
+
+OmegaConf.register_new_resolver("sllmx_sft_learning_rate", sft_learning_rate, replace=True)
+
+
+def _help_config(*, _root_: Any) -> str:
+    """The ``${sllmx_help_config:}`` resolver of ``hydra.help.template`` (conf/config.yaml): ``python -m sllmx
+    --help`` prints the composed config with each option's allowed values (:func:`sllmx.validate.annotated_yaml`).
+    ``$`` is doubled for the ``string.Template`` Hydra then fills in."""
+    return annotated_yaml(_root_).replace("$", "$$")
+
+
+if not OmegaConf.has_resolver("sllmx_help_config"):
+    OmegaConf.register_new_resolver("sllmx_help_config", _help_config)
