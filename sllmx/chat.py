@@ -99,7 +99,7 @@ def find_target(paths: Sequence[str], overrides: Sequence[str]) -> Target:
                       max_new_tokens=gen.get("max_new_tokens"), batch_size=int(gen.get("batch_size") or
                                                                                DEFAULT_BATCH_SIZE),
                       system=gen.get("system"))
-    from sllmx.__main__ import compose
+    from sllmx.compose import compose
     from sllmx.plugins import registry
 
     cfg = compose(list(overrides))

@@ -40,7 +40,7 @@ def load_config(run_dir: Optional[str], overrides: list[str]) -> Any:
     from omegaconf.errors import OmegaConfBaseException
 
     if run_dir is None:
-        from sllmx.__main__ import compose
+        from sllmx.compose import compose
 
         return compose(overrides)
     path = Path(run_dir) / RUN_FILE
@@ -178,7 +178,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SllmxError as exc:
         exit_with(exc)
         return 2
-    from sllmx.__main__ import summary
+    from sllmx.summary import summary
 
     print(summary(record))
     return 0

@@ -284,7 +284,7 @@ def log_to_wandb(rows: list[dict[str, Any]], meta: dict[str, Any], figures: list
 
     import pandas as pd
 
-    from sllmx.run import wandb_mode
+    from sllmx.loggers import wandb_mode
 
     studies = {(r.trial or {}).get("study_name") for r in records}
     group = group or (studies.pop() if len(studies) == 1 and None not in studies else "report")

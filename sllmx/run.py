@@ -21,43 +21,17 @@ from sllmx.memory import peak_memory
 from sllmx.plugins import Registry, registry
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
 from sllmx.context import RunContext
+from sllmx.dev_metric import dev_metric_of
+from sllmx.loggers import finish_logger as _finish_logger
+from sllmx.loggers import start_logger as _start_logger
 from sllmx.runtime import (Runtime, detect_runtime, from_main, gather, launched_processes, main_first, on_main,
                            wait_for_everyone)
 
-__all__ = ["RunContext", "run"]  # RunContext lives in sllmx.context (what hooks receive); run.py re-exports it
+__all__ = ["RunContext", "dev_metric_of", "run"]  # RunContext lives in sllmx.context (what hooks receive); run.py re-exports it
 
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def dev_metric_of(cfg: DictConfig, trainer: Trainer, reg: Registry) -> DevMetric:
-    """The dev metric (as logged, ``eval_``-prefixed) and its direction.
-
-    ``eval.metric`` may name the trainer's default (e.g. ``eval_loss``), a value a
-    generation metric plugin returns (e.g. ``json_exact`` from ``json_fields``; that
-    plugin must be the data's ``data.metric``), or anything else the trainer logs, whose
-    direction ``eval.higher_is_better`` must then give.
-
-    Raises:
-        SllmxError: when the metric would never be computed or its direction is unknown.
-    """
-    bare = (cfg.eval.metric or trainer.dev_metric).removeprefix("eval_")
-    producer = next((m for m in reg.entries["metric"].values() if bare in m.obj.keys), None)
-    if producer is not None and cfg.data.get("metric") != producer.name:
-        raise SllmxError(f"eval.metric={bare} is computed by the metric plugin {producer.name!r}, which this data "
-                         f"config does not run; set data.metric={producer.name}")
-    higher = cfg.eval.higher_is_better
-    if higher is None:
-        if bare == trainer.dev_metric.removeprefix("eval_"):
-            higher = trainer.higher_is_better
-        elif producer is not None:
-            higher = producer.obj.higher_is_better
-        elif bare.endswith("loss") or bare == "perplexity":
-            higher = False
-        else:
-            raise SllmxError(f"eval.metric={bare}: its direction is unknown; set eval.higher_is_better=true|false")
-    return DevMetric(name=f"eval_{bare}", higher_is_better=bool(higher))
 
 
 def check_combination(method: Method, trainer: Trainer, cfg: DictConfig, reg: Registry) -> None:
@@ -640,45 +614,3 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
                     ctx.runtime)
             ctx.record.artifacts[f"generations_{prefix}"] = path.name
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
-def wandb_mode(logger_cfg: Any) -> str:
-    """``logger.mode``, else ``$WANDB_MODE``, else online with ``WANDB_API_KEY`` and offline without it."""
-    return logger_cfg.mode or os.environ.get("WANDB_MODE") or (
-        "online" if os.environ.get("WANDB_API_KEY") else "offline")
-
-
-def _start_logger(cfg: DictConfig, out: Path, resolved: dict) -> Any:
-    """Start a W&B run (``logger=wandb``): offline without an API key, so it never prompts or hangs."""
-    if cfg.logger.name == "none":
-        return None
-    if cfg.logger.name != "wandb":
-        raise SllmxError(f"logger={cfg.logger.name}: unknown logger; available: wandb, none")
-    mode = wandb_mode(cfg.logger)
-    os.environ["WANDB_MODE"] = mode
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
-
-    name = cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}"
-    if cfg.trial.number is not None:  # a sweep's trial: grouped by study, named by trial number
-        name = cfg.logger.run_name or f"trial-{cfg.trial.number}-{cfg.method.name}-{cfg.trainer.name}"
-    return wandb.init(project=cfg.logger.project, group=cfg.logger.group or cfg.trial.study_name,
-                      tags=list(cfg.logger.tags), name=name, config=resolved, dir=str(out), mode=mode,
-                      reinit="finish_previous")
-
-
-def _finish_logger(wandb_run: Any, record: RunRecord) -> None:
-    """Put the run record's summary into the W&B run and close it."""
-    if wandb_run is None:
-        return
-    dm = record.dev_metric
-    wandb_run.summary.update({
-        "status": record.status, "dev_metric": dm.name, "dev_metric/best": dm.best, "dev_metric/final": dm.final,
-        "dev_metric/baseline": dm.baseline, "trainable_params": record.trainable_params,
-        "total_params": record.total_params, "train_tokens": record.train_tokens,
-        "train_tokens_per_s": record.train_tokens_per_s, "wall_time_s": record.wall_time_s,
-        "peak_rss_bytes": record.peak_rss_bytes, "global_steps": record.global_steps,
-        **({"trial_number": record.trial["number"], "study_name": record.trial["study_name"]}
-           if record.trial else {}),
-        **{f"test/{k}": v for k, v in record.test_metrics.items()}})
-    wandb_run.finish(exit_code=0 if record.status in ("COMPLETE", "PRUNED") else 1)

@@ -316,7 +316,7 @@ class OptunaSweep:
     def _dev_metric(self) -> tuple[str, bool]:
         """The dev metric the trials report and its direction, from the composed config."""
         from sllmx.plugins import registry
-        from sllmx.run import dev_metric_of
+        from sllmx.dev_metric import dev_metric_of
 
         reg = registry()
         trainer = reg.get("trainer", self.config.trainer.name)
@@ -568,7 +568,7 @@ class OptunaSweep:
         logger = self.config.get("logger")
         if logger is None or logger.name != "wandb":
             return
-        from sllmx.run import wandb_mode
+        from sllmx.loggers import wandb_mode
 
         mode = wandb_mode(logger)
         if mode == "disabled":

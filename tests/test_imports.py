@@ -1,5 +1,5 @@
-"""The import graph of sllmx and its built-in plugins has no circle (function-level imports included), so the
-layers depend one way (issue 16 goes on from here: no library module importing run.py or a command line)."""
+"""The import graph of sllmx and its built-in plugins (function-level imports included): no circle, and no
+library module imports the runner (run.py) or a command-line module, so the layers depend one way."""
 
 import ast
 
@@ -68,3 +68,14 @@ def test_the_graph_is_read_from_the_source():
 
 def test_no_import_circle():
     assert circles(module_graph()) == []
+
+
+#: the command-line modules (``python -m ...``), which may import the runner and each other
+COMMANDS = {"sllmx.__main__", "sllmx.data.__main__", "sllmx.evaluate", "sllmx.export", "sllmx.chat"}
+
+
+def test_no_library_module_imports_the_runner_or_a_command_line():
+    graph = module_graph()
+    bad = sorted((m, t) for m, targets in graph.items() if m not in COMMANDS
+                 for t in targets if t in COMMANDS or (t == "sllmx.run" and m != "sllmx.run"))
+    assert bad == []

@@ -39,7 +39,7 @@ def check(overrides: list[str], out: Optional[str] = None, write_splits: Optiona
 
     if out and Path(out).exists():
         raise SllmxError(f"{out}: the file exists; nothing is overwritten")
-    from sllmx.__main__ import compose
+    from sllmx.compose import compose
 
     cfg = compose(overrides)
     stop_on_leakage = cfg.data.get("leakage", "error") == "error"
