@@ -44,14 +44,8 @@ def app(cfg: DictConfig):
     except FloatingPointError as exc:  # training diverged: a fault of the run, told in one line (exit 1)
         if multirun:
             raise
-        import sys
-        import traceback
-
-        if os.environ.get("SLLMX_TRACEBACK"):
-            traceback.print_exception(exc)
-        sys.stderr.write(f"sllmx: error: training diverged: {exc}; {cfg.output_dir}/run.json records FAIL "
-                         f"(a lower trainer.learning_rate may help)\n")
-        sys.exit(1)
+        exit_with(exc, f"training diverged: {exc}; {cfg.output_dir}/run.json records FAIL (a lower "
+                       f"trainer.learning_rate may help)", status=1)
     if launched_rank() == 0:  # several processes: the main one speaks for the run
         if multirun:  # the sweeper prints the trial's line; the summary goes to the trial's log file
             import logging

@@ -11,19 +11,20 @@ class SllmxError(Exception):
     """
 
 
-def exit_with(exc: BaseException) -> None:
-    """Print ``sllmx: error: <message>`` on stderr and exit with status 2 (``SLLMX_TRACEBACK=1``
-    prints the traceback first).  The one way bad input ends a command."""
+def exit_with(exc: BaseException, message: "str | None" = None, status: int = 2) -> None:
+    """Print ``sllmx: error: <message>`` (default: the exception's) on stderr and exit with ``status``
+    (2: bad input; 1: a run that failed, e.g. diverged).  ``SLLMX_TRACEBACK=1`` prints the traceback
+    first.  The one way a command ends on an error it can explain."""
     import os
     import sys
     import traceback
 
     if os.environ.get("SLLMX_TRACEBACK"):
         traceback.print_exception(exc)
-    sys.stderr.write(f"sllmx: error: {exc}\n")  # one write: the lines of several ranks do not interleave
+    sys.stderr.write(f"sllmx: error: {message or exc}\n")  # one write: the lines of several ranks do not interleave
     sys.stderr.flush()
     settle_before_exit()  # several processes: each one prints its line before the launcher stops the rest
-    sys.exit(2)
+    sys.exit(status)
 
 
 class Interrupted(BaseException):
