@@ -14,17 +14,41 @@ class SllmxError(Exception):
 def exit_with(exc: BaseException, message: "str | None" = None, status: int = 2) -> None:
     """Print ``sllmx: error: <message>`` (default: the exception's) on stderr and exit with ``status``
     (2: bad input; 1: a run that failed, e.g. diverged).  ``SLLMX_TRACEBACK=1`` prints the traceback
-    first.  The one way a command ends on an error it can explain."""
+    first.  The one way a command ends on an error it can explain.
+
+    Under torchrun, an error found before the process group exists is found by every rank from the
+    same command line: rank 0 prints it, the others wait (at most 20 s) for torchrun to stop them, so
+    the line is printed once and not lost to the race between the ranks' exits.  After the group
+    exists each rank prints its own line (:func:`settle_before_exit`)."""
     import os
     import sys
     import traceback
 
+    if _wait_for_rank_zero():
+        import time
+
+        time.sleep(20.0)  # torchrun stops this process when rank 0 exits; if not, say it here too
     if os.environ.get("SLLMX_TRACEBACK"):
         traceback.print_exception(exc)
     sys.stderr.write(f"sllmx: error: {message or exc}\n")  # one write: the lines of several ranks do not interleave
     sys.stderr.flush()
     settle_before_exit()  # several processes: each one prints its line before the launcher stops the rest
     sys.exit(status)
+
+
+def _wait_for_rank_zero() -> bool:
+    """True in a torchrun worker other than rank 0 before torch.distributed's process group exists."""
+    import os
+    import sys
+
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("RANK", "0") == "0":
+        return False
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return False
+    return True
 
 
 class Interrupted(BaseException):
