@@ -264,7 +264,7 @@ def test_dict_overrides_merge_with_a_presets_mapping_and_plus_still_adds(tmp_pat
 
 
 def test_dict_fields_take_new_keys_in_python_too():
-    from sllmx_plugins.formats import FilesDataConfig
+    from sllmx_plugins.files import FilesDataConfig
 
     assert dict(FilesDataConfig().columns) == {} and dict(TrainerConfig(name="x").args) == {}
     assert FilesDataConfig().columns is not FilesDataConfig().columns  # a fresh mapping per instance
@@ -337,9 +337,10 @@ def test_choices_are_the_libraries_own():
     from transformers.trainer_utils import SchedulerType
     from trl import DPOTrainer
 
-    from sllmx.data.checks import CHOICES
+    from sllmx.data import checks, pipeline
     from sllmx_plugins.methods import LoraMethodConfig, PromptTuningMethodConfig
-    from sllmx_plugins.models import CHAT_TEMPLATES, GGUFModelConfig
+    from sllmx.chat_templates import CHAT_TEMPLATES
+    from sllmx_plugins.gguf_model import GGUFModelConfig
     from sllmx_plugins.trainers import DPOTrainerConfig, SFTTrainerConfig
 
     def choices(cls, name):
@@ -358,8 +359,11 @@ def test_choices_are_the_libraries_own():
     assert choices(GGUFModelConfig, "chat_template") == set(CHAT_TEMPLATES)
     from sllmx.config import DataConfig
 
-    for key, allowed in CHOICES.items():
-        assert choices(DataConfig, key) == set(allowed), key
+    handled = inspect.getsource(checks) + inspect.getsource(pipeline)
+    for key in ("duplicates", "leakage", "pii"):  # every choice the config allows is one the checks act on
+        for value in choices(DataConfig, key):
+            assert f'opts.{key} == "{value}"' in handled or f'opts.{key} != "{value}"' in handled \
+                or value == "report", (key, value)
 
 
 def typing_args(tp) -> tuple:
