@@ -316,7 +316,10 @@ def test_help_shows_each_options_range():
     for line in ["  r: 16  # >= 1", "  lora_dropout: 0.0  # in [0, 1)", "  bias: none  # one of none, all, lora_only",
                  "  precision: auto  # one of auto, fp32, bf16, fp16", "  max_length: 512  # >= 2, or null",
                  "  dev_fraction: 0.1  # in [0, 1)", "  early_stopping_patience: 3  # >= 1, or null",
-                 "output_dir: ${hydra:runtime.output_dir}", "  columns: {}"]:
+                 "output_dir: ${hydra:runtime.output_dir}", "  columns: {}",
+                 # each option's help text (metadata={"help": ...}) above it, a resolver's value beside it
+                 "  # rank of the update matrices", "  learning_rate: ${sllmx_sft_learning_rate:${oc.select:method.name,null}}  "
+                                            "# > 0 (now 0.001)"]:
         assert line + "\n" in proc.stdout, line
 
 
