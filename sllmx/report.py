@@ -14,7 +14,6 @@ The interval is ``scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=std / sqrt
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from sllmx.errors import SllmxError, exit_with
+from sllmx.errors import OneLineParser, SllmxError, exit_with
 from sllmx.records import RUN_FILE, RunRecord
 
 #: config keys that never distinguish configurations (seeds, where things are written, sweep bookkeeping)
@@ -334,7 +333,7 @@ def write_report_folder(paths: list[str | Path], by: list[str], folder: Path, al
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input)."""
-    parser = argparse.ArgumentParser(prog="python -m sllmx.report", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m sllmx.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders, multirun/sweep folders or run.json files")
     parser.add_argument("--by", nargs="+", default=["method", "trainer"],
                         help="config keys that form the groups (default: method trainer)")
