@@ -27,7 +27,7 @@ def app(cfg: DictConfig):
 
     from sllmx.progress import quiet_console
     from sllmx.run import run
-    from sllmx.runtime import launched_rank
+    from sllmx.launch import launched_rank
 
     quiet_console()  # a multirun's console keeps one line per trial; the run's lines go to its log file
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
@@ -60,7 +60,7 @@ def _interrupted(exc: Interrupted, cfg: DictConfig) -> None:
     """One line for a run stopped by a signal (run.json says INTERRUPTED), then exit 128 + the signal."""
     import sys
 
-    from sllmx.runtime import launched_rank
+    from sllmx.launch import launched_rank
 
     if launched_rank() == 0:
         out = cfg.output_dir
@@ -72,11 +72,11 @@ def _interrupted(exc: Interrupted, cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point (``sllmx`` / ``python -m sllmx``): load plugins, check the launch
-    (:func:`sllmx.runtime.check_launch`), then run the Hydra app."""
+    (:func:`sllmx.launch.check_launch`), then run the Hydra app."""
     import sys
 
     from sllmx.resume import AlreadyComplete, prepare_argv
-    from sllmx.runtime import check_launch
+    from sllmx.launch import check_launch
 
     setup()
     argv = sys.argv[1:]

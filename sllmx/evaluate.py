@@ -165,7 +165,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = [a for a in args.args if "=" not in a]
     overrides = [a for a in args.args if "=" in a]
     try:
-        from sllmx.runtime import launched_processes
+        from sllmx.launch import launched_processes
 
         if launched_processes() > 1:
             raise SllmxError("python -m sllmx.evaluate runs as one process; start it without torchrun or "

@@ -29,7 +29,7 @@ def progress_enabled() -> bool:
     """True when progress bars should be drawn: the main process (``RANK`` 0 or unset), not ``--quiet``
     (``SLLMX_QUIET=1``), and the ``sllmx`` logger shows INFO (``hydra/job_logging`` at WARNING, or a
     multirun's console, turns bars off too)."""
-    from sllmx.runtime import launched_rank
+    from sllmx.launch import launched_rank
 
     if os.environ.get("SLLMX_QUIET") or launched_rank() != 0:
         return False

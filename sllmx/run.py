@@ -25,8 +25,8 @@ from sllmx.context import RunContext
 from sllmx.dev_metric import dev_metric_of
 from sllmx.loggers import finish_logger as _finish_logger
 from sllmx.loggers import start_logger as _start_logger
-from sllmx.runtime import (Runtime, detect_runtime, from_main, gather, launched_processes, main_first, on_main,
-                           wait_for_everyone)
+from sllmx.launch import launched_processes
+from sllmx.runtime import Runtime, detect_runtime, from_main, gather, main_first, on_main, wait_for_everyone
 
 __all__ = ["RunContext", "dev_metric_of", "run"]  # RunContext lives in sllmx.context (what hooks receive); run.py re-exports it
 

@@ -7,7 +7,8 @@ import pytest
 
 from sllmx import runtime
 from sllmx.errors import SllmxError
-from sllmx.runtime import Runtime, check_launch, decide_precision, gather, map_batches
+from sllmx.launch import check_launch
+from sllmx.runtime import Runtime, decide_precision, gather, map_batches
 
 
 @pytest.mark.parametrize("flags, requested, expected", [
