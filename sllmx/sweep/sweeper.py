@@ -82,8 +82,11 @@ class OptunaSweep:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = open_study(self.study_name, self.storage, self.direction, self.metric, self.samplers.build(
             self.samplers.seed), self.pruner, self.heartbeat_interval, self.max_retry)
+        choices = self.config.hydra.runtime.choices  # the group options' names; a node given otherwise: its class
+        sampler = choices.get("hydra/sweeper/sampler") or self.sampler.get("_target_")
+        pruner = choices.get("hydra/sweeper/pruner") or self.pruner.get("_target_")
         print(f"[sllmx] study {self.study_name}: {self.n_trials} trials, {self.direction} {self.metric}, "
-              f"sampler {self.sampler.get('_target_')}, pruner {self.pruner.get('_target_')}\n"
+              f"sampler {sampler}, pruner {pruner}\n"
               f"[sllmx] storage {mask_url(self.storage)}; sweep dir {self.sweep_dir}", flush=True)
         results = SweepResults(self.study_name, self.storage, self.direction, self.metric, self.sampler,
                                self.pruner, self.n_trials, self.space, self.fixed, self.sweep_dir)
