@@ -73,9 +73,12 @@ class CompareSweep:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         returns = self.launcher.launch(jobs, initial_job_idx=0)
-        failed = [r for r in returns if r.status != JobStatus.COMPLETED]
-        for r in failed:
-            print(f"[sllmx] a job failed: {r._return_value}", flush=True)
+        for r in returns:
+            if r.status != JobStatus.COMPLETED:
+                try:
+                    r.return_value  # a job that raised: return_value raises its exception
+                except BaseException as exc:  # noqa: B036 - a job's SystemExit is its failure too
+                    print(f"[sllmx] a job failed: {type(exc).__name__}: {exc}", flush=True)
         print(report.write_report_folder([sweep_dir], list(self.by), sweep_dir), flush=True)
         print(f"[sllmx] report: {sweep_dir / 'report.md'} (also .tex, .csv, .json, .html, figures/)", flush=True)
-        return [r._return_value for r in returns if r.status == JobStatus.COMPLETED]
+        return [r.return_value for r in returns if r.status == JobStatus.COMPLETED]

@@ -236,7 +236,8 @@ class TrialConfig:
 
     With ``number`` set, every dev-split evaluation is reported to the trial and the
     study's pruner may stop the run (status ``PRUNED``).  The job reaches the trial through
-    the study's storage, so this works in another process or machine too.
+    the study's storage, so this works in another process or machine too.  Read by the
+    built-in plugin ``sllmx_plugins.trials`` (``plugins/trials.py``); the core does not.
     """
 
     study_name: Optional[str] = _help("Optuna study name", None)

@@ -22,7 +22,8 @@ class RunContext:
         cfg: the composed config.  record: the run record being filled in.
         training: False until the baseline evaluation (step 0) is recorded, True for the evaluations
             during training.
-        trial: the Optuna trial this run reports to (``sllmx_optuna`` sweeps), else None.
+        trial: the Optuna trial this run reports to (set by the ``sllmx_plugins.trials`` plugin in a sweep
+            job), else None.
         model / tokenizer / hf_trainer / splits: set as the run reaches them.
         general: the forgetting check's rows (``eval.general_data``), else None.
         checkpoint: the checkpoint a resumed run continues from (``resume=``), else None.

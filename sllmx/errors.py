@@ -1,5 +1,5 @@
-"""Errors and how a command ends on them: bad input (one clear line, exit status 2, no traceback) and a
-run stopped by a signal."""
+"""Errors and how a command ends on them: bad input (one clear line, exit status 2, no traceback), a run
+stopped on purpose by a plugin (:class:`RunStopped`), and a run stopped by a signal."""
 
 import argparse
 
@@ -51,6 +51,33 @@ def _wait_for_rank_zero() -> bool:
         if dist.is_available() and dist.is_initialized():
             return False
     return True
+
+
+class RunStopped(Exception):
+    """Raised by a plugin's callback to end a run early on purpose, with the status it ends with.
+
+    The runner (:func:`sllmx.run.run`) records ``status`` and ``reason`` in ``run.json`` and returns the
+    record normally (it is the run's outcome, not an error); checkpoints are removed.  Raised from a
+    ``TrainerCallback`` it leaves ``trainer.train()`` unchanged, so training stops at once.  With several
+    processes every rank must raise it at the same step: decide on the main process and send the decision
+    to all (:func:`sllmx.runtime.from_main`), as the trial plugin does.
+
+    Attributes:
+        status: ``PRUNED`` (the only one so far: a sweep's pruner stopped a hopeless trial; the reason goes
+            to the record's ``pruned`` field).
+        reason: one line: where and why, e.g. ``pruned at step 3: eval_loss=2.31``.
+
+    Raises:
+        ValueError: for a status a stopped run cannot end with.
+    """
+
+    STATUSES = ("PRUNED",)
+
+    def __init__(self, reason: str, status: str = "PRUNED"):
+        if status not in self.STATUSES:
+            raise ValueError(f"RunStopped status {status!r}: use one of {', '.join(self.STATUSES)}")
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 class Interrupted(BaseException):

@@ -100,7 +100,9 @@ def sllmx_callbacks(run: RunContext) -> list[Any]:
     With several processes (``run.runtime.world_size > 1``) this is called on every rank and the
     callbacks run on every rank; write files only where ``run.runtime.is_main``.  A decision to
     stop training (``control.should_training_stop``) is taken from the main process after each
-    evaluation."""
+    evaluation.  A callback may end the run with another status by raising
+    :class:`sllmx.errors.RunStopped` (e.g. ``PRUNED``, as the built-in trial plugin does): the record
+    says that status and the run returns normally; raise it on every rank at the same step."""
 
 
 @hookspec

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sllmx.plugins import typed
 from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
-from sllmx.errors import Interrupted, SllmxError
+from sllmx.errors import Interrupted, RunStopped, SllmxError
 from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Trainer
 from sllmx.memory import peak_memory
 from sllmx.plugins import Registry, registry
@@ -202,7 +202,6 @@ def run(cfg: DictConfig) -> RunRecord:
                              f"the data as {'/'.join(splits.layout)}; use it with trainer=dpo or trainer=orpo")
     if cfg.eval.test and not len(splits.test or []):
         raise SllmxError("eval.test=true but the test split is empty; give data.test or data.test_fraction")
-    trial = on_main(lambda: _open_trial(cfg), runtime)  # the trial's storage: the main process reports to it
     general = None
     if cfg.eval.general_data:  # read now, so a bad file fails before anything is written
         from sllmx.forgetting import load_general
@@ -229,11 +228,6 @@ def run(cfg: DictConfig) -> RunRecord:
         record.artifacts["data_check"] = DATA_CHECK_FILE
     if previous is not None:
         _continue_record(record, previous, checkpoint, out)
-    if cfg.trial.number is not None:
-        from sllmx.study import mask_url
-
-        record.trial = {"study_name": cfg.trial.study_name, "number": int(cfg.trial.number),
-                        "storage": mask_url(cfg.trial.storage)}
     reserve = None
     if main:
         from sllmx.records import Reserve
@@ -241,7 +235,7 @@ def run(cfg: DictConfig) -> RunRecord:
         record.write(out)
         reserve = Reserve(out)  # the room for the last run.json on a disk that fills up during the run
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
-                     output_dir=out, splits=splits, trial=trial, general=general)
+                     output_dir=out, splits=splits, general=general)
     ctx.checkpoint = checkpoint
     wandb_run = None
     from sllmx.callbacks import GracefulStop
@@ -261,15 +255,15 @@ def run(cfg: DictConfig) -> RunRecord:
             record.status = "INTERRUPTED"  # the checkpoints stay: resume= continues from the last one
             record.error = f"{exc.signal} at step {record.global_steps or 0}"
             raise exc from None
-        if type(exc).__name__ != "TrialPruned":
+        if not isinstance(exc, RunStopped):
             record.status = "FAIL"
             record.error = f"{type(exc).__name__}: {exc}"
             if disk_full(exc, out):
                 raise SllmxError(f"no space left on device under {out} (at step {record.global_steps or 0}); "
                                  f"{RUN_FILE} records FAIL; free space and continue with resume={out}") from exc
             raise
-        record.status = "PRUNED"  # the pruner's decision, not an error: the run ends normally
-        record.pruned = str(exc)
+        record.status = exc.status  # a plugin's decision (a sweep's pruner), not an error: the run ends normally
+        record.pruned = exc.reason
         if main:
             shutil.rmtree(out / "checkpoints", ignore_errors=True)
     finally:
@@ -396,10 +390,6 @@ def _train(ctx: RunContext) -> str:
     callbacks += [progress, NonFiniteStop(runtime, scaled=runtime.fp16)]
     if ctx.stop is not None:
         callbacks.append(ctx.stop)
-    if cfg.trial.number is not None:  # on every rank: the main process's decision reaches them all
-        from sllmx.trial import TrialReporter
-
-        callbacks.append(TrialReporter(ctx.trial, record.dev_metric.name, ctx))
     if cfg.eval.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(cfg.eval.early_stopping_patience, cfg.eval.early_stopping_threshold))
     for extra in ctx.pm.hook.sllmx_callbacks(run=ctx):
@@ -568,15 +558,6 @@ def _checkpointing(ctx: RunContext) -> bool:
         decision["set_by"] = "memory estimate"
     ctx.record.memory = decision
     return decision["gradient_checkpointing"]
-
-
-def _open_trial(cfg: DictConfig) -> Any:
-    """The Optuna trial of a sweep job (see :mod:`sllmx.trial`), else None; optuna is imported only then."""
-    if cfg.trial.number is None:
-        return None
-    from sllmx.trial import open_trial
-
-    return open_trial(cfg.trial)
 
 
 def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> dict[str, float]:

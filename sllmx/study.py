@@ -12,7 +12,7 @@ from sllmx.errors import SllmxError
 ACTIVE: dict[tuple[str, str, int], Any] = {}
 
 #: study user attributes the sweeper writes and jobs read
-PRUNER_ATTR = "sllmx_pruner"
+PRUNER_ATTR = "sllmx_pruner"  # the pruner node: {"_target_": "optuna.pruners.X", **its arguments}
 METRIC_ATTR = "sllmx_metric"
 
 
@@ -70,30 +70,36 @@ def mask_url(url: Optional[str]) -> Optional[str]:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def build_pruner(name: str, kwargs: dict[str, Any]) -> Any:
-    """The Optuna pruner called ``name`` with Optuna's own keyword arguments.
+def pruner_from_spec(spec: Optional[dict[str, Any]]) -> Any:
+    """The Optuna pruner a pruner node describes: ``{"_target_": "optuna.pruners.<Class>", **its keyword
+    arguments}`` (a ``hydra/sweeper/pruner`` node as a dict, as the sweeper stores it in the study's
+    ``PRUNER_ATTR`` user attribute), built with ``hydra.utils.instantiate``.  None or ``{}``: ``NopPruner``.
 
-    Names: ``median`` (MedianPruner), ``percentile`` (PercentilePruner, ``percentile``
-    defaults to 25.0), ``successive_halving`` (SuccessiveHalvingPruner; Jamieson &
-    Talwalkar, 2016), ``hyperband`` (HyperbandPruner; Li et al., 2018), ``none`` (NopPruner;
-    ``kwargs`` are ignored, so ``pruner=none`` switches off a configured pruner).
+    Only classes of ``optuna.pruners`` are built: the spec may come from a shared database, and a job
+    instantiates what it reads there.
 
     Raises:
-        SllmxError: for an unknown name or keyword argument.
+        SllmxError: for a spec without a ``_target_`` in ``optuna.pruners`` or that Optuna refuses
+            (a bad argument value).
     """
     import optuna
 
-    classes = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
-               "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-               "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
-    if name not in classes:
-        raise SllmxError(f"hydra.sweeper.pruner={name}: unknown pruner; available: {', '.join(classes)}")
-    kwargs = dict(kwargs)
-    if name == "none":  # turning pruning off keeps the other pruners' settings harmless (an A/B of one flag)
-        kwargs = {}
-    if name == "percentile":
-        kwargs.setdefault("percentile", 25.0)
+    if not spec:
+        return optuna.pruners.NopPruner()
+    target = str(spec.get("_target_") or "")
+    if not target.startswith("optuna.pruners."):
+        raise SllmxError(f"the study's pruner {spec!r} is not an optuna.pruners class (a study written by "
+                         "another sllmx version?); run the sweep again with the same command to store it anew")
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
     try:
-        return classes[name](**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise SllmxError(f"hydra.sweeper.pruner_kwargs for {name}: {exc}") from exc
+        return instantiate(dict(spec))
+    except InstantiationException as exc:
+        raise SllmxError(f"hydra/sweeper/pruner ({target}): {instantiation_error_text(exc)}") from exc
+
+
+def instantiation_error_text(exc: BaseException) -> str:
+    """Hydra's instantiation error without its ``full_key`` line: the call and Optuna's message."""
+    lines = [line for line in str(exc).strip().splitlines() if line and not line.startswith("full_key")]
+    return " ".join(lines)

@@ -5,9 +5,10 @@ A job launched by the ``sllmx_optuna`` sweeper carries ``trial.study_name``,
 ``optuna.trial.Trial`` — the sweeper's own object when the job runs in the sweeper's
 process (Hydra's basic launcher), else one rebuilt from the study's storage (joblib,
 submitit, ray launchers; another machine) with the pruner the sweeper stored in the
-study's user attributes.  :class:`TrialReporter` reports every dev-split evaluation
-to it and raises ``optuna.TrialPruned`` when the pruner says so; :func:`sllmx.run.run`
-then records the run as ``PRUNED``.
+study's user attributes (:func:`sllmx.study.pruner_from_spec`).  :class:`TrialReporter`
+reports every dev-split evaluation to it and raises :class:`~sllmx.errors.RunStopped`
+(``PRUNED``) when the pruner says so; the runner then records the run as ``PRUNED``.
+The built-in plugin ``sllmx_plugins.trials`` puts both into a run.
 
 Reference: Optuna's pruning protocol, ``Trial.report`` / ``Trial.should_prune``
 (https://optuna.readthedocs.io/en/stable/reference/generated/optuna.trial.Trial.html).
@@ -20,9 +21,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from sllmx.errors import SllmxError
+from sllmx.errors import RunStopped, SllmxError
 from sllmx.runtime import Runtime, from_main, on_main
-from sllmx.study import ACTIVE, PRUNER_ATTR, build_pruner, make_storage, mask_url
+from sllmx.study import ACTIVE, PRUNER_ATTR, make_storage, mask_url, pruner_from_spec
 
 
 def open_trial(trial_cfg: Any) -> Any:
@@ -50,8 +51,7 @@ def open_trial(trial_cfg: Any) -> Any:
     except KeyError as exc:
         raise SllmxError(f"trial.study_name={trial_cfg.study_name}: no such study in "
                          f"{mask_url(trial_cfg.storage)}") from exc
-    spec = study.user_attrs.get(PRUNER_ATTR) or {"name": "none", "kwargs": {}}
-    study.pruner = build_pruner(spec["name"], spec["kwargs"])
+    study.pruner = pruner_from_spec(study.user_attrs.get(PRUNER_ATTR))  # none stored: no pruning
     try:
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(trial_cfg.study_name), int(trial_cfg.number))
@@ -68,8 +68,8 @@ class TrialReporter(TrainerCallback):
 
     The step is the optimizer step (``state.global_step``); the baseline evaluation
     before training is not reported.  When ``trial.should_prune()`` is true it raises
-    ``optuna.TrialPruned``, which leaves ``trainer.train()`` unchanged (so training
-    stops at once) and makes the run ``PRUNED``.  With several processes only the main
+    :class:`~sllmx.errors.RunStopped` with status ``PRUNED``, which leaves
+    ``trainer.train()`` unchanged (so training stops at once) and makes the run ``PRUNED``.  With several processes only the main
     process reports and asks the pruner; its decision is sent to every rank, which all
     raise at the same step.  Per-run early stopping (``EarlyStoppingCallback``) is
     separate: it ends a run that stopped improving, while pruning ends a run that is
@@ -84,8 +84,6 @@ class TrialReporter(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not self.run.training or not metrics or self.metric not in metrics:
             return
-        import optuna
-
         runtime = getattr(self.run, "runtime", None) or Runtime()
         value = float(metrics[self.metric])
 
@@ -96,4 +94,4 @@ class TrialReporter(TrainerCallback):
         # the main process reports and asks; every rank gets its answer (or its error)
         if from_main(on_main(report, runtime), runtime):
             shown = f"{value:.6g}" if math.isfinite(value) else str(value)
-            raise optuna.TrialPruned(f"pruned at step {state.global_step}: {self.metric}={shown}")
+            raise RunStopped(f"pruned at step {state.global_step}: {self.metric}={shown}", status="PRUNED")

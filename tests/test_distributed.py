@@ -122,7 +122,7 @@ def test_a_pruned_trial_stops_every_rank_at_the_same_step(tmp_path, probe_site):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=storage,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
-    study.set_user_attr(PRUNER_ATTR, {"name": "median", "kwargs": {"n_startup_trials": 1}})
+    study.set_user_attr(PRUNER_ATTR, {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1})
     for i in range(3):  # finished trials whose dev loss no tiny model reaches
         t = study.ask()
         for step in (3, 6):

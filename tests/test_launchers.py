@@ -22,9 +22,9 @@ pytestmark = pytest.mark.multiprocess
 #: a seeded grid of 6 learning rates, 2 trials at a time: the seeded grid gives the first batch 1e-2 and 3e-2,
 #: which set the bar, and the percentile pruner at 0 (with 2 start-up trials) stops the tiny rates that
 #: follow (3e-7 and 1e-7, then 1e-6 and 2e-6) at their first report
-SWEEP = ["trainer.learning_rate=choice(1e-6, 3e-7, 3e-2, 1e-7, 2e-6, 1e-2)", "hydra.sweeper.sampler=grid",
-         "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=percentile",
-         "+hydra.sweeper.pruner_kwargs.percentile=0", "+hydra.sweeper.pruner_kwargs.n_startup_trials=2",
+SWEEP = ["trainer.learning_rate=choice(1e-6, 3e-7, 3e-2, 1e-7, 2e-6, 1e-2)", "hydra/sweeper/sampler=grid",
+         "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2", "hydra/sweeper/pruner=percentile",
+         "hydra.sweeper.pruner.percentile=0", "hydra.sweeper.pruner.n_startup_trials=2",
          "hydra.sweeper.heartbeat_interval=1"]
 LAUNCHERS = {
     "submitit_local": ("hydra_plugins.hydra_submitit_launcher", ["hydra/launcher=submitit_local"]),
@@ -115,10 +115,10 @@ def test_a_trial_can_be_a_two_process_run(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     proc = subprocess.run(command(tmp_path, "hydra/launcher=submitit_local_ddp",
                                   # the seeded grid runs 1e-2 first; 1e-7 is then pruned at its first report
-                                  "trainer.learning_rate=choice(1e-7, 1e-2)", "hydra.sweeper.sampler=grid",
-                                  "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=percentile",
-                                  "+hydra.sweeper.pruner_kwargs.percentile=0",
-                                  "+hydra.sweeper.pruner_kwargs.n_startup_trials=1",
+                                  "trainer.learning_rate=choice(1e-7, 1e-2)", "hydra/sweeper/sampler=grid",
+                                  "hydra.sweeper.n_trials=2", "hydra/sweeper/pruner=percentile",
+                                  "hydra.sweeper.pruner.percentile=0",
+                                  "hydra.sweeper.pruner.n_startup_trials=1",
                                   "trainer.per_device_train_batch_size=2"),
                           cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=600)

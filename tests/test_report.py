@@ -222,7 +222,7 @@ def test_compare_retrains_each_groups_best_on_seeds_and_writes_the_report(tmp_pa
     cache = f"cache_dir={tmp_path / 'cache'}"
     study = subprocess.run(
         [sys.executable, "-m", "sllmx", "--multirun", *TINY, cache, "method=choice(lora, dora)",
-         "trainer.learning_rate=choice(1e-3, 1e-2)", "hydra.sweeper.sampler=grid", "hydra.sweeper.pruner=none",
+         "trainer.learning_rate=choice(1e-3, 1e-2)", "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=nop",
          f"hydra.sweep.dir={tmp_path / 'study'}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert study.returncode == 0, study.stderr[-3000:]
     swept = collect([tmp_path / "study"]).records

@@ -1,4 +1,5 @@
-"""The Optuna sweeper (hydra/sweeper=sllmx_optuna): grammar, samplers, pruners, and sweeps on model=tiny."""
+"""The Optuna sweeper (hydra/sweeper=sllmx_optuna): grammar, sampler and pruner config groups, and sweeps on
+model=tiny."""
 
 import json
 import os
@@ -15,10 +16,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from common import ROOT
-from sllmx.errors import SllmxError
-from sllmx.sweeper import (build_sampler, counts_toward_budget, default_study_name, format_value,
-                           parse_search_space)
-from sllmx.study import build_pruner, make_storage, mask_url
+from sllmx.errors import RunStopped, SllmxError
+from sllmx.study import PRUNER_ATTR, make_storage, mask_url, pruner_from_spec
+from sllmx.sweep.space import format_value, parse_search_space
+from sllmx.sweep.study import Samplers, counts_toward_budget, default_study_name
 
 #: a sweep of tiny runs: 12 steps, a dev evaluation every 3 (4 reports per trial), no early stopping
 TINY = ["hydra/sweeper=sllmx_optuna", "model=tiny", "logger=none", "data=support_ko", "data.n_train=24",
@@ -99,54 +100,126 @@ def test_values_written_back_as_overrides_parse_to_the_same_value(value):
 
 # -- samplers, pruners, names ---------------------------------------------------------------------------
 
+def sweeper_node(*overrides):
+    """``hydra.sweeper`` as Hydra composes it for ``hydra/sweeper=sllmx_optuna`` and ``overrides``."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from sllmx.__main__ import _setup
+
+    _setup()
+    with initialize_config_module(config_module="sllmx.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/sweeper=sllmx_optuna", *overrides], return_hydra_config=True)
+    return OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+
+
 def _space():
     return parse_search_space(["a=tag(log, interval(1e-5, 1e-3))", "b=choice(4, 8)"], {})[0]
 
 
-@pytest.mark.parametrize("name, cls", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
-                                       ("cmaes", optuna.samplers.CmaEsSampler)])
-def test_every_sampler_name_builds_its_optuna_sampler(name, cls):
-    assert isinstance(build_sampler(name, {}, 0, _space()), cls)
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+            "cmaes": optuna.samplers.CmaEsSampler, "nsgaii": optuna.samplers.NSGAIISampler,
+            "qmc": optuna.samplers.QMCSampler, "gp": optuna.samplers.GPSampler, "grid": optuna.samplers.GridSampler}
+PRUNERS = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.PercentilePruner,
+           "successive_halving": optuna.pruners.SuccessiveHalvingPruner, "hyperband": optuna.pruners.HyperbandPruner,
+           "nop": optuna.pruners.NopPruner}
+
+
+def test_the_defaults_are_tpe_and_median_seeded_0():
+    node = sweeper_node()
+    assert node["sampler"] == {**node["sampler"], "_target_": "optuna.samplers.TPESampler", "seed": 0}
+    assert node["pruner"]["_target_"] == "optuna.pruners.MedianPruner"
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_node_instantiates_its_optuna_sampler_with_its_seed(name):
+    node = sweeper_node(f"hydra/sweeper/sampler={name}", "hydra.sweeper.sampler.seed=3")["sampler"]
+    space = _space() if name != "grid" else parse_search_space(["a=choice(1, 2)", "b=range(0, 3)"], {})[0]
+    samplers = Samplers(node, space)
+    samplers.check()
+    assert samplers.seed == 3 and samplers.grid == (name == "grid")
+    sampler = samplers.for_trial(5)
+    assert type(sampler) is SAMPLERS[name]
+    if name == "random":  # seeded seed + trial number: the same draws as Optuna's own sampler with seed 8
+        study = optuna.create_study(sampler=sampler)
+        other = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=8))
+        assert study.ask({"a": _space()[0].distribution}).params == other.ask({"a": _space()[0].distribution}).params
+
+
+def test_sampler_arguments_are_optunas_own():
+    node = sweeper_node("hydra.sweeper.sampler.n_startup_trials=5", "hydra.sweeper.sampler.multivariate=true")
+    sampler = Samplers(node["sampler"], _space()).build(0)
+    assert sampler._n_startup_trials == 5 and sampler._multivariate
 
 
 def test_grid_sampler_walks_every_combination_once():
     space, _ = parse_search_space(["a=choice(1, 2)", "b=range(0, 3)"], {})
-    sampler = build_sampler("grid", {}, 0, space)
-    study = optuna.create_study(sampler=sampler)
+    samplers = Samplers(sweeper_node("hydra/sweeper/sampler=grid")["sampler"], space)
+    samplers.check()
+    assert samplers.grid_size() == 6
+    study = optuna.create_study(sampler=samplers.for_trial(0))
     seen = []
-    for _ in range(6):
+    for _ in range(6):  # ask and tell (the grid's own after_trial would call study.stop() and fail here)
         trial = study.ask({p.name: p.distribution for p in space})
         seen.append((trial.params["a"], trial.params["b"]))
         study.tell(trial, 0.0)
     assert sorted(seen) == [(a, b) for a in (1, 2) for b in (0, 1, 2)]
 
 
-@pytest.mark.parametrize("name, kwargs, message", [
-    ("grid", {}, "interval"), ("nope", {}, "unknown sampler"), ("tpe", {"no_such_arg": 1}, "sampler_kwargs")])
-def test_bad_samplers_are_refused(name, kwargs, message):
-    with pytest.raises(SllmxError, match=message):
-        build_sampler(name, kwargs, 0, _space())
+@pytest.mark.parametrize("group", ["sampler", "pruner"])
+def test_an_unknown_name_or_argument_is_hydras_error(group):
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    with pytest.raises(MissingConfigException, match=f"Could not find 'hydra/sweeper/{group}/nope'"):
+        sweeper_node(f"hydra/sweeper/{group}=nope")
+    with pytest.raises(ConfigCompositionException, match="no_such_arg"):
+        sweeper_node(f"hydra.sweeper.{group}.no_such_arg=1")
 
 
-def test_cmaes_needs_a_numeric_parameter():
+def test_removed_options_are_hydras_unknown_keys():
+    from hydra.errors import ConfigCompositionException
+
+    for old in ("hydra.sweeper.evaluate_best_on_test=true", "hydra.sweeper.seed=1"):
+        with pytest.raises(ConfigCompositionException):
+            sweeper_node(old)
+
+
+def test_samplers_that_cannot_sample_the_space_are_refused():
+    with pytest.raises(SllmxError, match="interval"):
+        Samplers(sweeper_node("hydra/sweeper/sampler=grid")["sampler"], _space()).check()
     with pytest.raises(SllmxError, match="cmaes"):
-        build_sampler("cmaes", {}, 0, parse_search_space(["b=choice(4, 8)"], {})[0])
+        Samplers(sweeper_node("hydra/sweeper/sampler=cmaes")["sampler"],
+                 parse_search_space(["b=choice(4, 8)"], {})[0]).check()
+    with pytest.raises(SllmxError, match="hydra/sweeper/sampler"):  # a value Optuna refuses
+        Samplers({"_target_": "optuna.samplers.NSGAIISampler", "seed": 0, "population_size": 1}, _space()).build(0)
 
 
-@pytest.mark.parametrize("name, cls", [
-    ("median", optuna.pruners.MedianPruner), ("percentile", optuna.pruners.PercentilePruner),
-    ("successive_halving", optuna.pruners.SuccessiveHalvingPruner), ("hyperband", optuna.pruners.HyperbandPruner),
-    ("none", optuna.pruners.NopPruner)])
-def test_every_pruner_name_builds_its_optuna_pruner(name, cls):
-    assert isinstance(build_pruner(name, {}), cls)
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_every_pruner_node_instantiates_its_optuna_pruner(name):
+    assert type(pruner_from_spec(sweeper_node(f"hydra/sweeper/pruner={name}")["pruner"])) is PRUNERS[name]
 
 
-def test_pruner_kwargs_are_optunas_and_bad_ones_are_refused():
-    assert build_pruner("median", {"n_startup_trials": 2})._n_startup_trials == 2
-    with pytest.raises(SllmxError, match="unknown pruner"):
-        build_pruner("medain", {})
-    with pytest.raises(SllmxError, match="pruner_kwargs"):
-        build_pruner("median", {"n_startup": 2})
+def test_pruner_arguments_are_optunas_and_bad_ones_are_refused():
+    node = sweeper_node("hydra/sweeper/pruner=hyperband", "hydra.sweeper.pruner.min_resource=2")["pruner"]
+    assert pruner_from_spec(node)._min_resource == 2
+    assert pruner_from_spec(sweeper_node("hydra/sweeper/pruner=percentile")["pruner"])._percentile == 25.0
+    assert type(pruner_from_spec(None)) is optuna.pruners.NopPruner
+    with pytest.raises(SllmxError, match="hydra/sweeper/pruner"):
+        pruner_from_spec({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": -1})
+    with pytest.raises(SllmxError, match="not an optuna.pruners class"):
+        pruner_from_spec({"_target_": "os.system", "command": "true"})
+
+
+def test_a_job_in_another_process_rebuilds_the_studys_pruner(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    spec = sweeper_node("hydra/sweeper/pruner=successive_halving", "hydra.sweeper.pruner.reduction_factor=3")["pruner"]
+    study = optuna.create_study(study_name="s", storage=storage, pruner=pruner_from_spec(spec))
+    study.set_user_attr(PRUNER_ATTR, spec)
+    code = ("import optuna, sys; from sllmx.study import PRUNER_ATTR, pruner_from_spec; "
+            "s = optuna.load_study(study_name='s', storage=sys.argv[1]); p = pruner_from_spec(s.user_attrs[PRUNER_ATTR]); "
+            "print(type(p).__name__, p._reduction_factor)")
+    proc = subprocess.run([sys.executable, "-c", code, storage], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["SuccessiveHalvingPruner", "3"], proc.stderr[-2000:]
 
 
 def test_default_study_name_follows_the_search_space_not_the_budget():
@@ -182,6 +255,7 @@ def test_budget_counts_finished_trials_but_not_killed_ones():
 @pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_ready_sweeps_compose_and_parse(path):
     from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
 
     from sllmx.__main__ import _setup
 
@@ -197,8 +271,8 @@ def test_ready_sweeps_compose_and_parse(path):
     assert cfg.hydra.sweeper._target_.endswith("SllmxOptunaSweeper")
     space, _ = parse_search_space([], dict(cfg.hydra.sweeper.params))
     assert space
-    build_sampler(cfg.hydra.sweeper.sampler, dict(cfg.hydra.sweeper.sampler_kwargs), 0, space)
-    build_pruner(cfg.hydra.sweeper.pruner, dict(cfg.hydra.sweeper.pruner_kwargs))
+    Samplers(OmegaConf.to_container(cfg.hydra.sweeper.sampler), space).check()
+    pruner_from_spec(OmegaConf.to_container(cfg.hydra.sweeper.pruner))
 
 
 def test_ready_sweep_ranges_follow_common_practice():
@@ -217,10 +291,10 @@ def test_ready_sweep_ranges_follow_common_practice():
 # -- sweeps on model=tiny -------------------------------------------------------------------------------
 
 def test_bad_sweeper_options_are_one_line_errors(tmp_path):
-    for args, message in [(["hydra.sweeper.sampler=nope", "trainer.learning_rate=interval(1e-5, 1e-3)"],
-                           "unknown sampler"),
-                          (["hydra.sweeper.pruner=nope", "trainer.learning_rate=interval(1e-5, 1e-3)"],
-                           "unknown pruner"),
+    proc = sllmx_multirun(tmp_path, "hydra/sweeper/sampler=nope", "trainer.learning_rate=interval(1e-5, 1e-3)")
+    assert proc.returncode == 1 and "Could not find 'hydra/sweeper/sampler/nope'" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "sllmx: error" not in proc.stderr
+    for args, message in [(["hydra/sweeper/sampler=grid", "trainer.learning_rate=interval(1e-5, 1e-3)"], "interval()"),
                           ([], "nothing to sweep")]:
         proc = sllmx_multirun(tmp_path, *args)
         assert proc.returncode == 2, proc.stderr[-2000:]
@@ -230,10 +304,11 @@ def test_bad_sweeper_options_are_one_line_errors(tmp_path):
 
 def test_median_pruning_sweep_records_complete_and_pruned_trials(tmp_path):
     proc = sllmx_multirun(tmp_path, "trainer.learning_rate=tag(log, interval(1e-5, 3e-2))", "method.r=choice(4, 16)",
-                          "hydra.sweeper.n_trials=8", "+hydra.sweeper.pruner_kwargs.n_startup_trials=2")
+                          "hydra.sweeper.n_trials=8", "hydra.sweeper.pruner.n_startup_trials=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = sweep_json(tmp_path)
-    assert doc["direction"] == "minimize" and doc["metric"] == "eval_loss" and doc["pruner"]["name"] == "median"
+    assert doc["direction"] == "minimize" and doc["metric"] == "eval_loss"
+    assert doc["pruner"]["_target_"] == "optuna.pruners.MedianPruner" and doc["pruner"]["n_startup_trials"] == 2
     states = [t["state"] for t in doc["trials"]]
     assert len(states) == 8 and "COMPLETE" in states and "PRUNED" in states, states
     assert doc["counts"]["COMPLETE"] + doc["counts"]["PRUNED"] == 8
@@ -256,8 +331,8 @@ def test_median_pruning_sweep_records_complete_and_pruned_trials(tmp_path):
 
 def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
     # a learning rate of 1e30 turns the weights and the loss into inf/NaN; the other trial completes
-    proc = sllmx_multirun(tmp_path, "trainer.learning_rate=choice(1e-3, 1e30)", "hydra.sweeper.sampler=grid",
-                          "hydra.sweeper.pruner=none", "hydra.sweeper.n_trials=5")
+    proc = sllmx_multirun(tmp_path, "trainer.learning_rate=choice(1e-3, 1e30)", "hydra/sweeper/sampler=grid",
+                          "hydra/sweeper/pruner=nop", "hydra.sweeper.n_trials=5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = sweep_json(tmp_path)
     assert doc["n_trials"] == 2  # lowered to the grid's size
@@ -270,7 +345,7 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_a_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
     args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=4",
-            "hydra.sweeper.pruner=none", "hydra.sweeper.heartbeat_interval=1"]
+            "hydra/sweeper/pruner=nop", "hydra.sweeper.heartbeat_interval=1"]
     cmd = [sys.executable, "-m", "sllmx", "--multirun", *TINY, f"cache_dir={tmp_path.parent / 'cache'}", *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -304,7 +379,7 @@ def test_a_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
 
 def test_two_workers_share_one_study(tmp_path):
     args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=6",
-            "hydra.sweeper.pruner=none", "hydra.sweeper.heartbeat_interval=2"]
+            "hydra/sweeper/pruner=nop", "hydra.sweeper.heartbeat_interval=2"]
     cmd = [sys.executable, "-m", "sllmx", "--multirun", *TINY, f"cache_dir={tmp_path.parent / 'cache'}", *args]
     workers = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(2)]
@@ -325,9 +400,9 @@ def test_joblib_launcher_runs_trials_in_parallel_processes_with_pruning(tmp_path
     proc = sllmx_multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
                           # the seeded grid runs the two large rates first (batch 1), then the two tiny ones, which
                           # the pruner then stops: their loss is worse than batch 1's best (percentile 0)
-                          "trainer.learning_rate=choice(1e-5, 1e-6, 3e-2, 1e-2)", "hydra.sweeper.sampler=grid",
-                          "hydra.sweeper.pruner=percentile", "+hydra.sweeper.pruner_kwargs.percentile=0",
-                          "+hydra.sweeper.pruner_kwargs.n_startup_trials=2")
+                          "trainer.learning_rate=choice(1e-5, 1e-6, 3e-2, 1e-2)", "hydra/sweeper/sampler=grid",
+                          "hydra/sweeper/pruner=percentile", "hydra.sweeper.pruner.percentile=0",
+                          "hydra.sweeper.pruner.n_startup_trials=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = sweep_json(tmp_path)
     assert doc["counts"]["COMPLETE"] + doc["counts"]["PRUNED"] == 4
@@ -395,7 +470,7 @@ def postgres_url():
 
 def test_a_study_in_postgresql_storage(tmp_path, postgres_url):
     args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=3",
-            "+hydra.sweeper.pruner_kwargs.n_startup_trials=1", f"hydra.sweeper.storage={postgres_url}",
+            "hydra.sweeper.pruner.n_startup_trials=1", f"hydra.sweeper.storage={postgres_url}",
             "hydra.sweeper.study_name=pg-study"]
     proc = sllmx_multirun(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -415,7 +490,7 @@ def test_a_study_in_postgresql_storage(tmp_path, postgres_url):
 
 def test_wandb_groups_trials_by_study_and_logs_the_sweep_summary(tmp_path):
     proc = sllmx_multirun(tmp_path, "logger=wandb", "trainer.learning_rate=choice(1e-3, 1e-2)",
-                          "hydra.sweeper.sampler=grid", "hydra.sweeper.pruner=none", "hydra.sweeper.study_name=wb",
+                          "hydra/sweeper/sampler=grid", "hydra/sweeper/pruner=nop", "hydra.sweeper.study_name=wb",
                           env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = sweep_json(tmp_path)
@@ -428,32 +503,18 @@ def test_wandb_groups_trials_by_study_and_logs_the_sweep_summary(tmp_path):
     assert b"wb-summary" in data and b"best/value" in data and b"trials" in data
 
 
-def test_the_best_trial_is_evaluated_once_on_test_after_the_search(tmp_path):
-    proc = sllmx_multirun(tmp_path, "trainer.learning_rate=choice(1e-3, 1e-2)", "hydra.sweeper.sampler=grid",
-                          "hydra.sweeper.pruner=none", "hydra.sweeper.evaluate_best_on_test=true")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = sweep_json(tmp_path)
-    best, on_test = doc["best_trial"], doc["best_on_test"]
-    assert on_test["trial"] == best["number"]
-    assert on_test["dev_best"] == pytest.approx(best["value"], rel=1e-4)  # the same seeded training again
-    assert {"test_loss", "test_json_fields"} <= set(on_test["test_metrics"])
-    record = json.loads((Path(on_test["run_dir"]) / "run.json").read_text())
-    assert record["test_metrics"] == on_test["test_metrics"] and record["trial"] is None
-    for trial in doc["trials"]:  # the trials themselves never looked at test
-        assert run_json(trial)["test_metrics"] == {}
-    assert f"best trial {best['number']} on test: " in proc.stdout
-
-
 def test_a_resumed_or_second_worker_does_not_replay_the_same_draws(tmp_path):
-    from sllmx.sweeper import OptunaSweep
+    from sllmx.sweep.loop import AskTellLoop
 
-    sweep = OptunaSweep(sampler="tpe", seed=0)
-    sweep.space, _ = parse_search_space(["a=tag(log, interval(1e-5, 1e-2))", "b=choice(4, 8, 16, 32)"], {})
+    space, _ = parse_search_space(["a=tag(log, interval(1e-5, 1e-2))", "b=choice(4, 8, 16, 32)"], {})
+    samplers = Samplers({"_target_": "optuna.samplers.TPESampler", "seed": 0}, space)
+    samplers.check()
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
 
     def worker():
         study = optuna.create_study(study_name="s", storage=storage, load_if_exists=True)
-        trial = sweep._ask(study)
+        loop = AskTellLoop(study, space, samplers, None, (storage, "s"), 3, 1, 60, None, None, None)
+        trial = loop.ask()
         study.tell(trial, 1.0)
         return trial.number, trial.params
 
@@ -468,18 +529,19 @@ def test_a_resumed_or_second_worker_does_not_replay_the_same_draws(tmp_path):
 @pytest.mark.parametrize("name, kwargs", [
     ("median", {"n_startup_trials": 1}), ("percentile", {"n_startup_trials": 1}),
     ("successive_halving", {"min_resource": 1}), ("hyperband", {"min_resource": 1, "max_resource": 4}),
-    ("none", {})])
+    ("nop", {})])
 def test_each_pruner_stops_a_bad_trial_reached_through_the_storage(tmp_path, name, kwargs):
     """What a job in another process does: rebuild the trial from storage, report, get pruned."""
     import contextlib
     from types import SimpleNamespace
 
-    from sllmx.study import PRUNER_ATTR
+    from sllmx.sweep.config import PRUNER_NODES
     from sllmx.trial import TrialReporter, open_trial
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="s", storage=storage, pruner=build_pruner(name, kwargs))
-    study.set_user_attr(PRUNER_ATTR, {"name": name, "kwargs": kwargs})
+    spec = {**vars(PRUNER_NODES[name]()), **kwargs}  # the node as the sweeper stores it
+    study = optuna.create_study(study_name="s", storage=storage, pruner=pruner_from_spec(spec))
+    study.set_user_attr(PRUNER_ATTR, spec)
     for i in range(12):  # finished trials with good curves (enough for every hyperband bracket)
         t = study.ask()
         for step in (1, 2, 3, 4):
@@ -490,7 +552,7 @@ def test_each_pruner_stops_a_bad_trial_reached_through_the_storage(tmp_path, nam
     trial = open_trial(SimpleNamespace(study_name="s", storage=storage, number=bad.number))
     assert trial is not None and trial.number == bad.number
     reporter = TrialReporter(trial, "eval_loss", SimpleNamespace(training=True))
-    expect = contextlib.nullcontext() if name == "none" else pytest.raises(optuna.TrialPruned, match="pruned at step")
+    expect = contextlib.nullcontext() if name == "nop" else pytest.raises(RunStopped, match="pruned at step")
     with expect:
         for step in (1, 2, 3, 4):
             reporter.on_evaluate(None, SimpleNamespace(global_step=step), None, metrics={"eval_loss": 5.0})

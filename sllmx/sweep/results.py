@@ -1,0 +1,133 @@
+"""The results of a sweep: ``sweep.json`` (from the study's storage, so it lists every worker's trials), the
+best trial on the console with the command that re-runs it, and with ``logger=wandb`` a summary run."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from sllmx.records import write_json_atomic
+from sllmx.study import mask_url
+from sllmx.sweep.space import Param, overrides_of
+from sllmx.sweep.study import ERROR_ATTR, RUN_DIR_ATTR, STEPS_ATTR
+
+SWEEP_FILE = "sweep.json"
+
+
+def trial_entry(t: Any) -> dict[str, Any]:
+    """One trial (an Optuna ``FrozenTrial``) as ``sweep.json`` lists it."""
+    duration = None
+    if t.datetime_start and t.datetime_complete:
+        duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 3)
+    return {
+        "number": t.number,
+        "state": t.state.name,
+        "params": dict(t.params),
+        "value": t.value if t.values else None,
+        "last_value": t.intermediate_values[t.last_step] if t.last_step is not None else None,
+        "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+        "global_steps": t.user_attrs.get(STEPS_ATTR),
+        "duration_s": duration,
+        "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+        "run_dir": t.user_attrs.get(RUN_DIR_ATTR),
+        "error": t.user_attrs.get(ERROR_ATTR) or (
+            "its worker stopped (stale heartbeat); re-queued" if t.state.name == "FAIL" else None),
+        "retry_of": t.system_attrs.get("failed_trial"),
+    }
+
+
+@dataclass
+class SweepResults:
+    """What ``sweep.json`` says about the study besides its trials, and where it is written.
+
+    ``sampler`` and ``pruner`` are their config nodes (``_target_`` and arguments); ``fixed`` the overrides
+    every trial shares."""
+
+    study_name: str
+    storage: str
+    direction: str
+    metric: str
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    n_trials: int
+    space: list[Param]
+    fixed: list[str]
+    sweep_dir: Path
+
+    @property
+    def path(self) -> Path:
+        return self.sweep_dir / SWEEP_FILE
+
+    def write(self, study: Any) -> Optional[Any]:
+        """Write ``sweep.json`` (atomically) from the study's storage; return the best trial or None."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
+        write_json_atomic(self.path, {
+            "schema_version": 2,
+            "study_name": self.study_name,
+            "storage": mask_url(self.storage),
+            "direction": self.direction,
+            "metric": self.metric,
+            "sampler": dict(self.sampler),
+            "pruner": dict(self.pruner),
+            "n_trials": self.n_trials,
+            "search_space": {p.key: repr(p.distribution) for p in self.space},
+            "fixed_overrides": list(self.fixed),
+            "counts": {s.name: sum(t.state == s for t in trials) for s in TrialState},
+            "total_train_steps": sum(t.user_attrs.get(STEPS_ATTR) or 0 for t in trials),
+            "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "trials": [trial_entry(t) for t in trials],
+            "best_trial": None if best is None else {
+                **trial_entry(best), "overrides": [*self.fixed, *overrides_of(self.space, best.params)]},
+        })
+        return best
+
+    def print_best(self, study: Any, best: Optional[Any]) -> None:
+        """The counts per state, the best trial and the command that re-runs it, on stdout."""
+        from optuna.trial import TrialState
+
+        trials = study.get_trials(deepcopy=False)
+        counts = ", ".join(f"{sum(t.state == s for t in trials)} {s.name}"
+                           for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        print(f"[sllmx] study {self.study_name}: {len(trials)} trials ({counts}); results: {self.path}", flush=True)
+        if best is None:
+            print("[sllmx] no trial completed", flush=True)
+            return
+        overrides = " ".join(overrides_of(self.space, best.params))
+        print(f"[sllmx] best trial {best.number}: {self.metric}={best.value:.6g}  {overrides}\n"
+              f"[sllmx] re-run it: python -m sllmx {' '.join([*self.fixed, overrides])}", flush=True)
+
+    def log_to_wandb(self, logger: Any) -> None:
+        """With ``logger=wandb`` (``logger`` is the config's ``logger`` node): one run in the study's group
+        holding the trials table and the best trial."""
+        if logger is None or logger.name != "wandb":
+            return
+        from sllmx.loggers import wandb_mode
+
+        mode = wandb_mode(logger)
+        if mode == "disabled":
+            return
+        import wandb
+
+        doc = json.loads(self.path.read_text(encoding="utf-8"))
+        keys = [p.name for p in self.space]
+        table = wandb.Table(columns=["number", "state", "value", "global_steps", "duration_s", *keys, "run_dir"])
+        for t in doc["trials"]:
+            table.add_data(t["number"], t["state"], t["value"], t["global_steps"], t["duration_s"],
+                           *[t["params"].get(k) for k in keys], t["run_dir"])
+        run = wandb.init(project=logger.project, group=logger.group or self.study_name, job_type="sweep",
+                         name=f"{self.study_name}-summary", dir=str(self.sweep_dir), mode=mode,
+                         config={"study": {k: doc[k] for k in ("study_name", "direction", "metric", "sampler",
+                                                                "pruner", "n_trials", "search_space")}},
+                         reinit="finish_previous")
+        run.log({"trials": table})
+        best = doc["best_trial"]
+        run.summary.update({"counts": doc["counts"], "total_train_steps": doc["total_train_steps"],
+                            **({"best/number": best["number"], "best/value": best["value"],
+                                **{f"best/{k}": v for k, v in best["params"].items()}} if best else {})})
+        run.finish()
