@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from sllmx.records import write_json_atomic
+from sllmx.atomic import write_json_atomic
 from sllmx.study import mask_url
 from sllmx.sweep.space import Param, overrides_of
 from sllmx.sweep.study import ERROR_ATTR, RUN_DIR_ATTR, STEPS_ATTR
