@@ -393,7 +393,7 @@ class GracefulStop(TrainerCallback):
             control.should_training_stop = True
         if control.should_save:
             # a logging window ends at every checkpoint, so the train loss of a resumed run's earlier steps
-            # is in the log history it restores (sllmx.run._whole_run_loss)
+            # is in the log history it restores (sllmx.training._whole_run_loss)
             control.should_log = True
 
     def on_train_end(self, args, state, control, **kwargs):

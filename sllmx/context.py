@@ -9,9 +9,46 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sllmx.interfaces import Method, Trainer
+from sllmx.interfaces import Method, Metric, Trainer
 from sllmx.records import RunRecord
 from sllmx.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How a split's generation metric is computed (``data.metric`` with the ``eval.*`` options): during
+    training at each dev evaluation (:class:`~sllmx.callbacks.GenerationMetricCallback`) and once on a split
+    (:func:`sllmx.evaluation.evaluate_split`).
+
+    Attributes:
+        metric: the metric plugin (its ``needs`` says what is computed: greedy generations, pair log-probs, ...).
+        max_new_tokens: greedy generation length (``eval.max_new_tokens``).
+        batch_size: prompts per ``generate()`` call (``eval.generation_batch_size``).
+        banned: compiled patterns an answer must not match (``eval.banned_patterns``).
+        expect_json: count answers that are not JSON (``eval.expect_json``).
+    """
+
+    metric: Metric
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    banned: tuple = ()
+    expect_json: bool = False
+
+    @classmethod
+    def of(cls, cfg: DictConfig, registry: Any) -> "GenerationSettings | None":
+        """The settings of a composed config; None when it has no ``data.metric``.
+
+        Raises:
+            SllmxError: an unknown metric, or a banned pattern that is not a valid regular expression.
+        """
+        if not cfg.data.get("metric"):
+            return None
+        from sllmx.safety import compile_patterns
+
+        return cls(metric=registry.get("metric", cfg.data.metric), max_new_tokens=int(cfg.eval.max_new_tokens),
+                   batch_size=int(cfg.eval.generation_batch_size),
+                   banned=tuple(compile_patterns(cfg.eval.get("banned_patterns") or [])),
+                   expect_json=bool(cfg.eval.get("expect_json", False)))
 
 
 @dataclass
@@ -20,6 +57,8 @@ class RunContext:
 
     Attributes:
         cfg: the composed config.  record: the run record being filled in.
+        method: the method plugin; None in an evaluation-only run of a base model (``record.method`` is
+            ``base``).
         training: False until the baseline evaluation (step 0) is recorded, True for the evaluations
             during training.
         trial: the Optuna trial this run reports to (set by the ``sllmx_plugins.trials`` plugin in a sweep
@@ -33,7 +72,7 @@ class RunContext:
 
     cfg: DictConfig
     registry: Any  # sllmx.plugins.Registry (not imported: the plugin loader imports the hook specs)
-    method: Method
+    method: "Method | None"
     trainer: Trainer
     runtime: Runtime
     record: RunRecord

@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import socket
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
-from sllmx.plugins import typed
-from sllmx.errors import OneLineParser, SllmxError, exit_with
+from sllmx.errors import Interrupted, OneLineParser, SllmxError, exit_with
 from sllmx.records import RUN_FILE, RunRecord
 
 
@@ -60,43 +57,22 @@ def load_config(run_dir: Optional[str], overrides: list[str]) -> Any:
     return cfg
 
 
-def load_model(cfg: Any, run_dir: Optional[str], reg: Any, runtime: Any) -> tuple[Any, Any, str]:
-    """``(model, tokenizer, method name)``: the base model of ``cfg.model``, or the run's model
-    (its method's base model with the saved PEFT adapter; a full fine-tune's saved weights)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = reg.get("model", cfg.model.source)
-    path = source.resolve(typed(cfg.model, "model"), os.path.expanduser(cfg.cache_dir))
-    kwargs = source.from_pretrained_kwargs(typed(cfg.model, "model"))
-    if run_dir is None:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        return (AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype, **kwargs), tokenizer,
-                "base")
-    saved = Path(run_dir) / "model"
-    tokenizer = AutoTokenizer.from_pretrained(saved if (saved / "tokenizer_config.json").exists() else path,
-                                              **kwargs)
-    if (saved / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        method = reg.get("method", cfg.method.name)
-        base = method.load_model(path, cfg.method, runtime, **kwargs)
-        return PeftModel.from_pretrained(base, str(saved)), tokenizer, cfg.method.name
-    return AutoModelForCausalLM.from_pretrained(saved, dtype=runtime.compute_dtype), tokenizer, cfg.method.name
-
-
 def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecord:
-    """Evaluate and write ``<out>/run.json``; return the record.
+    """Evaluate and write ``<out>/run.json`` through the runner's record lifecycle
+    (:func:`sllmx.lifecycle.lifecycle` around :func:`sllmx.evaluation.evaluate_only`); return the record.
 
     Raises:
         SllmxError: bad input, or ``out`` already holding a ``run.json``.
     """
     from omegaconf import OmegaConf
 
+    from sllmx.context import RunContext
     from sllmx.data.pipeline import load_splits
+    from sllmx.dev_metric import dev_metric_of
+    from sllmx.evaluation import evaluate_only
+    from sllmx.lifecycle import lifecycle, new_record
     from sllmx.plugins import registry
-    from sllmx.records import library_versions
-    from sllmx.memory import peak_memory
-    from sllmx.run import RunContext, count_parameters, detect_runtime, dev_metric_of, evaluate_split
+    from sllmx.runtime import detect_runtime
 
     t0 = time.time()
     out_dir = Path(out)
@@ -105,52 +81,21 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
     cfg = load_config(run_dir, overrides)
     reg = registry()
     trainer = reg.get("trainer", cfg.trainer.name)
+    method = reg.get("method", cfg.method.name) if run_dir else None  # a base model has no method
     dev = dev_metric_of(cfg, trainer, reg)
     splits = load_splits(cfg.data, reg, trainer)
     runtime = detect_runtime(str(cfg.trainer.get("precision", "auto")))
-    model, tokenizer, method_name = load_model(cfg, run_dir, reg, runtime)
     OmegaConf.set_struct(cfg, False)
     cfg.output_dir = str(out_dir)  # not Hydra's run dir: this is no Hydra run
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved = {**resolved, "output_dir": str(out_dir), "evaluated": {"run": run_dir, "model": dict(resolved["model"])}}
+    resolved["evaluated"] = {"run": run_dir, "model": dict(resolved["model"])}
     if run_dir is None:
         resolved["method"] = {"name": "base"}
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    record = RunRecord(status="RUNNING", method=method_name, trainer=trainer.name, model=resolved["model"],
-                       data={**resolved["data"], "format": splits.format, "layout": list(splits.layout),
-                             "splits": splits.provenance},
-                       seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out_dir), started_at=now,
-                       device=runtime.device, precision=runtime.record(), hostname=socket.gethostname(),
-                       pid=os.getpid(),
-                       versions=library_versions(), global_steps=0)
-    _, record.total_params = count_parameters(model)
-    # what was trained: nothing for a base model; the run's own count for a run (PEFT loads adapters frozen)
-    record.trainable_params = RunRecord.read(Path(run_dir) / RUN_FILE).trainable_params if run_dir else 0
-    ctx = RunContext(cfg=cfg, registry=reg, method=SimpleNamespace(name=method_name), trainer=trainer,
-                     runtime=runtime, record=record, output_dir=out_dir, model=model, tokenizer=tokenizer,
-                     splits=splits)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scorer = None
-    if cfg.data.get("metric"):
-        from sllmx.safety import compile_patterns
-
-        scorer = SimpleNamespace(metric=reg.get("metric", cfg.data.metric), max_new_tokens=cfg.eval.max_new_tokens,
-                                 batch_size=cfg.eval.generation_batch_size,
-                                 banned=tuple(compile_patterns(cfg.eval.get("banned_patterns", []))),
-                                 expect_json=bool(cfg.eval.get("expect_json", False)))
-    metrics = evaluate_split(ctx, splits.dev, "eval", scorer)
-    dev.add(0, metrics, training=False)
-    dev.best, dev.best_step, dev.final = dev.baseline, 0, dev.baseline
-    if dev.baseline is None:
-        raise SllmxError(f"{dev.name} was not computed on the dev split; metrics: {', '.join(sorted(metrics))}")
-    if cfg.eval.test:
-        record.test_metrics = evaluate_split(ctx, splits.test, "test", scorer)
-    record.status = "COMPLETE"
-    record.finished_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    record.wall_time_s = round(time.time() - t0, 3)
-    record.peak_rss_bytes, record.peak_gpu_bytes = peak_memory(runtime.device)
-    record.write(out_dir)
-    return record
+    record = new_record(cfg, out_dir, method.name if method else "base", trainer.name, splits, dev, runtime,
+                        config=resolved)
+    ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
+                     output_dir=out_dir, splits=splits)
+    return lifecycle(ctx, lambda c: evaluate_only(c, Path(run_dir) if run_dir else None), t0, graceful=False)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -179,6 +124,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SllmxError as exc:
         exit_with(exc)
         return 2
+    except Interrupted as exc:
+        sys.stderr.write(f"sllmx: {exc.signal}: evaluation stopped; {out}/run.json says INTERRUPTED\n")
+        return exc.exit_status
     from sllmx.summary import summary
 
     print(summary(record))

@@ -1,0 +1,143 @@
+"""Evaluating a model once: on a split after training (``eval.test``), or as the whole work of an
+evaluation-only run (``python -m sllmx.evaluate``: a base model, or a finished run's model), which goes
+through the same record lifecycle as a training run (:func:`sllmx.lifecycle.lifecycle`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from sllmx.arguments import training_args
+from sllmx.context import GenerationSettings, RunContext
+from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
+from sllmx.errors import SllmxError
+from sllmx.plugins import typed
+from sllmx.runtime import main_first, on_main, wait_for_everyone
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count their logical elements (PEFT's rule)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def load_tokenizer(ctx: RunContext) -> tuple[str, dict[str, Any]]:
+    """Resolve the run's model source (the main process first: it builds caches the others then read; the
+    data splits are saved by content beside them), set ``ctx.tokenizer`` and check the splits' token
+    lengths with it.  Returns the model's local path (or hub id) and its ``from_pretrained`` options."""
+    from transformers import AutoTokenizer
+
+    from sllmx.data.cache import cache_splits
+
+    cfg, record, runtime = ctx.cfg, ctx.record, ctx.runtime
+    source = ctx.registry.get("model", cfg.model.source)
+    model_cfg = typed(cfg.model, "model", ctx.registry)
+
+    def build_caches() -> str:
+        cache_splits(ctx.splits, cfg.cache_dir)  # a sweep's trials tokenise each split once (datasets' map cache)
+        return source.resolve(model_cfg, os.path.expanduser(cfg.cache_dir))
+
+    path = main_first(build_caches, runtime)
+    record.model_facts = source.facts(path)
+    kwargs = source.from_pretrained_kwargs(model_cfg)
+    ctx.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    options = ctx.splits.options
+    if options is not None and options.checks and options.lengths:
+        check_lengths(ctx.splits, ctx.tokenizer, cfg.trainer.get("max_length"))
+        record.data_checks = ctx.splits.report.summary()
+        if runtime.is_main:
+            ctx.splits.report.write(ctx.output_dir / DATA_CHECK_FILE)
+            record.write(ctx.output_dir)
+    return path, kwargs
+
+
+def evaluate_only(ctx: RunContext, run_dir: Optional[Path] = None) -> str:
+    """The work of an evaluation-only run: load the base model (``ctx.method`` None) or the model a finished
+    run saved in ``run_dir/model`` (its method's base with the PEFT adapter, or the full model), score the
+    dev split once (the dev metric's ``baseline``, ``best`` and ``final``) and, with ``eval.test``, the test
+    split.  Returns ``COMPLETE``.
+
+    Raises:
+        SllmxError: the dev metric was not computed on the dev split.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sllmx.records import RUN_FILE, RunRecord
+
+    cfg, record, runtime = ctx.cfg, ctx.record, ctx.runtime
+    path, kwargs = load_tokenizer(ctx)
+    saved = None if run_dir is None else Path(run_dir) / "model"
+    if saved is not None and (saved / "tokenizer_config.json").exists():
+        ctx.tokenizer = AutoTokenizer.from_pretrained(saved, **kwargs)
+    if saved is None:
+        ctx.model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype, **kwargs)
+    elif (saved / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = ctx.method.load_model(path, cfg.method, runtime, **kwargs)
+        ctx.model = PeftModel.from_pretrained(base, str(saved))
+    else:
+        ctx.model = AutoModelForCausalLM.from_pretrained(saved, dtype=runtime.compute_dtype)
+    _, record.total_params = count_parameters(ctx.model)
+    # what was trained: nothing for a base model; the run's own count for a run (PEFT loads adapters frozen)
+    record.trainable_params = RunRecord.read(Path(run_dir) / RUN_FILE).trainable_params if run_dir else 0
+    settings = GenerationSettings.of(cfg, ctx.registry)
+    dev = record.dev_metric
+    metrics = evaluate_split(ctx, ctx.splits.dev, "eval", settings)
+    dev.add(0, metrics, training=False)
+    dev.best, dev.best_step, dev.final = dev.baseline, 0, dev.baseline
+    if dev.baseline is None:
+        raise SllmxError(f"{dev.name} was not computed on the dev split; metrics: {', '.join(sorted(metrics))}")
+    if cfg.eval.test:
+        record.test_metrics = evaluate_split(ctx, ctx.splits.test, "test", settings)
+    record.global_steps = 0
+    return "COMPLETE"
+
+
+def evaluate_split(ctx: RunContext, dataset: Any, prefix: str,
+                   settings: Optional[GenerationSettings]) -> dict[str, float]:
+    """Evaluate the current (selected) model once on ``dataset``: the trainer's metrics and,
+    where the data has a generation metric (``settings``), that metric, as ``<prefix>_<key>``; the rows
+    behind it go to ``generations-<prefix>.jsonl``.
+
+    Raises:
+        SllmxError: when ``dataset`` is empty (e.g. ``eval.test=true`` with ``data.test_fraction=0``).
+    """
+    from sllmx.callbacks import add_perplexity, score_split
+    from sllmx.atomic import write_text_atomic
+
+    if dataset is None or len(dataset) == 0:
+        raise SllmxError(f"eval.{prefix}=true but the {prefix} split is empty; set data.{prefix}_fraction or a "
+                         f"{prefix} file")
+    # A separate trainer with no callbacks, so the split is prepared by the objective's own
+    # preprocessing and nothing here reaches the dev history, early stopping or the trial.
+    args = training_args(ctx.cfg, ctx.runtime, ctx.record.dev_metric, ctx.output_dir / f"{prefix}-eval")
+    args.update(report_to=[], load_best_model_at_end=False, save_strategy="no", eval_strategy="no", eval_on_start=False)
+    evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [])
+    metrics = evaluator.evaluate(metric_key_prefix=prefix)
+    if ctx.trainer.loss_is_token_nll:
+        add_perplexity(metrics, prefix)
+    wait_for_everyone(ctx.runtime)
+    if ctx.runtime.is_main:
+        shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)
+    if settings is not None:
+        values, rows, checks = score_split(settings.metric, ctx.model, ctx.tokenizer, dataset, settings.max_new_tokens,
+                                           settings.batch_size, settings.banned, settings.expect_json, ctx.runtime)
+        metrics.update({f"{prefix}_{k}": v for k, v in values.items()})
+        if checks is not None:
+            ctx.record.output_checks["dev" if prefix == "eval" else prefix] = checks
+        if rows:
+            path = ctx.output_dir / f"generations-{prefix}.jsonl"
+            on_main(lambda: write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)),
+                    ctx.runtime)
+            ctx.record.artifacts[f"generations_{prefix}"] = path.name
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
