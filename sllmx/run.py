@@ -16,14 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
 from sllmx.errors import Interrupted, SllmxError
-from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Trainer
+from sllmx.interfaces import BUILTIN_NEEDS, LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Metric, Trainer
 from sllmx.memory import peak_memory
 from sllmx.plugins import Registry, registry
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
 from sllmx.context import RunContext
 from sllmx.dev_metric import dev_metric_of
-from sllmx.loggers import finish_logger as _finish_logger
-from sllmx.loggers import start_logger as _start_logger
+from sllmx.loggers import finish_logger, start_logger
 from sllmx.runtime import (Runtime, detect_runtime, from_main, gather, launched_processes, main_first, on_main,
                            wait_for_everyone)
 
@@ -76,7 +75,6 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
     # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing
     gc_key = ("activation_checkpointing" if "activation_checkpointing" in
               {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
-    report = ["wandb"] if cfg.logger.name == "wandb" else []
     return dict(
         output_dir=str(checkpoints),
         seed=cfg.seed,
@@ -104,8 +102,8 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         load_best_model_at_end=True,
         metric_for_best_model=dev.name,
         greater_is_better=dev.higher_is_better,
-        report_to=report,
-        run_name=cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}",
+        report_to=[],  # the run's logger plugin gets the metrics (sllmx.loggers), not transformers' integrations
+        run_name=cfg.logger.get("run_name") or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}",
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # the default hides NaN/inf losses from train_loss; a diverged run must FAIL
         disable_tqdm=True,
@@ -199,6 +197,9 @@ def run(cfg: DictConfig) -> RunRecord:
         if metric.needs == NEEDS_PAIR_LOGPROBS and tuple(splits.layout) != LAYOUT_PREFERENCE:
             raise SllmxError(f"data.metric={metric.name} scores preference pairs, but trainer={trainer.name} reads "
                              f"the data as {'/'.join(splits.layout)}; use it with trainer=dpo or trainer=orpo")
+        if metric.needs not in BUILTIN_NEEDS and type(metric).inputs is Metric.inputs:
+            raise SllmxError(f"data.metric={metric.name} needs {metric.needs!r}, which sllmx does not compute "
+                             f"({', '.join(BUILTIN_NEEDS)}), and the metric has no inputs() method")
     if cfg.eval.test and not len(splits.test or []):
         raise SllmxError("eval.test=true but the test split is empty; give data.test or data.test_fraction")
     trial = on_main(lambda: _open_trial(cfg), runtime)  # the trial's storage: the main process reports to it
@@ -242,13 +243,12 @@ def run(cfg: DictConfig) -> RunRecord:
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
                      output_dir=out, splits=splits, trial=trial, general=general)
     ctx.checkpoint = checkpoint
-    wandb_run = None
     from sllmx.callbacks import GracefulStop
 
     try:
         with GracefulStop(runtime) as stop:
             ctx.stop = stop
-            wandb_run = on_main(lambda: _start_logger(cfg, out, resolved), runtime)
+            ctx.logger = start_logger(ctx) if main else None  # the logger plugin, on the main process only
             record.status = _train(ctx)
     except BaseException as exc:
         if ctx.hf_trainer is not None:
@@ -278,8 +278,8 @@ def run(cfg: DictConfig) -> RunRecord:
         if main:
             reserve.release()
             record.write(out)
-            _finish_logger(wandb_run, record)
-            reg.pm.hook.sllmx_after_run(record=record)
+            finish_logger(ctx.logger, record)
+            reg.observe("sllmx_after_run", record=record)  # an observer's exception is a warning line
     return record
 
 
@@ -377,7 +377,7 @@ def _train(ctx: RunContext) -> str:
             ctx.splits.report.write(out / DATA_CHECK_FILE)
             record.write(out)
     model = ctx.method.load_model(path, cfg.method, ctx.runtime, **kwargs)
-    ctx.model = ctx.method.wrap(model, cfg.method, ctx.runtime)
+    ctx.model = ctx.method.wrap(model, cfg.method, ctx.runtime, tokenizer=ctx.tokenizer)
     record.trainable_params, record.total_params = count_parameters(ctx.model)
 
     callbacks: list[Any] = []
@@ -412,7 +412,7 @@ def _train(ctx: RunContext) -> str:
     args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints, _checkpointing(ctx),
                          resuming=ctx.checkpoint is not None)
     ctx.hf_trainer = ctx.trainer.build(ctx.model, ctx.tokenizer, ctx.splits.train, ctx.splits.dev,
-                                       cfg.trainer, args, callbacks)
+                                       cfg.trainer, args, callbacks, **_virtual_tokens(ctx))
     ctx.hf_trainer.remove_callback(PrinterCallback)  # it prints each log as a raw dict: ConsoleProgress instead
     built = ctx.hf_trainer.args  # trainer.args may have set the batch or the accumulation
     record.global_batch_size = (built.per_device_train_batch_size * built.gradient_accumulation_steps
@@ -426,7 +426,7 @@ def _train(ctx: RunContext) -> str:
         from sllmx import forgetting
 
         before = forgetting.score(ctx.model, ctx.tokenizer, general, cfg.trainer.per_device_eval_batch_size)
-    ctx.pm.hook.sllmx_before_train(run=ctx)
+    ctx.registry.observe("sllmx_before_train", run=ctx)  # an observer's exception is a warning line
     # the baseline evaluation (eval.before_training) is TrainingArguments.eval_on_start: inside train(), after
     # the model is prepared; an evaluate() before train() leaves it unwrapped by DDP, so that with several
     # processes each rank trained alone on its own gradients (accelerate marks the model as prepared)
@@ -569,6 +569,12 @@ def _checkpointing(ctx: RunContext) -> bool:
     return decision["gradient_checkpointing"]
 
 
+def _virtual_tokens(ctx: RunContext) -> dict[str, int]:
+    """``{"virtual_tokens": n}`` for :meth:`Trainer.build` when the method prepends virtual tokens, else ``{}``."""
+    n = ctx.method.num_virtual_tokens(ctx.cfg.method)
+    return {"virtual_tokens": n} if n else {}
+
+
 def _open_trial(cfg: DictConfig) -> Any:
     """The Optuna trial of a sweep job (see :mod:`sllmx.trial`), else None; optuna is imported only then."""
     if cfg.trial.number is None:
@@ -585,7 +591,7 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
     Raises:
         SllmxError: when ``dataset`` is empty (e.g. ``eval.test=true`` with ``data.test_fraction=0``).
     """
-    from sllmx.callbacks import add_perplexity, score_split
+    from sllmx.callbacks import add_loss_metrics, score_split
     from sllmx.records import write_text_atomic
 
     if dataset is None or len(dataset) == 0:
@@ -595,10 +601,10 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
     # preprocessing and nothing here reaches the dev history, early stopping or the trial.
     args = training_args(ctx.cfg, ctx.runtime, ctx.record.dev_metric, ctx.output_dir / f"{prefix}-eval")
     args.update(report_to=[], load_best_model_at_end=False, save_strategy="no", eval_strategy="no", eval_on_start=False)
-    evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [])
+    evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [],
+                                  **_virtual_tokens(ctx))
     metrics = evaluator.evaluate(metric_key_prefix=prefix)
-    if ctx.trainer.loss_is_token_nll:
-        add_perplexity(metrics, prefix)
+    add_loss_metrics(metrics, ctx.trainer, ctx.registry, prefix)
     wait_for_everyone(ctx.runtime)
     if ctx.runtime.is_main:
         shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)
