@@ -125,7 +125,10 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
     _, record.total_params = count_parameters(model)
     # what was trained: nothing for a base model; the run's own count for a run (PEFT loads adapters frozen)
     record.trainable_params = RunRecord.read(Path(run_dir) / RUN_FILE).trainable_params if run_dir else 0
-    ctx = RunContext(cfg=cfg, registry=reg, method=SimpleNamespace(name=method_name), trainer=trainer,
+    # the run's method plugin where it is one (the trainers ask it about virtual tokens), else just its name
+    entry = reg.entries["method"].get(method_name)
+    ctx = RunContext(cfg=cfg, registry=reg, method=entry.obj if entry else SimpleNamespace(name=method_name),
+                     trainer=trainer,
                      runtime=runtime, record=record, output_dir=out_dir, model=model, tokenizer=tokenizer,
                      splits=splits)
     out_dir.mkdir(parents=True, exist_ok=True)

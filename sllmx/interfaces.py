@@ -4,7 +4,8 @@ Each kind of extension is a small base class with a ``name`` (the value a user
 writes on the command line, e.g. ``method=qlora``) and, where the user can
 configure it, a ``config`` dataclass.  sllmx stores that dataclass in Hydra's
 ConfigStore under the kind's group (``method``, ``trainer``, ``model``,
-``data``), so ``method=<name>`` works for a plugin that ships no YAML.
+``data``, ``logger``), so ``method=<name>`` works for a plugin that ships no YAML.
+The guide for plugin authors is docs/plugins.md.
 
 Nothing here imports torch, transformers, peft or trl: plugin modules are
 imported at start-up (``python -m sllmx --help`` must stay fast), so heavy

@@ -570,8 +570,10 @@ def _checkpointing(ctx: RunContext) -> bool:
 
 
 def _virtual_tokens(ctx: RunContext) -> dict[str, int]:
-    """``{"virtual_tokens": n}`` for :meth:`Trainer.build` when the method prepends virtual tokens, else ``{}``."""
-    n = ctx.method.num_virtual_tokens(ctx.cfg.method)
+    """``{"virtual_tokens": n}`` for :meth:`Trainer.build` when the method prepends virtual tokens, else ``{}``
+    (also for a context without a method plugin: ``sllmx.evaluate`` of a saved model names the method only)."""
+    ask = getattr(ctx.method, "num_virtual_tokens", None)
+    n = ask(ctx.cfg.method) if ask is not None else 0
     return {"virtual_tokens": n} if n else {}
 
 
