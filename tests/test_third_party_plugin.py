@@ -16,6 +16,15 @@ def test_the_example_plugin_is_listed_and_its_method_metric_and_logger_run(tmp_p
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(EXAMPLE)], check=True, capture_output=True)
+    # beside it, a plugin whose observer hooks raise: warning lines, and the run's status and exit code stay
+    info = site / "faulty_observer-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-observer\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sllmx]\nfaulty = faulty_observer\n")
+    (site / "faulty_observer.py").write_text(
+        "from sllmx import hookimpl\n"
+        "@hookimpl\ndef sllmx_after_evaluate(run, metrics):\n    raise ValueError(f'step {run.step}')\n"
+        "@hookimpl\ndef sllmx_after_run(record):\n    raise RuntimeError(record.status)\n")
     env = {**os.environ, "PYTHONPATH": str(site)}
 
     listing = subprocess.run([sys.executable, "-m", "sllmx.plugins"], env=env, capture_output=True, text=True,
@@ -30,6 +39,10 @@ def test_the_example_plugin_is_listed_and_its_method_metric_and_logger_run(tmp_p
                            f"cache_dir={tmp_path / 'cache'}"], env=env, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ia3: tokenizer TokenizersBackend with" in proc.stdout + proc.stderr  # wrap() was given the tokenizer
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("sllmx: warning: plugin faulty-observer")]
+    assert warnings == [*(f"sllmx: warning: plugin faulty-observer: sllmx_after_evaluate raised ValueError: step {n}"
+                          for n in (0, 2, 4)),
+                        "sllmx: warning: plugin faulty-observer: sllmx_after_run raised RuntimeError: COMPLETE"]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "COMPLETE" and record["method"] == "ia3"
     assert record["config"]["method"]["target_modules"] == ["k_proj", "v_proj", "down_proj"]
