@@ -173,7 +173,7 @@ def test_wandb_offline_logs_config_metrics_and_summary(tmp_path, monkeypatch):
     log = next(runs[0].glob("run-*.wandb")).read_bytes()
     for logged in [b"study-1",  # group
                    b"lora_alpha", b"json_fields",  # the resolved config
-                   b"eval/loss", b"eval/json_fields", b"train/loss",  # metrics, via transformers' WandbCallback
+                   b"eval/loss", b"eval/json_fields", b"train/loss",  # metrics, named as transformers names them for W&B
                    b"dev_metric/best", b"train_tokens_per_s"]:  # the run record's summary
         assert logged in log, logged
     assert record.status == "COMPLETE"
