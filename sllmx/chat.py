@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
+from sllmx.plugins import typed
 from sllmx.errors import SllmxError, exit_with
 from sllmx.export import (ADAPTER_CONFIG, EXPORT_FILE, RunInfo, _Parser, default_device, load_run_model, read_run,
                           say)
@@ -103,7 +104,7 @@ def find_target(paths: Sequence[str], overrides: Sequence[str]) -> Target:
     from sllmx.plugins import registry
 
     cfg = compose(list(overrides))
-    reason = registry().get("model", cfg.model.source).check(cfg.model)
+    reason = registry().get("model", cfg.model.source).check(typed(cfg.model, "model"))
     if reason:
         raise SllmxError(reason)
     registry().get("method", cfg.method.name)  # an unknown method fails now
@@ -184,8 +185,8 @@ def _load_base(target: Target, device: str) -> tuple[Any, Any]:
     cfg = target.cfg
     reg = registry()
     source = reg.get("model", cfg.model.source)
-    path = source.resolve(cfg.model, os.path.expanduser(str(cfg.cache_dir)))
-    kwargs = source.from_pretrained_kwargs(cfg.model)
+    path = source.resolve(typed(cfg.model, "model"), os.path.expanduser(str(cfg.cache_dir)))
+    kwargs = source.from_pretrained_kwargs(typed(cfg.model, "model"))
     precision, reason = decide_precision(str(cfg.trainer.get("precision", "auto")), device)
     runtime = Runtime(device=device, precision=precision, precision_reason=reason)
     say(f"loading {path} ({precision}: {reason})")
@@ -218,40 +219,33 @@ def load_chatter(target: Target, max_new_tokens: Optional[int] = None, batch_siz
 
 
 def read_prompts(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a prompts file (JSONL: ``{"prompt": str}`` or ``{"messages": [{"role", "content"}, ...]}``
-    per line; blank lines skipped).
+    """The rows of a prompts file (``{"prompt": str}`` or ``{"messages": [{"role", "content"}, ...]}`` per
+    row; JSONL with blank lines skipped, or any file :func:`sllmx.data.readers.read_file` reads).
 
     Raises:
-        SllmxError: a missing file, a line that is not a JSON object, or a row without a usable ``prompt`` /
-            ``messages``, naming the file, line and field.
+        SllmxError: a missing or malformed file, or a row without a usable ``prompt`` / ``messages``,
+            naming the file, line and field.
     """
-    path = Path(path)
-    if not path.is_file():
+    from sllmx.data.readers import read_file
+
+    if not Path(path).is_file():
         raise SllmxError(f"--input {path}: no such file")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SllmxError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise SllmxError(f"{path}:{n}: expected a JSON object with 'prompt' or 'messages'")
+    split = read_file(str(path))
+    for n, row in enumerate(split.rows):
+        where = f"{path}, {split.line_of(n)}"
         if "messages" in row:
             msgs = row["messages"]
             if not (isinstance(msgs, list) and msgs and all(
                     isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                     for m in msgs)):
-                raise SllmxError(f"{path}:{n}: field 'messages' must be a non-empty list of "
+                raise SllmxError(f"{where}: field 'messages' must be a non-empty list of "
                                  f"{{\"role\": str, \"content\": str}}")
         elif not (isinstance(row.get("prompt"), str) and row["prompt"].strip()):
-            raise SllmxError(f"{path}:{n}: field 'prompt' is missing or not a non-empty string "
+            raise SllmxError(f"{where}: field 'prompt' is missing or not a non-empty string "
                              f"(give 'prompt' or 'messages')")
-        rows.append(row)
-    if not rows:
+    if not split.rows:
         raise SllmxError(f"--input {path}: no prompts in it")
-    return rows
+    return split.rows
 
 
 def answer_rows(chatter: Chatter, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -307,7 +301,7 @@ def interactive(chatter: Chatter, stdin: TextIO = sys.stdin, stdout: TextIO = sy
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point (``python -m sllmx.chat``); returns the exit status (2 on bad input)."""
-    from sllmx.records import write_text_atomic
+    from sllmx.atomic import write_text_atomic
 
     parser = _Parser(prog="python -m sllmx.chat", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("target", nargs="*", metavar="RUN_DIR|EXPORT_DIR|key=value",

@@ -207,7 +207,7 @@ class EvalConfig:
     expect_json: bool = _help("answers should be JSON: count those that do not parse (eval_invalid_json_answers)",
                               False)
     general_data: Optional[str] = _help(
-        "forgetting check: a data file (any format the files source reads) scored before and after fine-tuning "
+        "forgetting check: a data file (JSONL, JSON, CSV or Parquet, any row format) scored before and after fine-tuning "
         "(token NLL and perplexity of its answers; run.json forgetting)", None)
     general_max_rows: int = _help("rows of eval.general_data scored (the first N)", 200, ge=1)
     forgetting_threshold: float = _help("flag forgetting when the general perplexity rises by more than this "

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional
 
+from sllmx.plugins import typed
 from sllmx.errors import SllmxError, exit_with
 from sllmx.records import RUN_FILE, RunRecord
 
@@ -65,8 +66,8 @@ def load_model(cfg: Any, run_dir: Optional[str], reg: Any, runtime: Any) -> tupl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = reg.get("model", cfg.model.source)
-    path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
-    kwargs = source.from_pretrained_kwargs(cfg.model)
+    path = source.resolve(typed(cfg.model, "model"), os.path.expanduser(cfg.cache_dir))
+    kwargs = source.from_pretrained_kwargs(typed(cfg.model, "model"))
     if run_dir is None:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         return (AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype, **kwargs), tokenizer,

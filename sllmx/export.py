@@ -48,6 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from sllmx.plugins import typed
+from sllmx.atomic import atomic_path
+from sllmx.atomic import umask as file_mask
 from sllmx.errors import SllmxError, exit_with
 from sllmx.records import RUN_FILE, RunRecord
 
@@ -227,11 +230,11 @@ def resolve_base(info: RunInfo) -> tuple[str, dict[str, Any]]:
 
     cfg = _omegaconf(info.record.config)
     source = registry().get("model", cfg.model.source)
-    reason = source.check(cfg.model)
+    reason = source.check(typed(cfg.model, "model"))
     if reason:
         raise SllmxError(reason)
     cache_dir = os.path.expanduser(str(cfg.get("cache_dir") or "~/.cache/sllmx"))
-    return source.resolve(cfg.model, cache_dir), source.from_pretrained_kwargs(cfg.model)
+    return source.resolve(typed(cfg.model, "model"), cache_dir), source.from_pretrained_kwargs(typed(cfg.model, "model"))
 
 
 def default_device() -> str:
@@ -721,12 +724,8 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, merged: bool =
                        "batch_size": info.generation_batch_size},
         "notes": [], "verification": [],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the folder a plain mkdir's mode
+    with atomic_path(out, directory=True) as tmp:
+        umask = file_mask()
         if kind == "adapter":
             _export_adapter(info, tmp, record, log)
         else:
@@ -740,10 +739,6 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike, *, merged: bool =
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n",
                                        encoding="utf-8")
         check_out(out)  # still free (another process may have taken it meanwhile)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     total = sum(f["bytes"] for f in record["files"].values())
     log(f"wrote {out} ({kind}{', ' + quantize if quantize else ''}; {len(record['files']) + 2} files, "
         f"{total / 1e6:.1f} MB)")

@@ -1,6 +1,6 @@
 """Forgetting check: a general-ability data set scored before and after fine-tuning.
 
-With ``eval.general_data=FILE`` (any file the ``files`` source reads: chat ``messages``,
+With ``eval.general_data=FILE`` (any data file sllmx reads: chat ``messages``,
 prompt/completion, Alpaca, plain ``text`` rows, ...), the run scores up to
 ``eval.general_max_rows`` of its rows with the untrained model and again with the selected
 checkpoint: the mean negative log-likelihood per answer token (nats) and its exponential, the
@@ -15,28 +15,30 @@ Models During Continual Fine-tuning").
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Any
 
 from sllmx.interfaces import LAYOUT_MESSAGES, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT
 
+#: the layouts the forgetting check scores, preferred first
+GENERAL_LAYOUTS = (LAYOUT_MESSAGES, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT)
+
 
 def load_general(path: str, max_rows: int, reg: Any) -> Any:
-    """The rows of ``path`` as a ``datasets.Dataset`` (messages, prompt/completion or text layout),
-    read by the ``files`` source with the format detected from the columns.
+    """The first ``max_rows`` rows of ``path`` (any file :func:`sllmx.data.readers.read_file` reads) as a
+    ``datasets.Dataset`` in the messages, prompt/completion or text layout, the format detected from the
+    columns; invalid rows are skipped and no data-quality check runs (the file is scored, not trained on).
 
     Raises:
         SllmxError: the file cannot be read or has no format the checks can score.
     """
-    from omegaconf import OmegaConf
+    from sllmx.config import DataConfig
+    from sllmx.data.pipeline import prepare_splits
+    from sllmx.data.readers import read_file
 
-    from sllmx.data.pipeline import load_splits
-
-    node = OmegaConf.create({"source": "files", "path": path, "dev": path, "format": "auto", "columns": {},
-                             "system": None, "max_rows": max_rows, "max_dev_rows": max_rows, "dev_fraction": 0.0,
-                             "test_fraction": 0.0, "split_seed": 0, "skip_invalid": True, "checks": False})
-    reader = SimpleNamespace(name="eval.general_data", layouts=[LAYOUT_MESSAGES, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT])
-    return load_splits(node, reg, reader).dev
+    rows = read_file(path, max_rows)
+    data = DataConfig(source="eval.general_data", max_rows=max_rows, max_dev_rows=max_rows, dev_fraction=0.0,
+                      skip_invalid=True, checks=False)
+    return prepare_splits({"train": rows, "dev": rows}, data, reg, GENERAL_LAYOUTS, "eval.general_data").dev
 
 
 def token_nll(model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> tuple[float, int]:

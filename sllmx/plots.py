@@ -12,11 +12,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from sllmx.atomic import atomic_path
 from sllmx.records import RunRecord
 
 
@@ -54,12 +54,8 @@ def _save(fig: Any, out_dir: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         path = out_dir / f"{name}.{ext}"
-        partial = out_dir / f".{name}.partial.{ext}"  # written beside, then renamed into place (atomic)
-        try:
+        with atomic_path(path, suffix=f".{ext}") as partial:  # savefig picks the format by the suffix
             fig.savefig(partial, dpi=120, bbox_inches="tight")
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
         paths.append(path)
     plt.close(fig)
     return paths

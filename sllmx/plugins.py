@@ -144,6 +144,49 @@ def registry() -> Registry:
     return Registry(pm, _load_entry_points(pm))
 
 
+#: the field of a config node that names its plugin, per kind
+PLUGIN_FIELD = {"model": "source", "data": "source", "method": "name", "trainer": "name"}
+
+
+def typed(node: Any, kind: str, reg: "Registry | None" = None) -> Any:
+    """What a plugin receives as its config: the node of ``kind`` (``model``, ``data``, ``method``,
+    ``trainer``) as an instance of the plugin's own config dataclass (``OmegaConf.to_object``: values
+    resolved, dicts and lists plain).
+
+    Args:
+        node: a composed node (typed by the plugin's dataclass through the ConfigStore), or a plain mapping
+            such as a run.json ``config`` section, which is first merged onto the dataclass of the plugin it
+            names (``model.source``, ``method.name``, ...).  A dataclass instance is returned as it is.
+        kind: the plugin kind, which is also the node's key in the config (for messages).
+        reg: the registry to find the plugin in (default: :func:`registry`).
+
+    Raises:
+        SllmxError: a field without a default was not given (``model.name_or_path is required``), a key or
+            value the dataclass does not take, or an unknown plugin.
+    """
+    import dataclasses
+
+    from omegaconf import DictConfig, OmegaConf
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+    if not isinstance(node, (DictConfig, dict)):
+        return node
+    try:
+        if not dataclasses.is_dataclass(OmegaConf.get_type(node) if isinstance(node, DictConfig) else None):
+            name = node.get(PLUGIN_FIELD[kind])
+            plugin = (reg or registry()).get(kind, str(name))
+            if plugin.config is None:
+                raise SllmxError(f"{kind}={name}: the plugin declares no config dataclass")
+            node = OmegaConf.merge(OmegaConf.structured(plugin.config), node)
+        return OmegaConf.to_object(node)
+    except MissingMandatoryValue as exc:
+        field = str(getattr(exc, "full_key", "") or getattr(exc, "key", "") or "a field")
+        field = field if field.startswith(f"{kind}.") else f"{kind}.{field}"
+        raise SllmxError(f"{field} is required: set it on the command line, e.g. {field}=...") from exc
+    except OmegaConfBaseException as exc:
+        raise SllmxError(f"{kind}: {str(exc).splitlines()[0]}") from exc
+
+
 def register_configs(reg: Registry) -> None:
     """Store every plugin's config dataclass in Hydra's ConfigStore under its kind's group."""
     from hydra.core.config_store import ConfigStore

@@ -309,7 +309,7 @@ def write_report_folder(paths: list[str | Path], by: list[str], folder: Path, al
         SllmxError: when no COMPLETE run is found, or one of the files already exists.
     """
     from sllmx.plots import html_page, write_plots
-    from sllmx.records import write_text_atomic
+    from sllmx.atomic import write_text_atomic
 
     found = collect(paths)
     rows, meta = build_table(found.records, by, also)
@@ -370,7 +370,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                   found.sweeps)
             print(f"figures: {len(figures)} files in {plot_dir}", file=sys.stderr)
         if args.html:
-            from sllmx.records import write_text_atomic
+            from sllmx.atomic import write_text_atomic
 
             table_html = render(rows, meta, "html")
             write_text_atomic(Path(args.html), html_page("sllmx report", header(meta, len(found.records)),
@@ -380,7 +380,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             log_to_wandb(rows, meta, figures, found.records, args.wandb_project, args.wandb_group)
         if args.out:
             out = Path(args.out)
-            from sllmx.records import write_text_atomic
+            from sllmx.atomic import write_text_atomic
 
             write_text_atomic(out, text)
             print(f"{header(meta, len(found.records))}\nwrote {out}\n{note}")

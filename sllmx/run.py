@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sllmx.plugins import typed
 from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
 from sllmx.errors import Interrupted, SllmxError
 from sllmx.interfaces import BUILTIN_NEEDS, LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Metric, Trainer
@@ -155,7 +156,7 @@ def run(cfg: DictConfig) -> RunRecord:
     method = reg.get("method", cfg.method.name)
     trainer = reg.get("trainer", cfg.trainer.name)
     check_combination(method, trainer, cfg, reg)
-    reason = reg.get("model", cfg.model.source).check(cfg.model)  # options, files, packages: nothing loaded
+    reason = reg.get("model", cfg.model.source).check(typed(cfg.model, "model"))  # options, files, packages: nothing loaded
     if reason:
         raise SllmxError(reason)
     dev = dev_metric_of(cfg, trainer, reg)
@@ -222,7 +223,7 @@ def run(cfg: DictConfig) -> RunRecord:
         device=runtime.device, world_size=runtime.world_size, backend=runtime.backend, precision=runtime.record(),
         hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(), git_commit=git_commit(os.getcwd()))
     main = runtime.is_main  # with several processes, only the main one writes files
-    if splits.options.enabled:
+    if splits.options.checks:
         record.data_checks = splits.report.summary()
         if main:
             splits.report.write(out / DATA_CHECK_FILE)
@@ -363,14 +364,14 @@ def _train(ctx: RunContext) -> str:
 
     def build_caches() -> str:  # the main process builds them first; the others then read them
         cache_splits(ctx.splits, cfg.cache_dir)  # a sweep's trials tokenise each split once (datasets' map cache)
-        return source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
+        return source.resolve(typed(cfg.model, "model"), os.path.expanduser(cfg.cache_dir))
 
     path = main_first(build_caches, runtime)
     set_seed(cfg.seed)
     record.model_facts = source.facts(path)
-    kwargs = source.from_pretrained_kwargs(cfg.model)
+    kwargs = source.from_pretrained_kwargs(typed(cfg.model, "model"))
     ctx.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    if ctx.splits.options.enabled and ctx.splits.options.lengths:
+    if ctx.splits.options.checks and ctx.splits.options.lengths:
         check_lengths(ctx.splits, ctx.tokenizer, cfg.trainer.get("max_length"))
         record.data_checks = ctx.splits.report.summary()
         if main:
@@ -488,7 +489,7 @@ def _train(ctx: RunContext) -> str:
 
         def into_place() -> None:
             shutil.rmtree(out / "model", ignore_errors=True)  # a resumed run's earlier partial save
-            os.replace(partial, out / "model")
+            os.replace(partial, out / "model")  # sllmx.atomic's rule; one fixed name, as every rank must know it
 
         on_main(into_place, runtime)
         record.artifacts["model"] = "model"
@@ -594,7 +595,7 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str, gen_cb: Any) -> d
         SllmxError: when ``dataset`` is empty (e.g. ``eval.test=true`` with ``data.test_fraction=0``).
     """
     from sllmx.callbacks import add_loss_metrics, score_split
-    from sllmx.records import write_text_atomic
+    from sllmx.atomic import write_text_atomic
 
     if dataset is None or len(dataset) == 0:
         raise SllmxError(f"eval.{prefix}=true but the {prefix} split is empty; set data.{prefix}_fraction or a "

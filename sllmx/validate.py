@@ -194,13 +194,49 @@ def constraints_by_key(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def annotated_yaml(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> str:
-    """``cfg`` as YAML (unresolved, as Hydra's ``--help`` prints it), each option that declares its allowed
-    values followed by them as a comment: ``r: 16  # >= 1``.  Top-level keys in ``skip`` are left out."""
+def field_help(cls: type, name: str) -> str:
+    """The help text of field ``name`` of dataclass ``cls`` (``metadata["help"]``, the nearest class in the
+    MRO that gives one), or ``""``."""
+    for klass in cls.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(name)
+        if f is not None and f.metadata.get("help"):
+            return str(f.metadata["help"])
+    return ""
+
+
+def help_by_key(cfg: DictConfig) -> dict[str, str]:
+    """``{option: help text}`` for every option of ``cfg`` whose dataclass field has one."""
+    out = {}
+    for key, node, cls in config_nodes(cfg):
+        prefix = f"{key}." if key else ""
+        for f in dataclasses.fields(cls):
+            text = field_help(cls, f.name)
+            if text and f.name in node:
+                out[prefix + f.name] = text
+    return out
+
+
+def _resolved_note(cfg: DictConfig, path: str, value: Any) -> str:
+    """`` (now V)`` for a value computed by one of sllmx's resolvers (``${sllmx_...}``), else ``""``."""
+    if not (isinstance(value, str) and value.startswith("${sllmx_")):
+        return ""
+    try:
+        return f" (now {_fmt(OmegaConf.select(cfg, path, throw_on_resolution_failure=True))})"
+    except Exception:  # noqa: BLE001 - a help page shows what it can
+        return ""
+
+
+def annotated_yaml(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",), width: int = 100) -> str:
+    """``cfg`` as YAML (unresolved, as Hydra's ``--help`` prints it), each option preceded by its help text
+    as a comment (wrapped at ``width``) and followed by its allowed values: ``r: 16  # >= 1``; a value
+    computed by a resolver also shows what it comes to now.  Top-level keys in ``skip`` are left out."""
+    import textwrap
+
     import yaml
     from omegaconf._utils import get_omega_conf_dumper
 
     notes = constraints_by_key(cfg)
+    helps = help_by_key(cfg)
     lines: list[str] = []
 
     def emit(node: Any, key: str, indent: str) -> None:
@@ -208,14 +244,18 @@ def annotated_yaml(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",)) -> str:
             path = f"{key}.{k}" if key else str(k)
             if not key and k in skip:
                 continue
+            if path in helps:
+                lines.extend(textwrap.wrap(helps[path], width=max(40, width - len(indent)),
+                                           initial_indent=indent + "# ", subsequent_indent=indent + "# "))
             if isinstance(v, dict) and v:
                 lines.append(f"{indent}{k}:")
                 emit(v, path, indent + "  ")
                 continue
             text = yaml.dump({k: v}, default_flow_style=False, allow_unicode=True, sort_keys=False,
                              Dumper=get_omega_conf_dumper()).rstrip("\n").splitlines()
-            if path in notes:
-                text[0] += f"  # {notes[path]}"
+            note = notes.get(path, "") + _resolved_note(cfg, path, v)
+            if note:
+                text[0] += f"  # {note.strip()}"
             lines.extend(indent + t for t in text)
 
     emit(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True), "", "")
@@ -248,7 +288,8 @@ OmegaConf.register_new_resolver("sllmx_sft_learning_rate", sft_learning_rate, re
 
 def _help_config(*, _root_: Any) -> str:
     """The ``${sllmx_help_config:}`` resolver of ``hydra.help.template`` (conf/config.yaml): ``python -m sllmx
-    --help`` prints the composed config with each option's allowed values (:func:`sllmx.validate.annotated_yaml`).
+    --help`` prints the composed config with each option's help text and allowed values
+    (:func:`sllmx.validate.annotated_yaml`).
     ``$`` is doubled for the ``string.Template`` Hydra then fills in."""
     return annotated_yaml(_root_).replace("$", "$$")
 

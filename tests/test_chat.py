@@ -140,7 +140,7 @@ def test_refusals(lora_run, tmp_path, capsys):
         ([str(tmp_path / "nope")], "no such run or model folder"),
         ([str(tmp_path)], "neither a run folder"),
         ([str(lora_run), "model=tiny"], "give one or the other"),
-        ([str(lora_run), "--input", str(bad)], f"{bad}:2: field 'messages'"),
+        ([str(lora_run), "--input", str(bad)], f"{bad}, line 2: field 'messages'"),
         ([str(lora_run), "--input", str(bad), "--output", str(taken)], "the file exists"),
         ([str(lora_run), "--output", str(tmp_path / "o.jsonl")], "--output needs --input"),
         ([str(lora_run), "--max-new-tokens", "0"], "--max-new-tokens 0"),

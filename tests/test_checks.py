@@ -12,14 +12,14 @@ from types import SimpleNamespace
 import pytest
 
 from sllmx.data import hold_out, load_splits
-from sllmx.data.checks import CheckOptions, row_text
+from sllmx.data.checks import row_text
 from sllmx.data.dedup import clusters, find_duplicates, find_shared, jaccard, normalize, shingles
 from sllmx.data.lengths import length_report, stats
-from sllmx.data.pipeline import hold_out_groups
+from sllmx.data.holdout import hold_out_groups
 from sllmx.errors import SllmxError
 from sllmx.interfaces import LAYOUT_PROMPT_COMPLETION
 from sllmx.plugins import registry
-from sllmx_plugins.formats import FilesDataConfig
+from sllmx_plugins.files import FilesDataConfig
 from tests.common import FAST_RUN, ROOT, SHARED_DATA, compose_config
 
 CHATBOT = SHARED_DATA / "ko_chatbot" / "ChatbotData.csv"
@@ -87,10 +87,16 @@ def test_find_shared_and_clusters():
 def test_bad_threshold_is_refused():
     with pytest.raises(ValueError, match="threshold"):
         find_duplicates(["a b c d", "a b c e"], 1.5)
-    with pytest.raises(SllmxError, match="data.near_dup_threshold=0"):
-        CheckOptions.from_cfg({"near_dup_threshold": 0})
-    with pytest.raises(SllmxError, match="data.leakage=sometimes: unknown; choose one of error, drop, report, off"):
-        CheckOptions.from_cfg({"leakage": "sometimes"})
+    from omegaconf import OmegaConf
+
+    from sllmx.config import DataConfig
+    from sllmx.validate import check_node
+
+    def data(**values):
+        return check_node("data", OmegaConf.merge(OmegaConf.structured(DataConfig), values), DataConfig)
+
+    assert data(near_dup_threshold=0) == "data.near_dup_threshold=0.0: must be in (0, 1], or null"
+    assert data(leakage="sometimes") == "data.leakage=sometimes: use one of error, drop, report, off"
 
 
 # ---------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from sllmx.interfaces import (
     FieldError,
 )
 from sllmx.plugins import registry
-from sllmx_plugins.formats import FilesDataConfig, FilesSource, read_file
+from sllmx.data.readers import read_file
+from sllmx_plugins.files import FilesDataConfig, FilesSource
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SLLMX_SHARED_DATA") or REPO / ".." / "shared" / "data").resolve()
@@ -370,8 +371,12 @@ def test_unreadable_file(tmp_path, reg):
 
 
 def test_path_not_set(reg):
+    from omegaconf import OmegaConf
+
+    with pytest.raises(SllmxError, match=r"^data.path is required: set it on the command line, e.g. data.path=...$"):
+        load_splits(OmegaConf.structured(FilesDataConfig), reg, SFT)
     with pytest.raises(SllmxError, match="data.path is not set"):
-        load_splits(FilesDataConfig(), reg, SFT)
+        load_splits(FilesDataConfig(path=""), reg, SFT)
 
 
 def test_hub_dataset_ids(monkeypatch, reg):
@@ -752,7 +757,9 @@ def test_generated_source_errors_and_splits(reg):
                     "dev": RawSplit(dev, "generated:support/dev", lambda i: f"example {i}", mapping),
                     "test": None}
 
-    node = SimpleNamespace(source="generated", format="auto", test_fraction=0.25)
+    from sllmx.config import DataConfig
+
+    node = DataConfig(source="generated", test_fraction=0.25, checks=False)
     with pytest.raises(SllmxError, match=r"^generated:support/dev, example 0: field 'completion': is empty "
                                          r"\(data format 'prompt_completion'; data.skip_invalid=true skips "
                                          r"such rows\)$"):
@@ -791,7 +798,7 @@ def test_buggy_format_plugins_give_one_line(tmp_path, reg):
 def test_permission_denied_is_one_line(tmp_path, reg, monkeypatch):
     import builtins
 
-    import sllmx_plugins.formats as formats
+    import sllmx.data.readers as readers
 
     path = write_jsonl(tmp_path / "locked.jsonl", ROWS)
 
@@ -800,6 +807,6 @@ def test_permission_denied_is_one_line(tmp_path, reg, monkeypatch):
             raise PermissionError(13, "Permission denied", str(file))
         return builtins.open(file, *a, **kw)
 
-    monkeypatch.setattr(formats, "open", refuse, raising=False)  # shadows the builtin inside the module
+    monkeypatch.setattr(readers, "open", refuse, raising=False)  # shadows the builtin inside the module
     with pytest.raises(SllmxError, match=rf"^cannot read {path}: Permission denied$"):
         load_splits(cfg(path), reg, SFT)

@@ -6,6 +6,7 @@ import json
 import pytest
 from rouge_score.rouge_scorer import RougeScorer
 
+from sllmx.plugins import typed
 from sllmx.plugins import registry
 from sllmx_plugins.metrics import BleuMetric, ExactMatchMetric, RougeMetric, RougeTokenizer
 from tests.common import SHARED_DATA
@@ -100,7 +101,7 @@ def test_answer_logprobs_batched_equal_one_by_one_by_hand(tmp_path):
 
     cfg = compose_config(["model=tiny"], tmp_path / "o", tmp_path / "cache")
     source = registry().get("model", cfg.model.source)
-    path = source.resolve(cfg.model, str(tmp_path / "cache"))
+    path = source.resolve(typed(cfg.model, "model"), str(tmp_path / "cache"))
     tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
     prompts = [[{"role": "user", "content": "환불해 주세요"}], [{"role": "user", "content": "hi there, how are you?"}]]
     answers = [[{"role": "assistant", "content": "네, 처리해 드릴게요."}], [{"role": "assistant", "content": "ok"}]]

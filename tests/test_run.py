@@ -7,7 +7,7 @@ from transformers import TrainerCallback
 
 from sllmx import hookimpl
 from sllmx.errors import SllmxError
-from sllmx.plugins import registry
+from sllmx.plugins import registry, typed
 from sllmx.records import RunRecord
 from sllmx.run import run
 from tests.common import FAST, compose_config
@@ -205,7 +205,7 @@ def test_qlora_on_cpu_keeps_gradients_through_4bit_weights_after_an_evaluation(t
     cfg = compose_config([*FAST, "method=qlora"], tmp_path / "run", tmp_path / "cache")
     reg = registry()
     qlora = reg.get("method", "qlora")
-    path = reg.get("model", "tiny").resolve(cfg.model, str(tmp_path / "cache"))
+    path = reg.get("model", "tiny").resolve(typed(cfg.model, "model"), str(tmp_path / "cache"))
     runtime = Runtime()
     model = qlora.wrap(qlora.load_model(path, cfg.method, runtime), cfg.method, runtime)
     ids = torch.tensor([[1, 5, 9, 13, 2]])

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from sllmx.memory import activation_bytes, decide_checkpointing
-from sllmx_plugins.models import TinySource
+from sllmx_plugins.tiny_model import TinyModelConfig, TinySource
 from sllmx_plugins.trainers import SFT, SFTTrainerConfig, label_positions_loss
 
 CONVERSATIONS = [
@@ -27,7 +27,7 @@ CONVERSATIONS = [
 def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = TinySource().resolve(None, str(tmp_path_factory.mktemp("cache")))
+    path = TinySource().resolve(TinyModelConfig(), str(tmp_path_factory.mktemp("cache")))
     torch.manual_seed(0)
     return path, AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
 

@@ -264,7 +264,7 @@ def test_dict_overrides_merge_with_a_presets_mapping_and_plus_still_adds(tmp_pat
 
 
 def test_dict_fields_take_new_keys_in_python_too():
-    from sllmx_plugins.formats import FilesDataConfig
+    from sllmx_plugins.files import FilesDataConfig
 
     assert dict(FilesDataConfig().columns) == {} and dict(TrainerConfig(name="x").args) == {}
     assert FilesDataConfig().columns is not FilesDataConfig().columns  # a fresh mapping per instance
@@ -316,7 +316,10 @@ def test_help_shows_each_options_range():
     for line in ["  r: 16  # >= 1", "  lora_dropout: 0.0  # in [0, 1)", "  bias: none  # one of none, all, lora_only",
                  "  precision: auto  # one of auto, fp32, bf16, fp16", "  max_length: 512  # >= 2, or null",
                  "  dev_fraction: 0.1  # in [0, 1)", "  early_stopping_patience: 3  # >= 1, or null",
-                 "output_dir: ${hydra:runtime.output_dir}", "  columns: {}"]:
+                 "output_dir: ${hydra:runtime.output_dir}", "  columns: {}",
+                 # each option's help text (metadata={"help": ...}) above it, a resolver's value beside it
+                 "  # rank of the update matrices", "  learning_rate: ${sllmx_sft_learning_rate:${oc.select:method.name,null}}  "
+                                            "# > 0 (now 0.001)"]:
         assert line + "\n" in proc.stdout, line
 
 
@@ -337,9 +340,10 @@ def test_choices_are_the_libraries_own():
     from transformers.trainer_utils import SchedulerType
     from trl import DPOTrainer
 
-    from sllmx.data.checks import CHOICES
+    from sllmx.data import checks, pipeline
     from sllmx_plugins.methods import LoraMethodConfig, PromptTuningMethodConfig
-    from sllmx_plugins.models import CHAT_TEMPLATES, GGUFModelConfig
+    from sllmx.chat_templates import CHAT_TEMPLATES
+    from sllmx_plugins.gguf_model import GGUFModelConfig
     from sllmx_plugins.trainers import DPOTrainerConfig, SFTTrainerConfig
 
     def choices(cls, name):
@@ -358,8 +362,11 @@ def test_choices_are_the_libraries_own():
     assert choices(GGUFModelConfig, "chat_template") == set(CHAT_TEMPLATES)
     from sllmx.config import DataConfig
 
-    for key, allowed in CHOICES.items():
-        assert choices(DataConfig, key) == set(allowed), key
+    handled = inspect.getsource(checks) + inspect.getsource(pipeline)
+    for key in ("duplicates", "leakage", "pii"):  # every choice the config allows is one the checks act on
+        for value in choices(DataConfig, key):
+            assert f'opts.{key} == "{value}"' in handled or f'opts.{key} != "{value}"' in handled \
+                or value == "report", (key, value)
 
 
 def typing_args(tp) -> tuple:

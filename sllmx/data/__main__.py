@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from sllmx.plugins import typed
 from sllmx.errors import SllmxError, exit_with
 
 
@@ -58,8 +59,8 @@ def check(overrides: list[str], out: Optional[str] = None, write_splits: Optiona
         from transformers import AutoTokenizer
 
         source = reg.get("model", cfg.model.source)
-        path = source.resolve(cfg.model, os.path.expanduser(cfg.cache_dir))
-        check_lengths(splits, AutoTokenizer.from_pretrained(path, **source.from_pretrained_kwargs(cfg.model)),
+        path = source.resolve(typed(cfg.model, "model"), os.path.expanduser(cfg.cache_dir))
+        check_lengths(splits, AutoTokenizer.from_pretrained(path, **source.from_pretrained_kwargs(typed(cfg.model, "model"))),
                       cfg.trainer.get("max_length"))
     print("\n".join(report.lines()))
     leaked = sum(d["exact"] + d["near"] + d["exact_prompt"] + d["near_prompt"]
@@ -89,7 +90,7 @@ def _write_splits(splits, folder: Path) -> None:
     """Each split's converted examples as ``<split>.jsonl`` (TRL's columns), written atomically."""
     import json
 
-    from sllmx.records import write_text_atomic
+    from sllmx.atomic import write_text_atomic
 
     for name in ("train", "dev", "test"):
         ds = getattr(splits, name)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
+
+from sllmx.atomic import atomic_path
 
 log = logging.getLogger("sllmx")
 
@@ -37,14 +38,12 @@ def saved_split(dataset: Any, digest: str, root: Path) -> Any:
 
     path = root / digest
     if not (path / "state.json").exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{digest}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        dataset.save_to_disk(str(tmp))
         try:
-            os.rename(tmp, path)
+            with atomic_path(path, directory=True) as tmp:
+                dataset.save_to_disk(str(tmp))
         except OSError:  # another process saved the same split first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not (path / "state.json").exists():
+                raise
     return datasets.load_from_disk(str(path))
 
 

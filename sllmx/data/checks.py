@@ -29,8 +29,6 @@ from typing import Any, Callable, Optional
 
 from sllmx.errors import SllmxError
 
-CHOICES = {"duplicates": ("drop", "report", "off"), "leakage": ("error", "drop", "report", "off"),
-           "pii": ("mask", "drop", "report", "off")}
 #: columns whose value counts are reported when ``data.label_column`` is not set
 LABEL_COLUMNS = ("label", "labels", "category", "intent", "class")
 #: example pairs quoted in a report or an error message
@@ -40,54 +38,14 @@ KEYS = ("full", "prompt")  # prompt + response, prompt alone
 DATA_CHECK_FILE = "data_check.json"
 
 
-def config_value(cfg: Any, key: str, default: Any = None, keep_null: bool = False) -> Any:
-    """``cfg.key`` of a dataclass, an OmegaConf node, a dict or a namespace: ``default`` when absent or
-    ``???``, and when null unless ``keep_null`` (options whose null means something, e.g. no threshold)."""
-    try:
-        value = cfg[key] if isinstance(cfg, dict) else getattr(cfg, key)
-    except Exception:  # AttributeError, KeyError, omegaconf's ConfigAttributeError / MissingMandatoryValue
-        return default
-    if (isinstance(value, str) and value == "???") or (value is None and not keep_null):
-        return default
-    return value
+#: the ``data.*`` options the checks read (their help: :class:`sllmx.config.DataConfig`)
+CHECK_FIELDS = ("duplicates", "near_dup_threshold", "leakage", "pii", "stratify", "label_column", "lengths")
 
 
-@dataclass
-class CheckOptions:
-    """The ``data.*`` options of the checks (see :class:`sllmx.config.DataConfig` for their help)."""
-
-    enabled: bool = True
-    duplicates: str = "report"
-    near_dup_threshold: Optional[float] = 0.8
-    leakage: str = "error"
-    pii: str = "report"
-    stratify: Optional[str] = None
-    label_column: Optional[str] = None
-    lengths: bool = True
-
-    @classmethod
-    def from_cfg(cls, data_cfg: Any) -> "CheckOptions":
-        """Read and validate the options of a ``data`` config node.
-
-        Raises:
-            SllmxError: an unknown choice (``data.leakage=foo``) or a threshold outside (0, 1].
-        """
-        d = cls()
-        get = lambda key, keep_null=False: config_value(data_cfg, key, getattr(d, key), keep_null)  # noqa: E731
-        opts = cls(enabled=bool(config_value(data_cfg, "checks", d.enabled)), duplicates=get("duplicates"),
-                   near_dup_threshold=get("near_dup_threshold", keep_null=True), leakage=get("leakage"),
-                   pii=get("pii"), stratify=get("stratify"), label_column=get("label_column"),
-                   lengths=bool(get("lengths")))
-        for key, allowed in CHOICES.items():
-            value = getattr(opts, key)
-            if value is False:  # YAML reads a bare `off` as false
-                setattr(opts, key, "off")
-            elif value not in allowed:
-                raise SllmxError(f"data.{key}={value}: unknown; choose one of {', '.join(allowed)}")
-        t = opts.near_dup_threshold
-        if t is not None and not (isinstance(t, (int, float)) and 0 < t <= 1):
-            raise SllmxError(f"data.near_dup_threshold={t}: must be in (0, 1] (Jaccard similarity), or null")
-        return opts
+def check_options(data: Any) -> dict[str, Any]:
+    """The options of the checks as ``data_check.json`` records them: ``enabled`` (``data.checks``) and
+    :data:`CHECK_FIELDS` of the ``data`` config instance."""
+    return {"enabled": bool(data.checks), **{key: getattr(data, key) for key in CHECK_FIELDS}}
 
 
 @dataclass
@@ -95,7 +53,7 @@ class DataReport:
     """What the checks found.  Every count is of rows (raw rows of the data files).
 
     Attributes:
-        options: the :class:`CheckOptions` used.
+        options: the options used (:func:`check_options`).
         splits: ``{split: {"origin", "rows", "format", "layout"}}`` after the checks.
         invalid: ``[{"split", "where", "field", "message"}]`` rows a format refused.
         pii: ``{split: {"rows": n, "by_type": {type: n}, "action", "dropped", "examples"}}``.
@@ -125,7 +83,7 @@ class DataReport:
 
     def write(self, path: str | Path) -> Path:
         """Write the report as JSON, atomically (see :func:`sllmx.records.write_text_atomic`)."""
-        from sllmx.records import write_text_atomic
+        from sllmx.atomic import write_text_atomic
 
         return write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
@@ -226,7 +184,7 @@ def _quote(text: str, n: int = 40) -> str:
 # The checks
 # ---------------------------------------------------------------------------
 
-def check_pii(split: str, converted: dict[int, Optional[list]], where: Callable[[int], str], opts: CheckOptions,
+def check_pii(split: str, converted: dict[int, Optional[list]], where: Callable[[int], str], opts: Any,
               report: DataReport) -> None:
     """Find PII in the user and assistant messages of ``converted`` rows; mask or drop them in place.
 
@@ -274,7 +232,7 @@ def check_pii(split: str, converted: dict[int, Optional[list]], where: Callable[
 
 
 def check_duplicates(split: str, texts: dict[int, tuple[str, str]], where: Callable[[int], str],
-                     opts: CheckOptions, report: DataReport) -> tuple[set[int], list]:
+                     opts: Any, report: DataReport) -> tuple[set[int], list]:
     """Count exact and near duplicates within one split.
 
     Returns:
@@ -308,7 +266,7 @@ def check_duplicates(split: str, texts: dict[int, tuple[str, str]], where: Calla
     return (drop if opts.duplicates == "drop" else set()), found
 
 
-def duplicate_groups(rows: list[int], texts: dict[int, tuple[str, str]], opts: CheckOptions,
+def duplicate_groups(rows: list[int], texts: dict[int, tuple[str, str]], opts: Any,
                      pairs: Optional[list] = None) -> list[list[int]]:
     """Groups of ``rows`` linked by an exact or near duplicate, by prompt or by prompt + response
     (``pairs`` when :func:`check_duplicates` found them already); the hold-out keeps each group in
@@ -325,7 +283,7 @@ def duplicate_groups(rows: list[int], texts: dict[int, tuple[str, str]], opts: C
 
 
 def check_leakage(plan: dict[str, list[int]], texts: dict[str, dict[int, tuple[str, str]]],
-                  where: dict[str, Callable[[int], str]], opts: CheckOptions, report: DataReport) -> dict[str, set]:
+                  where: dict[str, Callable[[int], str]], opts: Any, report: DataReport) -> dict[str, set]:
     """Rows shared between the final splits, by prompt and by prompt + response (exact or near).
 
     Args:
@@ -385,7 +343,7 @@ def check_leakage(plan: dict[str, list[int]], texts: dict[str, dict[int, tuple[s
     return drop if opts.leakage == "drop" else {name: set() for name in plan}
 
 
-def label_balance(rows: dict[str, list[dict]], plan: dict[str, tuple[str, list[int]]], opts: CheckOptions,
+def label_balance(rows: dict[str, list[dict]], plan: dict[str, tuple[str, list[int]]], opts: Any,
                   report: DataReport) -> None:
     """Value counts of the label column per final split (``plan[split] = (source split, row indices)``)."""
     column = opts.label_column or opts.stratify

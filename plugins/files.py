@@ -1,0 +1,80 @@
+"""Built-in data source ``files``: local JSONL / JSON / CSV / Parquet files, or a Hugging Face ``datasets``
+id when ``data.path`` is not a local path::
+
+    python -m sllmx data=files data.path=train.jsonl data.dev=dev.jsonl
+
+The rows are read by :mod:`sllmx.data.readers`; the format (``data.format``, detected from the columns by
+default) comes from the format plugins.  Registered through the ``sllmx`` entry-point group like any
+third-party plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from sllmx import hookimpl
+from sllmx.config import DataConfig, _help
+from sllmx.data.readers import is_local, read_file, read_hub
+from sllmx.errors import SllmxError
+from sllmx.interfaces import DataSource, RawSplit
+
+
+@dataclass
+class FilesDataConfig(DataConfig):
+    """Rows from local files (JSONL, JSON, CSV, Parquet) or a Hugging Face ``datasets`` id."""
+
+    source: str = _help("data source plugin that reads or generates the rows", "files")
+    path: str = _help("train file (.jsonl, .jsonl.gz, .json, .csv, .parquet), or a Hugging Face datasets id "
+                      "when it is not a local path")
+    dev: Optional[str] = _help("dev file; null: hold out data.dev_fraction of train (seeded)", None)
+    test: Optional[str] = _help("test file; null: hold out data.test_fraction of train (seeded)", None)
+    hub_split: str = _help("split to load when path is a datasets id", "train")
+    hub_name: Optional[str] = _help("configuration (subset) name when path is a datasets id", None)
+    sample_seed: Optional[int] = _help(
+        "with max_rows: take a seeded random sample of N rows instead of the first N "
+        "(for files sorted by topic or label); null keeps the first N", None, ge=0)
+
+
+class FilesSource(DataSource):
+    """Rows from local JSONL / JSON / CSV / Parquet files, or a Hugging Face datasets id."""
+
+    name = "files"
+    config = FilesDataConfig
+
+    def load(self, cfg: FilesDataConfig) -> dict[str, Optional[RawSplit]]:
+        """Read ``cfg.path`` (and ``cfg.dev`` / ``cfg.test`` when set).
+
+        Returns:
+            ``{"train": RawSplit, "dev": RawSplit | None, "test": RawSplit | None}``; each split
+            keeps at most ``cfg.max_rows`` rows (the first ones, or a sample seeded by
+            ``cfg.sample_seed``).  ``line_of`` gives ``line N`` (JSONL), ``row N (line M)``
+            (CSV, header at line 1), ``item N`` (JSON array) or ``row N`` (Parquet, hub).
+
+        Raises:
+            SllmxError: ``path`` not set; a missing, unreadable or malformed file (naming the
+                file, and the line where it applies); a hub dataset that cannot be loaded.
+        """
+        path = cfg.path
+        if not path:
+            raise SllmxError("data.path is not set: give data.path=FILE (.jsonl, .json, .csv, .parquet) "
+                             "or a Hugging Face datasets id")
+        limit = cfg.max_rows
+        seed = cfg.sample_seed
+        out: dict[str, Optional[RawSplit]] = {"train": None, "dev": None, "test": None}
+        if is_local(str(path)):
+            out["train"] = read_file(str(path), limit, seed)
+        else:
+            out["train"] = read_hub(str(path), cfg.hub_name, cfg.hub_split or "train",
+                                    limit, seed)
+        for split in ("dev", "test"):
+            other = getattr(cfg, split)
+            if other:
+                out[split] = read_file(str(other), limit, seed)
+        return out
+
+
+@hookimpl
+def sllmx_data_sources() -> list[DataSource]:
+    """Register the files data source."""
+    return [FilesSource()]
