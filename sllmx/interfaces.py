@@ -337,7 +337,8 @@ class Logger(Plugin):
 
     def start(self, run: Any, cfg: Any) -> None:
         """A run begins.  ``run``: the :class:`~sllmx.context.RunContext` (``record.config`` is the
-        resolved config, ``output_dir`` the run folder); ``cfg``: this logger's config node."""
+        resolved config, ``output_dir`` the run folder); ``cfg``: this logger's options, an instance of its
+        ``config`` dataclass."""
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Numbers the trainer logged at optimizer step ``step``, named as transformers logs them:

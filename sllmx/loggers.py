@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sllmx.plugins import warn
+from sllmx.plugins import typed, warn
 from sllmx.records import RunRecord
 
 
@@ -50,12 +50,13 @@ class RunLogger:
 
 
 def start_logger(run: Any) -> RunLogger | None:
-    """Start the logger ``run.cfg.logger.name`` for ``run`` (a :class:`~sllmx.context.RunContext`); call it on
-    the main process only.  Returns None when its ``start`` failed (reported as one warning line)."""
+    """Start the logger ``run.cfg.logger.name`` for ``run`` (a :class:`~sllmx.context.RunContext`) with its config
+    as an instance of its own dataclass (:func:`sllmx.plugins.typed`); call it on the main process only.  Returns
+    None when its ``start`` failed (reported as one warning line)."""
     name = run.cfg.logger.name
     logger = run.registry.get("logger", name)
     wrapped = RunLogger(logger, run.registry.dist_of("logger", name))
-    return wrapped if wrapped._call("start", run, run.cfg.logger) else None
+    return wrapped if wrapped._call("start", run, typed(run.cfg.logger, "logger", run.registry)) else None
 
 
 def log_metrics(logger: RunLogger | None, metrics: dict[str, Any], step: int) -> None:

@@ -145,7 +145,7 @@ def registry() -> Registry:
 
 
 #: the field of a config node that names its plugin, per kind
-PLUGIN_FIELD = {"model": "source", "data": "source", "method": "name", "trainer": "name"}
+PLUGIN_FIELD = {"model": "source", "data": "source", "method": "name", "trainer": "name", "logger": "name"}
 
 
 def typed(node: Any, kind: str, reg: "Registry | None" = None) -> Any:
