@@ -4,7 +4,7 @@ What it talks to:
 
 - a run folder (``python -m sllmx.chat outputs/2026-12-01/10-00-00-lora-sft``): the run's final model,
   loaded the way the run built it (the base through the method plugin, in the run's precision, with the
-  saved adapter; :func:`sllmx.export.load_run_model`);
+  saved adapter; :func:`sllmx.run_folder.load_run_model`);
 - an export folder (``python -m sllmx.export ... --out DIR``) or any Hugging Face model folder: the
   model in it (a PEFT adapter folder is put on its base);
 - Hydra overrides of ``python -m sllmx`` (``python -m sllmx.chat model=tiny``,
@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
 from sllmx.plugins import typed
-from sllmx.errors import SllmxError, exit_with
-from sllmx.export import (ADAPTER_CONFIG, EXPORT_FILE, RunInfo, _Parser, default_device, load_run_model, read_run,
-                          say)
+from sllmx.errors import OneLineParser, SllmxError, exit_with, say
+from sllmx.run_folder import ADAPTER_CONFIG, EXPORT_FILE, RunInfo, default_device, load_run_model, read_run
 from sllmx.records import RUN_FILE
 
 #: the answer length when neither the run, the export nor the model's generation config gives one
@@ -108,7 +107,7 @@ def find_target(paths: Sequence[str], overrides: Sequence[str]) -> Target:
     if reason:
         raise SllmxError(reason)
     registry().get("method", cfg.method.name)  # an unknown method fails now
-    from sllmx.export import base_label
+    from sllmx.model_card import base_label
     from omegaconf import OmegaConf
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -201,7 +200,7 @@ def load_chatter(target: Target, max_new_tokens: Optional[int] = None, batch_siz
 
     Args:
         system: the system prompt; None keeps the target's, ``""`` drops it.
-        device: default :func:`sllmx.export.default_device`.
+        device: default :func:`sllmx.run_folder.default_device`.
     """
     device = device or default_device()
     say(f"loading {target.label}")
@@ -303,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point (``python -m sllmx.chat``); returns the exit status (2 on bad input)."""
     from sllmx.atomic import write_text_atomic
 
-    parser = _Parser(prog="python -m sllmx.chat", description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser = OneLineParser(prog="python -m sllmx.chat", description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("target", nargs="*", metavar="RUN_DIR|EXPORT_DIR|key=value",
                         help="a run folder, an export / Hugging Face model folder, or python -m sllmx overrides "
                              "choosing a base model (e.g. model=tiny); none: the default config's base model")

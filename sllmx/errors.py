@@ -1,6 +1,8 @@
 """Errors and how a command ends on them: bad input (one clear line, exit status 2, no traceback) and a
 run stopped by a signal."""
 
+import argparse
+
 
 class SllmxError(Exception):
     """A user-facing error: bad input, an unknown option, a config that cannot work.
@@ -92,3 +94,20 @@ def settle_before_exit(timeout_s: float = 30.0) -> None:
         dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
     except Exception:  # a rank that did not fail: it will be stopped by the launcher
         pass
+
+
+def say(message: str) -> None:
+    """One progress line on stderr (``sllmx: ...``), flushed at once (the commands after a run use it)."""
+    import sys
+
+    sys.stderr.write(f"sllmx: {message}\n")
+    sys.stderr.flush()
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors (an unknown flag, a missing argument) are one
+    ``sllmx: error: PROG: ... (see PROG --help)`` line and exit status 2, as every sllmx command ends on
+    bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        exit_with(SllmxError(f"{self.prog}: {message} (see {self.prog} --help)"))

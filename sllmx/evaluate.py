@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from typing import Any, Optional
 
 from sllmx.plugins import typed
-from sllmx.errors import SllmxError, exit_with
+from sllmx.errors import OneLineParser, SllmxError, exit_with
 from sllmx.records import RUN_FILE, RunRecord
 
 
@@ -158,7 +158,7 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input)."""
-    parser = argparse.ArgumentParser(prog="python -m sllmx.evaluate", description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog="python -m sllmx.evaluate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("args", nargs="*", metavar="RUN_DIR|OVERRIDE",

@@ -14,7 +14,6 @@ The interval is ``scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=std / sqrt
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -22,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from sllmx.errors import SllmxError, exit_with
+from sllmx.errors import OneLineParser, SllmxError, exit_with
 from sllmx.records import RUN_FILE, RunRecord
+from sllmx.tables import FORMATS, header, render
 
 #: config keys that never distinguish configurations (seeds, where things are written, sweep bookkeeping)
 IGNORED_PREFIXES = ("seed", "output_dir", "cache_dir", "shared_data", "trial.", "logger.", "save_model")
-FORMATS = ("markdown", "csv", "latex", "json")
 
 
 @dataclass
@@ -214,66 +213,6 @@ def build_table(records: list[RunRecord], by: list[str],
     return rows, {"metric": metric, "higher_is_better": higher, "by": by, "also": list(also)}
 
 
-def render(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str) -> str:
-    """The table as Markdown (tabulate via pandas), CSV, LaTeX (booktabs), HTML or JSON.
-
-    CSV and JSON keep every number in its own field; Markdown, LaTeX and HTML are for reading:
-    the dev metric as ``mean ± std [95% interval]``, parameters as ``count (%)``.
-    """
-    import pandas as pd
-
-    if fmt == "json":
-        return json.dumps({**meta, "rows": rows}, indent=2, ensure_ascii=False, default=str) + "\n"
-    hyper = [", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in r["hyperparameters"].items()) for r in rows]
-    if fmt == "csv":  # every number in its own column
-        return pd.DataFrame([{**r, "hyperparameters": h} for r, h in zip(rows, hyper)]).to_csv(index=False)
-    frame = pd.DataFrame([_readable(r, meta, h) for r, h in zip(rows, hyper)])
-    if fmt == "markdown":
-        return frame.to_markdown(index=False) + "\n"
-    if fmt == "html":
-        return frame.to_html(index=False, na_rep="")
-    if fmt == "latex":
-        caption = (f"{meta['metric']} ({'higher' if meta['higher_is_better'] else 'lower'} is better); "
-                   "mean over seeds with 95\\% t-interval").replace("_", "\\_")
-        return frame.to_latex(index=False, caption=caption, na_rep="--", escape=True).replace("±", "$\\pm$")
-    raise SllmxError(f"--format {fmt}: unknown; available: {', '.join(FORMATS)}")
-
-
-def _readable(row: dict[str, Any], meta: dict[str, Any], hyper: str) -> dict[str, Any]:
-    """A row for people: the metric as ``mean ± std [low, high]``, parameters as ``count (%)``."""
-    metric = meta["metric"]
-    out = {k: row[k] for k in meta["by"]}
-    out["n"] = row["n"]
-    mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-    ci = (f" [{row[f'{metric}_ci_low']:.4f}, {row[f'{metric}_ci_high']:.4f}]" if std is not None else "")
-    out[f"{metric} (dev)"] = f"{mean:.4f}" + (f" ± {std:.4f}{ci}" if std is not None else "")
-    for key in meta.get("also", []):
-        mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
-        out[f"{key} (dev)"] = "" if mean is None else f"{mean:.4f}" + (f" ± {std:.4f}" if std is not None else "")
-    for key in row:
-        if key.startswith("test_") and key.endswith("_mean"):
-            out[f"{key[5:-5]} (test)"] = f"{row[key]:.4f}"
-    if row.get("trainable_params") is not None:
-        out["trainable params"] = f"{row['trainable_params']:,}" + (
-            f" ({row['trainable_%']:.2f}%)" if row.get("trainable_%") is not None else "")
-    for key, label, fmt in (("peak_rss_gib", "peak RSS GiB", "{:.1f}"), ("train_tokens", "train tokens", "{:,.0f}"),
-                            ("wall_time_s", "wall s", "{:.0f}"), ("train_tokens_per_s", "tokens/s", "{:.1f}")):
-        out[label] = fmt.format(row[key]) if row.get(key) is not None else ""
-    out["configs"] = row["configs"]
-    out["hyperparameters (best)"] = hyper
-    return out
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def header(meta: dict[str, Any], n_runs: int) -> str:
-    direction = "higher" if meta["higher_is_better"] else "lower"
-    return (f"dev metric {meta['metric']} ({direction} is better); rows: best configuration per "
-            f"{' x '.join(meta['by'])}, mean over seeds with 95% Student-t interval; {n_runs} runs")
-
-
 def log_to_wandb(rows: list[dict[str, Any]], meta: dict[str, Any], figures: list[Path], records: list[RunRecord],
                  project: str, group: Optional[str]) -> None:
     """One W&B run (job type ``report``) with the table as a ``wandb.Table`` and each PNG figure as an image.
@@ -332,7 +271,7 @@ def write_report_folder(paths: list[str | Path], by: list[str], folder: Path, al
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input)."""
-    parser = argparse.ArgumentParser(prog="python -m sllmx.report", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m sllmx.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders, multirun/sweep folders or run.json files")
     parser.add_argument("--by", nargs="+", default=["method", "trainer"],
                         help="config keys that form the groups (default: method trainer)")

@@ -106,7 +106,7 @@ def test_base_model_from_overrides(lora_run, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sllmx.callbacks import generate
-    from sllmx.export import read_run, resolve_base
+    from sllmx.run_folder import read_run, resolve_base
 
     cache = lora_run.parent / "cache"
     rows = dev_prompt_rows(lora_run)[:2]

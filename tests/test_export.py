@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from sllmx.errors import SllmxError
-from sllmx.export import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, EXPORT_FILE, _hub_id, check_quantize_available, export,
-                          main, read_run, resolve_base, vllm_notes)
+from sllmx.export import check_quantize_available, export, main
+from sllmx.model_card import hub_id, vllm_notes
+from sllmx.run_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EXPORT_FILE, read_run, resolve_base
 from sllmx.records import RunRecord
 from tests.common import FAST, ROOT, compose_config
 
@@ -269,10 +270,10 @@ def test_model_card(runs, tmp_path):
 
 
 def test_card_names_a_hub_base_model():
-    assert _hub_id({"source": "hf", "name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}) == \
+    assert hub_id({"source": "hf", "name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}) == \
         "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert _hub_id({"source": "hf", "name_or_path": "/models/llama"}) is None
-    assert _hub_id({"source": "gguf", "name": "smollm2-135m"}) is None
+    assert hub_id({"source": "hf", "name_or_path": "/models/llama"}) is None
+    assert hub_id({"source": "gguf", "name": "smollm2-135m"}) is None
 
 
 REFUSALS = textwrap.dedent("""

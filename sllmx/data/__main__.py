@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from sllmx.plugins import typed
-from sllmx.errors import SllmxError, exit_with
+from sllmx.errors import OneLineParser, SllmxError, exit_with
 
 
 def check(overrides: list[str], out: Optional[str] = None, write_splits: Optional[str] = None) -> int:
@@ -101,7 +101,7 @@ def _write_splits(splits, folder: Path) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m sllmx.data", description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog="python -m sllmx.data", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p = parser
