@@ -58,7 +58,8 @@ class LoRA(Method):
     sft_learning_rate = 1e-3
     use_dora = False
 
-    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime, tokenizer: Any = None) -> Any:
+        """``peft.get_peft_model`` with a ``LoraConfig`` of the method's options."""
         from peft import LoraConfig, get_peft_model
 
         return get_peft_model(model, LoraConfig(**_lora_kwargs(cfg), use_dora=self.use_dora))
@@ -123,13 +124,13 @@ class QLoRA(LoRA):
                 module.support_avx512bf16_for_cpu = False
         return model
 
-    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime, tokenizer: Any = None) -> Any:
         """``peft.prepare_model_for_kbit_training``, then LoRA."""
         from peft import prepare_model_for_kbit_training
 
         # Gradient checkpointing is the trainer's decision (TrainerConfig.gradient_checkpointing).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return super().wrap(model, cfg, runtime)
+        return super().wrap(model, cfg, runtime, tokenizer)
 
 
 @dataclass
@@ -158,15 +159,42 @@ class PromptTuning(Method):
     name = "prompt_tuning"
     config = PromptTuningMethodConfig
 
-    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+    def num_virtual_tokens(self, cfg: Any) -> int:
+        """``method.num_virtual_tokens``: the soft prompt's length."""
+        return int(cfg.num_virtual_tokens)
+
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime, tokenizer: Any = None) -> Any:
+        """``peft.PromptTuningConfig``; TEXT initialisation tokenises the text with the run's tokenizer."""
         from peft import PromptTuningConfig, get_peft_model
 
         kwargs: dict[str, Any] = dict(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens,
                                       prompt_tuning_init=cfg.prompt_tuning_init)
         if cfg.prompt_tuning_init == "TEXT":
+            # PEFT loads a tokenizer by name for the text; the run's own is the one the model is trained with
             kwargs.update(prompt_tuning_init_text=cfg.prompt_tuning_init_text,
-                          tokenizer_name_or_path=model.name_or_path)
+                          tokenizer_name_or_path=getattr(tokenizer, "name_or_path", None) or model.name_or_path)
+            if tokenizer is not None:
+                return self._wrap_from_text(model, PromptTuningConfig(**kwargs), tokenizer)
         return get_peft_model(model, PromptTuningConfig(**kwargs))
+
+    @staticmethod
+    def _wrap_from_text(model: Any, config: Any, tokenizer: Any) -> Any:
+        """``get_peft_model`` with the soft prompt initialised from the embeddings of ``config``'s text as
+        ``tokenizer`` tokenises it (repeated or cut to ``num_virtual_tokens``), PEFT's TEXT rule."""
+        import torch
+        from peft import get_peft_model
+
+        text, n = config.prompt_tuning_init_text, config.num_virtual_tokens
+        config.prompt_tuning_init = "RANDOM"  # PEFT would load a tokenizer by name; the run's is given
+        peft_model = get_peft_model(model, config)
+        ids = tokenizer(text)["input_ids"] or [tokenizer.eos_token_id]
+        ids = (ids * (n // len(ids) + 1))[:n]
+        embeddings = peft_model.get_input_embeddings()
+        with torch.no_grad():
+            words = embeddings(torch.tensor(ids, device=embeddings.weight.device)).detach().clone()
+            peft_model.prompt_encoder["default"].embedding.weight.copy_(words.to(torch.float32))
+        peft_model.peft_config["default"].prompt_tuning_init = "TEXT"
+        return peft_model
 
 
 @dataclass
@@ -191,7 +219,8 @@ class Full(Method):
 
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map=runtime.device, **kwargs)
 
-    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime, tokenizer: Any = None) -> Any:
+        """The model itself: every parameter trains."""
         return model
 
 

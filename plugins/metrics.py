@@ -19,6 +19,10 @@ on greedy generations of the dev (and test) prompts against their references; pi
 ``exact_match``
     share of predictions equal to their reference after Unicode NFKC, case folding and
     whitespace collapsing; in [0, 1].
+``perplexity``
+    per-token perplexity of the split, exp(``eval_loss``) (``needs = "loss"``): computed at every evaluation
+    of a trainer whose loss is the mean token cross-entropy (``sft``), with no ``data.metric``; lower is
+    better.  Logged as ``eval_perplexity``; ``eval.metric=perplexity`` selects by it.
 ``preference``
     on preference pairs (DPO / ORPO dev splits; ``needs = "pair_logprobs"``): the share of
     pairs whose chosen answer the model gives a higher log-probability than the rejected one
@@ -27,12 +31,13 @@ on greedy generations of the dev (and test) prompts against their references; pi
 
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from typing import Any
 
 from sllmx import hookimpl
-from sllmx.interfaces import NEEDS_PAIR_LOGPROBS, Metric
+from sllmx.interfaces import NEEDS_LOSS, NEEDS_PAIR_LOGPROBS, Metric
 
 HANGUL = re.compile("[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
 #: Kiwi part-of-speech tags left out of ROUGE tokens: punctuation and other symbols
@@ -161,7 +166,19 @@ class PreferenceMetric(Metric):
                 "logp_margin": sum(c - r for c, r in zip(predictions, references)) / n}
 
 
+class PerplexityMetric(Metric):
+    """Per-token perplexity of the split, exp(eval_loss), for trainers whose loss is the token NLL."""
+
+    name = "perplexity"
+    higher_is_better = False
+    needs = NEEDS_LOSS
+
+    def compute(self, losses: list[float]) -> dict[str, float]:
+        """``losses`` holds the split's mean token cross-entropy (nats); exp of it, capped at exp(700)."""
+        return {"perplexity": math.exp(min(float(losses[0]), 700.0))}
+
+
 @hookimpl
 def sllmx_metrics() -> list[Metric]:
-    """Register rouge, bleu, exact_match and preference."""
-    return [RougeMetric(), BleuMetric(), ExactMatchMetric(), PreferenceMetric()]
+    """Register rouge, bleu, exact_match, preference and perplexity."""
+    return [RougeMetric(), BleuMetric(), ExactMatchMetric(), PreferenceMetric(), PerplexityMetric()]

@@ -3,101 +3,27 @@
 Each objective is a config dataclass beside its trainer, with TRL's field names.
 sllmx decides the run-level arguments (output_dir, seed, evaluation, precision,
 device, logging) and passes them to :meth:`Trainer.build`; the objective merges
-them with its own fields and ``args`` (any further TRL option) into TRL's config.
+them with its own fields and ``args`` (any further TRL option) into TRL's config
+with the public glue of :mod:`sllmx.trl` (``TRLObjective``, ``trl_config``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-import sllmx.validate  # noqa: F401  (registers the sllmx_sft_learning_rate resolver of SFTTrainerConfig)
 from sllmx import hookimpl
 from sllmx.config import TrainerConfig, _help
-from sllmx.errors import SllmxError
 from sllmx.interfaces import (LAYOUT_MESSAGES, LAYOUT_PREFERENCE, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT,
                               LAYOUT_UNPAIRED, Trainer)
+from sllmx.trl import GlobalBatchOrder, TRLObjective, trl_config
+
+__all__ = ["DPO", "KTO", "ORPO", "SFT", "GlobalBatchOrder", "TRLObjective", "label_positions_loss", "trl_config"]
 
 log = logging.getLogger("sllmx")
-
-
-def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
-    """Build TRL's config: run-level ``args``, then this objective's fields, then ``cfg.args``.
-
-    Fields of the sllmx config other than ``name``, ``args`` and ``precision`` (decided by the
-    runner, in ``args`` as ``bf16`` / ``fp16``) pass through under their own (TRL) names.
-    ``warmup_ratio`` is the one exception: transformers 5 folded it into ``warmup_steps`` (a float
-    in [0, 1) is a ratio), so it is passed as that where the installed version has no ``warmup_ratio``.
-
-    Raises:
-        SllmxError: naming the option when TRL rejects it (unknown name or bad value).
-    """
-    fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    extra = fields.pop("args", {}) or {}
-    name = fields.pop("name", None)
-    fields.pop("precision", None)  # sllmx's run-level decision, passed in ``args`` as bf16 / fp16
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    if "warmup_ratio" not in known:
-        ratio = fields.pop("warmup_ratio", 0.0)
-        if not 0.0 <= ratio < 1.0:
-            raise SllmxError(f"trainer.warmup_ratio={ratio}: must be in [0, 1)")
-        fields.setdefault("warmup_steps", ratio)
-    unknown = sorted(set(extra) - known)
-    if unknown:
-        raise SllmxError(f"trainer.args: {config_cls.__name__} has no option {unknown[0]!r}")
-    kwargs = {**args, **{k: v for k, v in fields.items() if v is not None or k not in args}, **extra}
-    try:
-        return config_cls(**kwargs)
-    except (TypeError, ValueError) as exc:
-        raise SllmxError(f"trainer={name}: {config_cls.__name__} rejected the options: {exc}") from exc
-
-
-class GlobalBatchOrder:
-    """A mixin for a ``transformers.Trainer`` subclass: the same training order for any number of processes.
-
-    ``train_sampling_strategy=group_by_length`` groups examples of similar length into batches of
-    the per-process batch size (``LengthGroupedSampler``), so 2 processes x 4 examples see other
-    batches than 1 process x 8.  Here the groups are as large as one optimizer step of every rank
-    (per-device batch x gradient accumulation x world size) and their order is drawn by a
-    generator seeded with ``data_seed`` (else ``seed``) plus the epoch; accelerate then deals each step's examples
-    out to the ranks, so every optimizer step averages the gradients of the same examples as one
-    process with the whole batch would.
-    """
-
-    def _get_train_sampler(self, train_dataset=None):
-        import torch
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        sampler = super()._get_train_sampler(train_dataset)
-        if isinstance(sampler, LengthGroupedSampler):
-            args = self.args
-            sampler.batch_size = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
-            seed = args.data_seed if args.data_seed is not None else args.seed
-            sampler.generator = torch.Generator().manual_seed(seed)
-            # epoch e draws its order from seed + e (the trainer calls set_epoch at each epoch), so a run
-            # resumed in a later epoch sees the order the uninterrupted run saw
-            sampler.set_epoch = lambda epoch: sampler.generator.manual_seed(seed + epoch)
-        return sampler
-
-
-class TRLObjective(Trainer):
-    """A :class:`~sllmx.interfaces.Trainer` whose work is one TRL trainer class and its config class."""
-
-    def trl_classes(self) -> tuple[type, type]:
-        """``(TRL trainer class, TRL config class)``, imported when a run needs them."""
-        raise NotImplementedError
-
-    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
-        """``TrainerClass(model, args=ConfigClass(...), processing_class=tokenizer, ...)`` with the
-        :class:`GlobalBatchOrder` training order; see :func:`trl_config`."""
-        trainer_cls, config_cls = self.trl_classes()
-        trainer_cls = type(trainer_cls.__name__, (GlobalBatchOrder, trainer_cls), {})
-        return trainer_cls(model=model, args=trl_config(config_cls, cfg, args), processing_class=tokenizer,
-                           train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
 
 
 # ----------------------------------------------------------------------------- SFT
@@ -212,8 +138,9 @@ class SFT(TRLObjective):
 
         return SFTTrainer, SFTConfig
 
-    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks):
-        """``trl.SFTTrainer``, with the model's own loss unless ``cfg.token_metrics``; see :class:`SFT`."""
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
+        """``trl.SFTTrainer``, with the model's own loss unless ``cfg.token_metrics``; see :class:`SFT`.
+        (:func:`label_positions_loss` finds prompt learning's virtual tokens from the hidden states' length.)"""
         from torch.utils.data import SequentialSampler
         from transformers import Trainer as HFTrainer
         from trl import SFTConfig, SFTTrainer
@@ -317,6 +244,13 @@ class ORPO(TRLObjective):
     config = ORPOTrainerConfig
     layouts = (LAYOUT_PREFERENCE,)
 
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
+        """:class:`TRLObjective`'s build; with prompt learning (``virtual_tokens``, the method's answer) the
+        logits of the virtual tokens are left out of ORPO's loss."""
+        hf_trainer = super().build(model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks)
+        hf_trainer.sllmx_virtual_tokens = int(virtual_tokens)
+        return hf_trainer
+
     def trl_classes(self):
         import os
 
@@ -327,11 +261,13 @@ class ORPO(TRLObjective):
             """ORPOTrainer that counts the tokens it trains on (its batches carry ``chosen_*`` /
             ``rejected_*`` tensors but no ``input_ids``, which ``Trainer`` needs to count them),
             and that works with prompt tuning: a prompt-learning PEFT model returns logits for its
-            virtual tokens too, which ORPO's loss (unlike DPO's) does not strip."""
+            ``sllmx_virtual_tokens`` virtual tokens too (the method says how many), which ORPO's loss
+            (unlike DPO's) does not strip."""
+
+            sllmx_virtual_tokens = 0
 
             def concatenated_forward(self, model, batch):
-                peft_config = getattr(model, "active_peft_config", None)
-                n = peft_config.num_virtual_tokens if getattr(peft_config, "is_prompt_learning", False) else 0
+                n = self.sllmx_virtual_tokens
                 if not n:
                     return super().concatenated_forward(model, batch)
                 forward = model.forward

@@ -29,7 +29,6 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
     # transformers 5.23 renamed gradient_checkpointing to activation_checkpointing
     gc_key = ("activation_checkpointing" if "activation_checkpointing" in
               {f.name for f in dataclasses.fields(TrainingArguments)} else "gradient_checkpointing")
-    report = ["wandb"] if cfg.logger.name == "wandb" else []
     return dict(
         output_dir=str(checkpoints),
         seed=cfg.seed,
@@ -57,8 +56,8 @@ def training_args(cfg: DictConfig, runtime: Runtime, dev: DevMetric, checkpoints
         load_best_model_at_end=True,
         metric_for_best_model=dev.name,
         greater_is_better=dev.higher_is_better,
-        report_to=report,
-        run_name=cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}",
+        report_to=[],  # the run's logger plugin gets the metrics (sllmx.loggers), not transformers' integrations
+        run_name=cfg.logger.get("run_name") or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}",
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # the default hides NaN/inf losses from train_loss; a diverged run must FAIL
         disable_tqdm=True,

@@ -199,7 +199,7 @@ def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_ne
         SllmxError: a metric whose ``needs`` sllmx does not know.
     """
     from sllmx.errors import SllmxError
-    from sllmx.interfaces import NEEDS_GENERATIONS, NEEDS_PAIR_LOGPROBS
+    from sllmx.interfaces import NEEDS_GENERATIONS, NEEDS_LOSS, NEEDS_PAIR_LOGPROBS
 
     if metric.needs == NEEDS_GENERATIONS:
         from sllmx.safety import as_metrics, check_outputs
@@ -222,8 +222,16 @@ def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_ne
         lp_r = answer_logprobs(model, tokenizer, prompts, rejected, batch_size, runtime=runtime)
         rows = [{"input": p, "chosen_logp": c, "rejected_logp": r} for p, c, r in zip(prompts, lp_c, lp_r)]
         return {k: float(v) for k, v in metric.compute(lp_c, lp_r).items()}, rows, None
-    raise SllmxError(f"metric {metric.name!r} needs {metric.needs!r}, which sllmx cannot compute; "
-                     f"known: {NEEDS_GENERATIONS}, {NEEDS_PAIR_LOGPROBS}")
+    if metric.needs == NEEDS_LOSS:  # computed from the evaluation's loss (add_loss_metrics)
+        return {}, [], None
+    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "runtime": runtime or Runtime()}
+    try:
+        got = metric.inputs(model, tokenizer, dataset, settings)
+    except NotImplementedError as exc:
+        raise SllmxError(str(exc)) from exc
+    if got is None:
+        return {}, [], None
+    return {k: float(v) for k, v in metric.compute(*got.args).items()}, list(got.rows), None
 
 
 class GenerationMetricCallback(TrainerCallback):
@@ -263,7 +271,7 @@ class GenerationMetricCallback(TrainerCallback):
         start = time.perf_counter()
         values, rows, checks = score_split(self.metric, model, processing_class, self.dataset, self.max_new_tokens,
                                            self.batch_size, self.banned, self.expect_json, self.runtime)
-        if not rows:
+        if not rows and not values:
             return
         if checks is not None:
             self.last_checks = {"step": state.global_step, **checks}
@@ -273,38 +281,61 @@ class GenerationMetricCallback(TrainerCallback):
         metrics.update(values)
         if self.trainer is not None:
             self.trainer.log(values)
-        on_main(lambda: write_text_atomic(self.generations_path, "".join(
-            json.dumps({"step": state.global_step, **row}, ensure_ascii=False) + "\n" for row in rows)), self.runtime)
+        if rows:
+            on_main(lambda: write_text_atomic(self.generations_path, "".join(
+                json.dumps({"step": state.global_step, **row}, ensure_ascii=False) + "\n" for row in rows)),
+                self.runtime)
 
 
-def add_perplexity(metrics: dict[str, Any], prefix: str = "eval") -> None:
-    """Add ``<prefix>_perplexity`` = exp(``<prefix>_loss``) (per-token perplexity of the split: the
-    trainers' loss is the mean token cross-entropy in nats) where the loss is there and finite."""
+def add_loss_metrics(metrics: dict[str, Any], trainer: Any, registry: Any, prefix: str = "eval") -> None:
+    """Add ``<prefix>_<key>`` for every registered metric that ``needs`` the loss (the built-in
+    ``perplexity`` = exp(loss)), computed from ``<prefix>_loss`` where it is there and finite, and only for a
+    trainer whose ``loss_is_token_nll`` (the mean token cross-entropy in nats)."""
     import math
 
+    from sllmx.interfaces import NEEDS_LOSS
+
     loss = metrics.get(f"{prefix}_loss")
-    if isinstance(loss, (int, float)) and math.isfinite(loss):
-        metrics[f"{prefix}_perplexity"] = math.exp(min(loss, 700.0))
+    if not getattr(trainer, "loss_is_token_nll", False) or not isinstance(loss, (int, float)) \
+            or not math.isfinite(loss):
+        return
+    for entry in registry.entries["metric"].values():
+        if entry.obj.needs == NEEDS_LOSS:
+            metrics.update({f"{prefix}_{k}": float(v) for k, v in entry.obj.compute([float(loss)]).items()})
 
 
 class ObserverCallback(TrainerCallback):
-    """Adds ``eval_perplexity``, then feeds every evaluation to the run's dev-metric history (and
-    ``run.json``, rewritten with it) and the ``sllmx_after_evaluate`` hook.  The evaluation at step 0 is the baseline (``eval_on_start``);
-    it sets ``run.training`` (False for it, True after)."""
+    """Adds the metrics computed from the loss (``eval_perplexity``: :func:`add_loss_metrics`), then feeds
+    every evaluation to the run's dev-metric history (and ``run.json``, rewritten with it), the run's logger
+    (main process) and the ``sllmx_after_evaluate`` hook (whose exceptions are reported, not raised).  The
+    evaluation at step 0 is the baseline (``eval_on_start``); it sets ``run.training`` (False for it, True after)."""
 
     def __init__(self, run: Any):
         self.run = run
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if metrics is not None and getattr(self.run.trainer, "loss_is_token_nll", False):
-            add_perplexity(metrics)
+        from sllmx.loggers import log_metrics
+
+        if metrics is not None:
+            add_loss_metrics(metrics, self.run.trainer, self.run.registry)
         metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
         self.run.training = state.global_step > 0  # step 0: the baseline (eval.before_training)
+        self.run.step = state.global_step
         self.run.record.dev_metric.add(state.global_step, metrics, training=self.run.training)
         self.run.record.global_steps = state.global_step
         if self.run.runtime.is_main:  # a killed run's record shows its evaluations so far
             self.run.record.write(self.run.output_dir)
-        self.run.pm.hook.sllmx_after_evaluate(run=self.run, metrics=metrics)
+            log_metrics(self.run.logger, metrics, state.global_step)
+        self.run.registry.observe("sllmx_after_evaluate", run=self.run, metrics=metrics)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Training logs (loss, learning rate, the end-of-training summary) to the run's logger; evaluations
+        go at ``on_evaluate``, with every metric added."""
+        from sllmx.loggers import log_metrics
+
+        if logs and self.run.runtime.is_main and not any(k.startswith("eval_") for k in logs):
+            self.run.step = state.global_step
+            log_metrics(self.run.logger, logs, state.global_step)
 
 
 class MainDecidesCallback(TrainerCallback):

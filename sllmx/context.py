@@ -68,6 +68,12 @@ class RunContext:
         checkpoint: the checkpoint a resumed run continues from (``resume=``), else None.
         stop: the :class:`~sllmx.callbacks.GracefulStop` that turns SIGINT / SIGTERM into a checkpoint
             and ``INTERRUPTED``.
+        step: the optimizer step the run is at (that of the evaluation ``sllmx_after_evaluate`` reports).
+        logger: the run's :class:`~sllmx.interfaces.Logger` (``logger=<name>``) on the main process once
+            started, else None.
+
+    Which run it is: ``output_dir`` (its folder, holding run.json), ``method.name``, ``trainer.name``,
+    ``record`` (the :class:`~sllmx.records.RunRecord` so far: seed, model, data, dev_metric history, ...).
     """
 
     cfg: DictConfig
@@ -86,6 +92,8 @@ class RunContext:
     general: Any = None
     checkpoint: Any = None
     stop: Any = None
+    step: int = 0
+    logger: Any = None
 
     @property
     def pm(self) -> Any:

@@ -30,6 +30,14 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
+def virtual_tokens(ctx: RunContext) -> dict[str, int]:
+    """``{"virtual_tokens": n}`` for :meth:`Trainer.build` when the method prepends virtual tokens, else ``{}``
+    (also for an evaluation-only run of a base model, which has no method)."""
+    ask = getattr(ctx.method, "num_virtual_tokens", None)
+    n = ask(ctx.cfg.method) if ask is not None else 0
+    return {"virtual_tokens": n} if n else {}
+
+
 def load_tokenizer(ctx: RunContext) -> tuple[str, dict[str, Any]]:
     """Resolve the run's model source (the main process first: it builds caches the others then read; the
     data splits are saved by content beside them), set ``ctx.tokenizer`` and check the splits' token
@@ -112,7 +120,7 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str,
     Raises:
         SllmxError: when ``dataset`` is empty (e.g. ``eval.test=true`` with ``data.test_fraction=0``).
     """
-    from sllmx.callbacks import add_perplexity, score_split
+    from sllmx.callbacks import add_loss_metrics, score_split
     from sllmx.atomic import write_text_atomic
 
     if dataset is None or len(dataset) == 0:
@@ -122,10 +130,10 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str,
     # preprocessing and nothing here reaches the dev history, early stopping or the trial.
     args = training_args(ctx.cfg, ctx.runtime, ctx.record.dev_metric, ctx.output_dir / f"{prefix}-eval")
     args.update(report_to=[], load_best_model_at_end=False, save_strategy="no", eval_strategy="no", eval_on_start=False)
-    evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [])
+    evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [],
+                                  **virtual_tokens(ctx))
     metrics = evaluator.evaluate(metric_key_prefix=prefix)
-    if ctx.trainer.loss_is_token_nll:
-        add_perplexity(metrics, prefix)
+    add_loss_metrics(metrics, ctx.trainer, ctx.registry, prefix)
     wait_for_everyone(ctx.runtime)
     if ctx.runtime.is_main:
         shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)

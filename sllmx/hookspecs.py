@@ -11,10 +11,15 @@ entry-point group of its distribution::
 The built-in methods, trainers, model sources and data formats are loaded the
 same way (see sllmx's own pyproject.toml).  Modelled on pytest's ``hookspec.py``.
 
-Registration hooks (``sllmx_methods`` ... ``sllmx_metrics``) are called once at
+Registration hooks (``sllmx_methods`` ... ``sllmx_loggers``) are called once at
 start-up, before Hydra composes the config, so they must not import heavy
 libraries.  Names must be unique within a kind; a clash is an error naming both
 distributions.
+
+Observer hooks (``sllmx_before_train``, ``sllmx_after_evaluate``, ``sllmx_after_run``) cannot break a
+run: an exception in one is reported as one line on stderr,
+``sllmx: warning: plugin <name>: <hook> raised <Type>: <message>``, and the run goes on with its
+status and exit code unchanged.  The page for plugin authors is docs/plugins.md.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from sllmx.interfaces import DataFormat, DataSource, Method, Metric, ModelSource, Trainer
+    from sllmx.interfaces import DataFormat, DataSource, Logger, Method, Metric, ModelSource, Trainer
     from sllmx.records import RunRecord
     from sllmx.context import RunContext
 
@@ -76,7 +81,17 @@ def sllmx_data_formats() -> list[DataFormat]:
 
 @hookspec
 def sllmx_metrics() -> list[Metric]:
-    """Return the generation metrics this plugin provides, each with ``higher_is_better``."""
+    """Return the dev/test metrics (``data.metric=<name>``) this plugin provides, each with
+    ``higher_is_better`` and ``needs`` (what it is computed from: generations, preference pairs'
+    log-probabilities, the loss, or its own :meth:`~sllmx.interfaces.Metric.inputs`)."""
+
+
+@hookspec
+def sllmx_loggers() -> list[Logger]:
+    """Return the experiment trackers (``logger=<name>``) this plugin provides.
+
+    Each :class:`~sllmx.interfaces.Logger` carries its ``config`` dataclass, stored in the ConfigStore
+    ``logger`` group.  sllmx calls a logger on the main process only."""
 
 
 # -------------------------------------------------------------------------
@@ -107,16 +122,25 @@ def sllmx_callbacks(run: RunContext) -> list[Any]:
 
 @hookspec
 def sllmx_before_train(run: RunContext) -> None:
-    """Called once the trainer is built, just before ``trainer.train()`` (on every rank)."""
+    """Called once the trainer is built, just before ``trainer.train()`` (on every rank).
+
+    An observer: an exception is reported as one warning line and the run goes on."""
 
 
 @hookspec
 def sllmx_after_evaluate(run: RunContext, metrics: dict[str, float]) -> None:
-    """Called after each dev-split evaluation with its metrics (``eval_loss``, task metrics, ...), on
-    every rank with the same metrics."""
+    """Called after each dev-split evaluation (the baseline at step 0 included), on every rank with the
+    same metrics.
+
+    ``run`` says which run and where it is (``run.output_dir``, ``run.method.name``,
+    ``run.trainer.name``, ``run.step``: the optimizer step of this evaluation).  ``metrics`` are named
+    as transformers logs them: ``eval_loss``, and each metric key as ``eval_<key>`` (``eval_perplexity``,
+    ``eval_rougeL``, ...).  An observer: an exception is reported as one warning line and the run goes on."""
 
 
 @hookspec
 def sllmx_after_run(record: RunRecord) -> None:
     """Called after ``run.json`` is written, with the final record (any status); with several
-    processes, on the main process only."""
+    processes, on the main process only.
+
+    An observer: an exception is reported as one warning line; the run's status and exit code stay."""

@@ -4,7 +4,8 @@ Each kind of extension is a small base class with a ``name`` (the value a user
 writes on the command line, e.g. ``method=qlora``) and, where the user can
 configure it, a ``config`` dataclass.  sllmx stores that dataclass in Hydra's
 ConfigStore under the kind's group (``method``, ``trainer``, ``model``,
-``data``), so ``method=<name>`` works for a plugin that ships no YAML.
+``data``, ``logger``), so ``method=<name>`` works for a plugin that ships no YAML.
+The guide for plugin authors is docs/plugins.md.
 
 Nothing here imports torch, transformers, peft or trl: plugin modules are
 imported at start-up (``python -m sllmx --help`` must stay fast), so heavy
@@ -79,9 +80,19 @@ class Method(Plugin):
         return AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype, device_map=runtime.device,
                                                     **kwargs)
 
-    def wrap(self, model: Any, cfg: Any, runtime: Runtime) -> Any:
-        """Return the model to train (a ``peft.PeftModel`` or the model itself)."""
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime, tokenizer: Any = None) -> Any:
+        """Return the model to train (a ``peft.PeftModel`` or the model itself).
+
+        ``tokenizer`` is the run's tokenizer (the processing class the trainer gets), e.g. to
+        initialise a soft prompt from text; sllmx always passes it (by keyword).
+        """
         raise NotImplementedError
+
+    def num_virtual_tokens(self, cfg: Any) -> int:
+        """How many virtual tokens the wrapped model prepends to every input (prompt learning: its
+        logits and hidden states are that much longer than ``input_ids``); the trainers ask this
+        (:meth:`Trainer.build` gets it as ``virtual_tokens``).  Default: 0."""
+        return 0
 
 
 class Trainer(Plugin):
@@ -93,16 +104,16 @@ class Trainer(Plugin):
         dev_metric: the metric (name as the HF Trainer logs it, e.g. ``eval_loss``) used for
             model selection, early stopping and pruning unless ``eval.metric`` overrides it.
         higher_is_better: the direction of ``dev_metric``.
-        loss_is_token_nll: ``eval_loss`` is the mean token negative log-likelihood, so sllmx
-            adds ``eval_perplexity`` = exp(eval_loss).
+        loss_is_token_nll: ``eval_loss`` is the mean token negative log-likelihood, so the metrics
+            that need ``"loss"`` (the built-in ``perplexity``) are computed from it.
     """
 
     kind = "trainer"
     layouts: Sequence[tuple[str, ...]] = ()
     dev_metric: str = "eval_loss"
     higher_is_better: bool = False
-    #: True where ``eval_loss`` is the mean negative log-likelihood per token (SFT), so that
-    #: exp(eval_loss) is the split's perplexity (logged as ``eval_perplexity``)
+    #: True where ``eval_loss`` is the mean negative log-likelihood per token (SFT), so that the metrics
+    #: computed from the loss (``needs = "loss"``: exp(eval_loss), logged as ``eval_perplexity``) apply
     loss_is_token_nll: bool = False
 
     def build(
@@ -114,6 +125,7 @@ class Trainer(Plugin):
         cfg: Any,
         args: dict[str, Any],
         callbacks: list[Any],
+        virtual_tokens: int = 0,
     ) -> Any:
         """Return a ``transformers.Trainer`` subclass instance ready for ``.train()``.
 
@@ -126,6 +138,9 @@ class Trainer(Plugin):
                 eval/save strategy, precision, device, report_to, ...); the trainer
                 merges them with its own fields.
             callbacks: ``transformers.TrainerCallback`` objects to pass to the trainer.
+            virtual_tokens: :meth:`Method.num_virtual_tokens` of the run's method; passed (by
+                keyword) only when it is not 0, so a trainer that cannot serve prompt learning may
+                leave the argument out.
         """
         raise NotImplementedError
 
@@ -232,9 +247,25 @@ class DataFormat(Plugin):
         raise NotImplementedError
 
 
-#: what a metric is computed from (``Metric.needs``)
+#: what a metric is computed from (``Metric.needs``); the inputs sllmx itself computes
 NEEDS_GENERATIONS = "generations"
 NEEDS_PAIR_LOGPROBS = "pair_logprobs"
+NEEDS_LOSS = "loss"
+#: every ``needs`` sllmx computes; any other value is the metric's own (:meth:`Metric.inputs`)
+BUILTIN_NEEDS = (NEEDS_GENERATIONS, NEEDS_PAIR_LOGPROBS, NEEDS_LOSS)
+
+
+@dataclass
+class MetricInputs:
+    """What a metric is computed from, as :meth:`Metric.inputs` returns it.
+
+    Attributes:
+        args: the positional arguments of :meth:`Metric.compute` (e.g. ``(predictions, references)``).
+        rows: one JSON-serialisable dict per scored example, written to ``generations.jsonl`` (may be empty).
+    """
+
+    args: tuple
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Metric(Plugin):
@@ -244,13 +275,18 @@ class Metric(Plugin):
         higher_is_better: the direction of every value it returns; sweeps, early stopping
             and tables use it (lm-evaluation-harness registers metrics the same way).
         keys: the names :meth:`compute` returns (default: just ``name``); any of them can be
-            the dev metric (``eval.metric=<key>``).
-        needs: what sllmx computes and passes to :meth:`compute`:
+            the dev metric (``eval.metric=<key>``).  They reach hooks, loggers and run.json as
+            ``eval_<key>`` (``test_<key>`` on the test split).
+        needs: what :meth:`compute` is computed from.  sllmx computes three (:data:`BUILTIN_NEEDS`):
             ``"generations"`` (default): greedy answers to the split's prompts (chat template,
             ``eval.max_new_tokens``) and the reference answers, two lists of strings;
             ``"pair_logprobs"``: for each preference pair of the split, the model's summed
             log-probability (nats) of the chosen answer and of the rejected answer given the
-            prompt, two lists of floats.
+            prompt, two lists of floats;
+            ``"loss"``: one list holding the split's ``eval_loss`` (mean token negative
+            log-likelihood); such a metric is computed at every evaluation of a trainer whose
+            ``loss_is_token_nll`` (no ``data.metric`` needed), e.g. the built-in ``perplexity``.
+            Any other value names the metric's own input: sllmx then calls :meth:`inputs`.
     """
 
     kind = "metric"
@@ -262,7 +298,52 @@ class Metric(Plugin):
         if not self.keys:
             self.keys = (self.name,)
 
-    def compute(self, predictions: list, references: list) -> dict[str, float]:
+    def inputs(self, model: Any, tokenizer: Any, dataset: Any, settings: dict[str, Any]) -> "MetricInputs | None":
+        """Compute this metric's own input (a ``needs`` outside :data:`BUILTIN_NEEDS`) from the model.
+
+        Args:
+            model: the model being trained (in training mode; use ``torch.no_grad()`` and restore it).
+            tokenizer: the run's tokenizer.
+            dataset: the split to score (a ``datasets.Dataset`` in the trainer's layout).
+            settings: ``max_new_tokens``, ``batch_size`` (``eval.max_new_tokens``,
+                ``eval.generation_batch_size``) and ``runtime`` (:class:`~sllmx.runtime.Runtime`;
+                with several processes every rank calls this and must return the same values).
+
+        Returns:
+            the arguments of :meth:`compute` (and rows for ``generations.jsonl``), or None when
+            the split holds nothing this metric can score (it is then left out).
+        """
+        raise NotImplementedError(f"metric {self.name!r} needs {self.needs!r}, which sllmx does not compute "
+                                  f"({', '.join(BUILTIN_NEEDS)}); it must implement Metric.inputs")
+
+    def compute(self, *args: Any) -> dict[str, float]:
         """Return ``{key: value, ...}`` for ``keys``; the arguments are those ``needs`` names
-        (predictions and references, or chosen and rejected log-probabilities)."""
+        (predictions and references, chosen and rejected log-probabilities, ``[loss]``, or
+        :attr:`MetricInputs.args` from :meth:`inputs`)."""
         raise NotImplementedError
+
+
+class Logger(Plugin):
+    """Experiment tracking (``logger=<name>``): W&B, or none, or a plugin's.
+
+    sllmx calls a logger on the main process only (rank 0 under torchrun), in this order:
+    :meth:`start` once the run's record exists, :meth:`log` at every logging step and evaluation,
+    :meth:`finish` after ``run.json`` is final (any status).  An exception in any of them is reported
+    as one warning line and does not change the run.  A logger that holds state keeps it on
+    ``self`` from :meth:`start` to :meth:`finish` (one run at a time per process).
+    """
+
+    kind = "logger"
+
+    def start(self, run: Any, cfg: Any) -> None:
+        """A run begins.  ``run``: the :class:`~sllmx.context.RunContext` (``record.config`` is the
+        resolved config, ``output_dir`` the run folder); ``cfg``: this logger's options, an instance of its
+        ``config`` dataclass."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Numbers the trainer logged at optimizer step ``step``, named as transformers logs them:
+        training ``loss``, ``learning_rate``, ``grad_norm``, ...; evaluations ``eval_loss``,
+        ``eval_<metric key>``, ``eval_runtime``, ...; the end of training ``train_loss``, ``train_runtime``."""
+
+    def finish(self, record: Any) -> None:
+        """The run ended; ``record`` is the final :class:`~sllmx.records.RunRecord` as written to run.json."""

@@ -26,8 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from sllmx.context import RunContext
 from sllmx.data.checks import DATA_CHECK_FILE
 from sllmx.errors import Interrupted, RunStopped, SllmxError
-from sllmx.loggers import finish_logger as _finish_logger
-from sllmx.loggers import start_logger as _start_logger
+from sllmx.loggers import finish_logger, start_logger
 from sllmx.memory import peak_memory
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
 from sllmx.runtime import Runtime, from_main, on_main
@@ -105,17 +104,16 @@ def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float
     from sllmx.callbacks import GracefulStop
     from sllmx.records import Reserve
 
-    cfg, record, out, runtime = ctx.cfg, ctx.record, ctx.output_dir, ctx.runtime
+    record, out, runtime = ctx.record, ctx.output_dir, ctx.runtime
     main = runtime.is_main  # with several processes, only the main one writes files
     reserve = None
     if main:
         record.write(out)
         reserve = Reserve(out)  # the room for the last run.json on a disk that fills up during the run
-    logger = None
     try:
         with (GracefulStop(runtime) if graceful else contextlib.nullcontext()) as stop:
             ctx.stop = stop
-            logger = on_main(lambda: _start_logger(cfg, out, record.config), runtime)
+            ctx.logger = start_logger(ctx) if main else None  # the logger plugin, on the main process only
             record.status = work(ctx)
     except BaseException as exc:
         if ctx.hf_trainer is not None:
@@ -145,8 +143,8 @@ def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float
         if main:
             reserve.release()
             record.write(out)
-            _finish_logger(logger, record)
-            ctx.pm.hook.sllmx_after_run(record=record)
+            finish_logger(ctx.logger, record)
+            ctx.registry.observe("sllmx_after_run", record=record)  # an observer's exception is a warning line
     return record
 
 

@@ -1,54 +1,72 @@
-"""Experiment tracking for a run: Weights & Biases (``logger=wandb``, offline without an API key) or none."""
+"""The run's experiment tracker: the :class:`~sllmx.interfaces.Logger` plugin named by ``logger=<name>``
+(built-ins: ``wandb`` and ``none``, in ``sllmx_plugins.loggers``), called on the main process only.
+
+A logger's failure never changes a run: :func:`start_logger`, :func:`log_metrics` and :func:`finish_logger`
+report an exception as one warning line (``sllmx: warning: plugin <dist>: Logger.<method> raised ...``) and
+the run goes on; after a failed ``start`` the logger is not called again, after a failed ``log`` it gets no
+more metrics (``finish`` is still called).
+"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from sllmx.errors import SllmxError
+from sllmx.plugins import typed, warn
 from sllmx.records import RunRecord
 
 
 def wandb_mode(logger_cfg: Any) -> str:
-    """``logger.mode``, else ``$WANDB_MODE``, else online with ``WANDB_API_KEY`` and offline without it."""
-    return logger_cfg.mode or os.environ.get("WANDB_MODE") or (
-        "online" if os.environ.get("WANDB_API_KEY") else "offline")
+    """``logger.mode``, else ``$WANDB_MODE``, else online with ``WANDB_API_KEY`` and offline without it.
+    Kept for :mod:`sllmx.sweeper`; the W&B code lives in ``sllmx_plugins.loggers`` (:func:`init_wandb` there
+    starts a W&B run the way the ``wandb`` logger does)."""
+    from sllmx_plugins.loggers import wandb_mode as mode
+
+    return mode(logger_cfg)
 
 
-def start_logger(cfg: DictConfig, out: Path, resolved: dict) -> Any:
-    """Start a W&B run (``logger=wandb``): offline without an API key, so it never prompts or hangs."""
-    if cfg.logger.name == "none":
-        return None
-    if cfg.logger.name != "wandb":
-        raise SllmxError(f"logger={cfg.logger.name}: unknown logger; available: wandb, none")
-    mode = wandb_mode(cfg.logger)
-    os.environ["WANDB_MODE"] = mode
-    os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
+class RunLogger:
+    """The run's logger plugin with its failures contained (see the module's docstring)."""
 
-    name = cfg.logger.run_name or f"{cfg.method.name}-{cfg.trainer.name}-seed{cfg.seed}"
-    if cfg.trial.number is not None:  # a sweep's trial: grouped by study, named by trial number
-        name = cfg.logger.run_name or f"trial-{cfg.trial.number}-{cfg.method.name}-{cfg.trainer.name}"
-    return wandb.init(project=cfg.logger.project, group=cfg.logger.group or cfg.trial.study_name,
-                      tags=list(cfg.logger.tags), name=name, config=resolved, dir=str(out), mode=mode,
-                      reinit="finish_previous")
+    def __init__(self, logger: Any, dist: str):
+        self.logger, self.dist = logger, dist
+        self.logging = True
+
+    def _call(self, method: str, *args: Any) -> bool:
+        try:
+            getattr(self.logger, method)(*args)
+            return True
+        except Exception as exc:
+            warn(self.dist, f"Logger.{method} ({self.logger.name})", exc)
+            return False
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Pass numbers to the logger (until it fails once)."""
+        if self.logging:
+            self.logging = self._call("log", metrics, step)
+
+    def finish(self, record: RunRecord) -> None:
+        """Pass the final record to the logger."""
+        self._call("finish", record)
 
 
-def finish_logger(wandb_run: Any, record: RunRecord) -> None:
-    """Put the run record's summary into the W&B run and close it."""
-    if wandb_run is None:
-        return
-    dm = record.dev_metric
-    wandb_run.summary.update({
-        "status": record.status, "dev_metric": dm.name, "dev_metric/best": dm.best, "dev_metric/final": dm.final,
-        "dev_metric/baseline": dm.baseline, "trainable_params": record.trainable_params,
-        "total_params": record.total_params, "train_tokens": record.train_tokens,
-        "train_tokens_per_s": record.train_tokens_per_s, "wall_time_s": record.wall_time_s,
-        "peak_rss_bytes": record.peak_rss_bytes, "global_steps": record.global_steps,
-        **({"trial_number": record.trial["number"], "study_name": record.trial["study_name"]}
-           if record.trial else {}),
-        **{f"test/{k}": v for k, v in record.test_metrics.items()}})
-    wandb_run.finish(exit_code=0 if record.status in ("COMPLETE", "PRUNED") else 1)
+def start_logger(run: Any) -> RunLogger | None:
+    """Start the logger ``run.cfg.logger.name`` for ``run`` (a :class:`~sllmx.context.RunContext`) with its config
+    as an instance of its own dataclass (:func:`sllmx.plugins.typed`); call it on the main process only.  Returns
+    None when its ``start`` failed (reported as one warning line)."""
+    name = run.cfg.logger.name
+    logger = run.registry.get("logger", name)
+    wrapped = RunLogger(logger, run.registry.dist_of("logger", name))
+    return wrapped if wrapped._call("start", run, typed(run.cfg.logger, "logger", run.registry)) else None
+
+
+def log_metrics(logger: RunLogger | None, metrics: dict[str, Any], step: int) -> None:
+    """The numbers of ``metrics`` to the run's logger (None: nothing to do)."""
+    if logger is not None:
+        logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                   step)
+
+
+def finish_logger(logger: RunLogger | None, record: RunRecord) -> None:
+    """The final record to the run's logger (None: nothing to do)."""
+    if logger is not None:
+        logger.finish(record)

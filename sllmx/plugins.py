@@ -27,7 +27,10 @@ REGISTRATION_HOOKS = {
     "sllmx_data_sources": "data",
     "sllmx_data_formats": "format",
     "sllmx_metrics": "metric",
+    "sllmx_loggers": "logger",
 }
+#: the kinds whose config dataclass is stored in the ConfigStore group of the same name
+CONFIG_KINDS = ("method", "trainer", "model", "data", "logger")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,23 @@ class Registry:
             known = ", ".join(sorted(self.entries[kind])) or "none"
             raise SllmxError(f"unknown {kind} {name!r}; available: {known}") from None
 
+    def dist_of(self, kind: str, name: str) -> str:
+        """The distribution that provides extension ``name`` of ``kind`` (for messages)."""
+        entry = self.entries.get(kind, {}).get(name)
+        return entry.dist if entry is not None else name
+
+    def observe(self, hook: str, **kwargs: Any) -> None:
+        """Call every implementation of the observer ``hook`` (``sllmx_before_train``, ``sllmx_after_evaluate``,
+        ``sllmx_after_run``) with ``kwargs``.  An exception in one is reported by :func:`warn` (naming the
+        plugin's distribution and the hook) and the others are still called; the run goes on unchanged.
+        ``KeyboardInterrupt`` and ``SystemExit`` pass through."""
+        caller = getattr(self.pm.hook, hook)
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's order: the last registered first
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception as exc:
+                warn(self.dists.get(impl.plugin_name, (impl.plugin_name, ""))[0], hook, exc)
+
     def names(self, kind: str) -> list[str]:
         """Sorted names of every extension of ``kind`` (``method``, ``trainer``, ``model``, ...)."""
         return sorted(self.entries[kind])
@@ -125,7 +145,7 @@ def registry() -> Registry:
 
 
 #: the field of a config node that names its plugin, per kind
-PLUGIN_FIELD = {"model": "source", "data": "source", "method": "name", "trainer": "name"}
+PLUGIN_FIELD = {"model": "source", "data": "source", "method": "name", "trainer": "name", "logger": "name"}
 
 
 def typed(node: Any, kind: str, reg: "Registry | None" = None) -> Any:
@@ -172,10 +192,18 @@ def register_configs(reg: Registry) -> None:
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    for kind in ("method", "trainer", "model", "data"):
+    for kind in CONFIG_KINDS:
         for entry in reg.entries[kind].values():
             if entry.obj.config is not None:
                 cs.store(group=kind, name=entry.name, node=entry.obj.config, provider=entry.dist)
+
+
+def warn(plugin: str, hook: str, exc: BaseException) -> None:
+    """Report a plugin's failure that must not stop the run: one line on stderr,
+    ``sllmx: warning: plugin <plugin>: <hook> raised <Type>: <message>``."""
+    message = " ".join(str(exc).split())
+    sys.stderr.write(f"sllmx: warning: plugin {plugin}: {hook} raised {type(exc).__name__}: {message}\n")
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

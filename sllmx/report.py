@@ -218,23 +218,21 @@ def log_to_wandb(rows: list[dict[str, Any]], meta: dict[str, Any], figures: list
     """One W&B run (job type ``report``) with the table as a ``wandb.Table`` and each PNG figure as an image.
 
     The group defaults to the study name the runs share (so the report sits beside the study's trials)."""
-    import os
     from types import SimpleNamespace
 
     import pandas as pd
 
-    from sllmx.loggers import wandb_mode
+    from sllmx_plugins.loggers import init_wandb, wandb_mode
 
     studies = {(r.trial or {}).get("study_name") for r in records}
     group = group or (studies.pop() if len(studies) == 1 and None not in studies else "report")
     mode = wandb_mode(SimpleNamespace(mode=None))
-    os.environ.setdefault("WANDB_SILENT", "true")
+    run = init_wandb(SimpleNamespace(mode=mode, project=project), group=group, job_type="report",
+                     name=f"{group}-report",
+                     config={"metric": meta["metric"], "higher_is_better": meta["higher_is_better"], "by": meta["by"]})
     import wandb
 
     frame = pd.DataFrame([{**r, "hyperparameters": json.dumps(r["hyperparameters"], default=str)} for r in rows])
-    run = wandb.init(project=project, group=group, job_type="report", name=f"{group}-report", mode=mode,
-                     config={"metric": meta["metric"], "higher_is_better": meta["higher_is_better"], "by": meta["by"]},
-                     reinit="finish_previous")
     run.log({"report": wandb.Table(dataframe=frame),
              **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures if p.suffix == ".png"}})
     run.finish()

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from sllmx.context import RunContext
 from sllmx.dev_metric import dev_metric_of
 from sllmx.errors import SllmxError
-from sllmx.interfaces import LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Trainer
+from sllmx.interfaces import BUILTIN_NEEDS, LAYOUT_PREFERENCE, NEEDS_PAIR_LOGPROBS, Method, Metric, Trainer
 from sllmx.launch import launched_processes
 from sllmx.lifecycle import continue_record, lifecycle, new_record, resume_point, run_folder
 from sllmx.plugins import Registry, registry, typed
@@ -97,6 +97,9 @@ def run(cfg: DictConfig) -> RunRecord:
         if metric.needs == NEEDS_PAIR_LOGPROBS and tuple(splits.layout) != LAYOUT_PREFERENCE:
             raise SllmxError(f"data.metric={metric.name} scores preference pairs, but trainer={trainer.name} reads "
                              f"the data as {'/'.join(splits.layout)}; use it with trainer=dpo or trainer=orpo")
+        if metric.needs not in BUILTIN_NEEDS and type(metric).inputs is Metric.inputs:
+            raise SllmxError(f"data.metric={metric.name} needs {metric.needs!r}, which sllmx does not compute "
+                             f"({', '.join(BUILTIN_NEEDS)}), and the metric has no inputs() method")
     if cfg.eval.test and not len(splits.test or []):
         raise SllmxError("eval.test=true but the test split is empty; give data.test or data.test_fraction")
     general = None

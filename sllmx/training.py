@@ -14,7 +14,7 @@ from typing import Any
 from sllmx.arguments import training_args
 from sllmx.context import GenerationSettings, RunContext
 from sllmx.errors import Interrupted
-from sllmx.evaluation import count_parameters, evaluate_split, load_tokenizer
+from sllmx.evaluation import count_parameters, evaluate_split, load_tokenizer, virtual_tokens
 from sllmx.runtime import from_main, gather, on_main, wait_for_everyone
 
 
@@ -38,7 +38,7 @@ def train(ctx: RunContext) -> str:
     path, kwargs = load_tokenizer(ctx)
     set_seed(cfg.seed)
     model = ctx.method.load_model(path, cfg.method, ctx.runtime, **kwargs)
-    ctx.model = ctx.method.wrap(model, cfg.method, ctx.runtime)
+    ctx.model = ctx.method.wrap(model, cfg.method, ctx.runtime, tokenizer=ctx.tokenizer)
     record.trainable_params, record.total_params = count_parameters(ctx.model)
 
     callbacks: list[Any] = []
@@ -67,7 +67,7 @@ def train(ctx: RunContext) -> str:
     args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints, _checkpointing(ctx),
                          resuming=ctx.checkpoint is not None)
     ctx.hf_trainer = ctx.trainer.build(ctx.model, ctx.tokenizer, ctx.splits.train, ctx.splits.dev,
-                                       cfg.trainer, args, callbacks)
+                                       cfg.trainer, args, callbacks, **virtual_tokens(ctx))
     ctx.hf_trainer.remove_callback(PrinterCallback)  # it prints each log as a raw dict: ConsoleProgress instead
     built = ctx.hf_trainer.args  # trainer.args may have set the batch or the accumulation
     record.global_batch_size = (built.per_device_train_batch_size * built.gradient_accumulation_steps
@@ -81,7 +81,7 @@ def train(ctx: RunContext) -> str:
         from sllmx import forgetting
 
         before = forgetting.score(ctx.model, ctx.tokenizer, general, cfg.trainer.per_device_eval_batch_size)
-    ctx.pm.hook.sllmx_before_train(run=ctx)
+    ctx.registry.observe("sllmx_before_train", run=ctx)  # an observer's exception is a warning line
     # the baseline evaluation (eval.before_training) is TrainingArguments.eval_on_start: inside train(), after
     # the model is prepared; an evaluate() before train() leaves it unwrapped by DDP, so that with several
     # processes each rank trained alone on its own gradients (accelerate marks the model as prepared)

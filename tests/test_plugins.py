@@ -148,3 +148,62 @@ def test_sft_learning_rate_is_the_methods_own():
     assert rate("method=full") == rate("method=prompt_tuning") == 2e-4
     assert rate("trainer=dpo") == 5e-6
     assert rate("trainer.learning_rate=3e-4") == 3e-4
+
+
+def test_a_failing_logger_or_observer_is_one_warning_line_naming_the_plugin(capsys):
+    """Loggers and observer hooks cannot break a run: their exceptions become one stderr line each."""
+    from types import SimpleNamespace
+
+    from sllmx.interfaces import Logger
+    from sllmx.loggers import finish_logger, log_metrics, start_logger
+    from sllmx.plugins import Registry, registry
+
+    calls = []
+
+    class Flaky(Logger):
+        name = "flaky"
+
+        def start(self, run, cfg):
+            calls.append("start")
+
+        def log(self, metrics, step):
+            calls.append(("log", step, metrics))
+            raise OSError("disk\nfull")
+
+        def finish(self, record):
+            calls.append(("finish", record))
+            raise RuntimeError("no network")
+
+    reg = registry()
+    fake = SimpleNamespace(get=lambda kind, name: Flaky(), dist_of=lambda kind, name: "flaky-dist")
+    logger = start_logger(SimpleNamespace(cfg=SimpleNamespace(logger=SimpleNamespace(name="flaky")), registry=fake))
+    log_metrics(logger, {"loss": 1.5, "note": "text", "flag": True}, 2)
+    log_metrics(logger, {"loss": 1.0}, 4)  # after a failure the logger gets no more metrics
+    finish_logger(logger, "record")
+    assert calls == ["start", ("log", 2, {"loss": 1.5}), ("finish", "record")]
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["sllmx: warning: plugin flaky-dist: Logger.log (flaky) raised OSError: disk full",
+                   "sllmx: warning: plugin flaky-dist: Logger.finish (flaky) raised RuntimeError: no network"]
+
+    class Observer:
+        @hookimpl
+        def sllmx_after_run(self, record):
+            raise ValueError("bad " + record)
+
+    seen = []
+
+    class Other:
+        @hookimpl
+        def sllmx_after_run(self, record):
+            seen.append(record)
+
+    plugins = [Observer(), Other()]
+    for plugin in plugins:
+        reg.pm.register(plugin, name=type(plugin).__name__.lower())
+    try:
+        Registry.observe(reg, "sllmx_after_run", record="x")
+    finally:
+        for plugin in plugins:
+            reg.pm.unregister(plugin)
+    assert seen == ["x"]  # the other plugins are still called
+    assert capsys.readouterr().err == "sllmx: warning: plugin observer: sllmx_after_run raised ValueError: bad x\n"

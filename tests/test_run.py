@@ -16,8 +16,9 @@ from tests.common import FAST, compose_config
 class Observer:
     """A plugin registered for one test: records what the lifecycle hooks saw."""
 
-    def __init__(self, fail_before_train=False):
-        self.fail_before_train = fail_before_train
+    def __init__(self, fail_in_callback=False, fail_in_hooks=False):
+        self.fail_in_callback = fail_in_callback  # a callback's exception fails the run
+        self.fail_in_hooks = fail_in_hooks  # an observer's exception is a warning line
         self.seen = []
         self.steps = 0
 
@@ -29,21 +30,30 @@ class Observer:
             def on_step_end(self, args, state, control, **kwargs):
                 observer.steps += 1
 
+            def on_train_begin(self, args, state, control, **kwargs):
+                if observer.fail_in_callback:
+                    raise RuntimeError("boom from a plugin")
+
         return [CountSteps()]
 
     @hookimpl
     def sllmx_before_train(self, run):
         self.seen.append(("before_train", run.trainer.name, run.record.trainable_params))
-        if self.fail_before_train:
-            raise RuntimeError("boom from a plugin")
+        if self.fail_in_hooks:
+            raise RuntimeError("boom before train")
 
     @hookimpl
     def sllmx_after_evaluate(self, run, metrics):
         self.seen.append(("after_evaluate", run.training, round(metrics["eval_loss"], 6)))
+        self.where = (run.output_dir, run.method.name, run.trainer.name, run.step)
+        if self.fail_in_hooks:
+            raise ValueError("boom\nafter evaluate")
 
     @hookimpl
     def sllmx_after_run(self, record):
         self.seen.append(("after_run", record.status))
+        if self.fail_in_hooks:
+            raise KeyError("boom after run")
 
 
 @pytest.fixture
@@ -76,7 +86,7 @@ def test_hooks_see_the_whole_lifecycle(observer, tmp_path):
 
 
 def test_a_failing_run_is_recorded_as_fail_with_its_error(observer, tmp_path):
-    obs = observer(fail_before_train=True)
+    obs = observer(fail_in_callback=True)
     with pytest.raises(RuntimeError, match="boom"):
         run(compose_config(FAST, tmp_path / "run", tmp_path / "cache"))
     record = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -84,6 +94,20 @@ def test_a_failing_run_is_recorded_as_fail_with_its_error(observer, tmp_path):
     assert record["error"] == "RuntimeError: boom from a plugin"
     assert record["finished_at"] and record["wall_time_s"] > 0
     assert obs.seen[-1] == ("after_run", "FAIL")
+
+
+def test_an_observer_that_raises_is_one_warning_line_and_the_run_goes_on(observer, tmp_path, capfd):
+    obs = observer(fail_in_hooks=True)
+    record = run(compose_config([*FAST, "trainer.max_steps=2", "save_model=false"], tmp_path / "run",
+                                tmp_path / "cache"))
+    assert record.status == "COMPLETE" and json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "COMPLETE"
+    assert obs.where == (tmp_path / "run", "lora", "sft", 2)  # the run's identity and the evaluation's step
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("sllmx: warning: plugin ")]
+    name = registry().pm.get_name(obs)  # a plugin registered by hand: pluggy's name for it
+    assert lines[0] == f"sllmx: warning: plugin {name}: sllmx_before_train raised RuntimeError: boom before train"
+    assert lines[1] == f"sllmx: warning: plugin {name}: sllmx_after_evaluate raised ValueError: boom after evaluate"
+    assert lines[-1] == f"sllmx: warning: plugin {name}: sllmx_after_run raised KeyError: 'boom after run'"
+    assert len(lines) == 1 + 2 + 1  # before train, two evaluations (steps 0 and 2), after run
 
 
 def test_a_generation_metric_can_be_the_dev_metric(tmp_path):
@@ -149,7 +173,7 @@ def test_wandb_offline_logs_config_metrics_and_summary(tmp_path, monkeypatch):
     log = next(runs[0].glob("run-*.wandb")).read_bytes()
     for logged in [b"study-1",  # group
                    b"lora_alpha", b"json_fields",  # the resolved config
-                   b"eval/loss", b"eval/json_fields", b"train/loss",  # metrics, via transformers' WandbCallback
+                   b"eval/loss", b"eval/json_fields", b"train/loss",  # metrics, named as transformers names them for W&B
                    b"dev_metric/best", b"train_tokens_per_s"]:  # the run record's summary
         assert logged in log, logged
     assert record.status == "COMPLETE"

@@ -159,8 +159,8 @@ BAD = [
     (["data.pii=redact"], "data.pii=redact: use one of mask, drop, report, off"),
     (["data.format=chatml"], "data.format=chatml: use one of auto, alpaca, hh_rlhf, kto, kto_messages, messages, "
                              "preference, prompt_completion, sharegpt_preference, summarization, text"),
-    (["data.metric=accuracy"], "data.metric=accuracy: use one of bleu, exact_match, json_fields, preference, "
-                               "rouge, or null"),
+    (["data.metric=accuracy"], "data.metric=accuracy: use one of bleu, exact_match, json_fields, perplexity, "
+                               "preference, rouge, or null"),
     (["data.n_train=0"], "data.n_train=0: must be >= 1"),
     (["data=files", "data.path=x.jsonl", "data.max_rows=0"], "data.max_rows=0: must be >= 1, or null"),
     (["eval.eval_steps=0"], "eval.eval_steps=0: must be >= 1"),

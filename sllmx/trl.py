@@ -1,0 +1,105 @@
+"""TRL glue for trainer plugins, built-in and third-party alike: a :class:`~sllmx.interfaces.Trainer` whose work
+is one TRL trainer class and its config class (:class:`TRLObjective`), and :func:`trl_config`, which merges the
+run-level arguments sllmx decides with the objective's options into TRL's config.
+
+TRL is imported only when a trainer is built (this module is imported at start-up with the plugins)::
+
+    from sllmx.trl import TRLObjective
+
+    class MyDPO(TRLObjective):
+        name = "my_dpo"
+        config = MyDPOConfig            # a sllmx.config.TrainerConfig subclass, TRL's field names
+        layouts = (LAYOUT_PREFERENCE,)
+
+        def trl_classes(self):
+            from trl import DPOConfig, DPOTrainer
+            return DPOTrainer, DPOConfig
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from sllmx.errors import SllmxError
+from sllmx.interfaces import Trainer
+
+__all__ = ["GlobalBatchOrder", "TRLObjective", "trl_config"]
+
+
+def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
+    """Build TRL's config: run-level ``args``, then this objective's fields, then ``cfg.args``.
+
+    Fields of the sllmx config other than ``name``, ``args`` and ``precision`` (decided by the
+    runner, in ``args`` as ``bf16`` / ``fp16``) pass through under their own (TRL) names.
+    ``warmup_ratio`` is the one exception: transformers 5 folded it into ``warmup_steps`` (a float
+    in [0, 1) is a ratio), so it is passed as that where the installed version has no ``warmup_ratio``.
+
+    Raises:
+        SllmxError: naming the option when TRL rejects it (unknown name or bad value).
+    """
+    fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    extra = fields.pop("args", {}) or {}
+    name = fields.pop("name", None)
+    fields.pop("precision", None)  # sllmx's run-level decision, passed in ``args`` as bf16 / fp16
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    if "warmup_ratio" not in known:
+        ratio = fields.pop("warmup_ratio", 0.0)
+        if not 0.0 <= ratio < 1.0:
+            raise SllmxError(f"trainer.warmup_ratio={ratio}: must be in [0, 1)")
+        fields.setdefault("warmup_steps", ratio)
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise SllmxError(f"trainer.args: {config_cls.__name__} has no option {unknown[0]!r}")
+    kwargs = {**args, **{k: v for k, v in fields.items() if v is not None or k not in args}, **extra}
+    try:
+        return config_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SllmxError(f"trainer={name}: {config_cls.__name__} rejected the options: {exc}") from exc
+
+
+class GlobalBatchOrder:
+    """A mixin for a ``transformers.Trainer`` subclass: the same training order for any number of processes.
+
+    ``train_sampling_strategy=group_by_length`` groups examples of similar length into batches of
+    the per-process batch size (``LengthGroupedSampler``), so 2 processes x 4 examples see other
+    batches than 1 process x 8.  Here the groups are as large as one optimizer step of every rank
+    (per-device batch x gradient accumulation x world size) and their order is drawn by a
+    generator seeded with ``data_seed`` (else ``seed``) plus the epoch; accelerate then deals each step's examples
+    out to the ranks, so every optimizer step averages the gradients of the same examples as one
+    process with the whole batch would.
+    """
+
+    def _get_train_sampler(self, train_dataset=None):
+        import torch
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            args = self.args
+            sampler.batch_size = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+            seed = args.data_seed if args.data_seed is not None else args.seed
+            sampler.generator = torch.Generator().manual_seed(seed)
+            # epoch e draws its order from seed + e (the trainer calls set_epoch at each epoch), so a run
+            # resumed in a later epoch sees the order the uninterrupted run saw
+            sampler.set_epoch = lambda epoch: sampler.generator.manual_seed(seed + epoch)
+        return sampler
+
+
+class TRLObjective(Trainer):
+    """A :class:`~sllmx.interfaces.Trainer` whose work is one TRL trainer class and its config class."""
+
+    def trl_classes(self) -> tuple[type, type]:
+        """``(TRL trainer class, TRL config class)``, imported when a run needs them."""
+        raise NotImplementedError
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
+        """``TrainerClass(model, args=ConfigClass(...), processing_class=tokenizer, ...)`` with the
+        :class:`GlobalBatchOrder` training order; see :func:`trl_config`.  ``virtual_tokens`` (prompt
+        learning, :meth:`~sllmx.interfaces.Method.num_virtual_tokens`) is the subclass's to use."""
+        trainer_cls, config_cls = self.trl_classes()
+        trainer_cls = type(trainer_cls.__name__, (GlobalBatchOrder, trainer_cls), {})
+        return trainer_cls(model=model, args=trl_config(config_cls, cfg, args), processing_class=tokenizer,
+                           train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
