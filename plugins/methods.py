@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sllmx import hookimpl
-from sllmx.config import MethodConfig, _help
+from sllmx.config import MethodConfig, option
 from sllmx.errors import SllmxError
 from sllmx.interfaces import Method, Runtime
 
@@ -37,15 +37,15 @@ class LoraMethodConfig(MethodConfig):
     """Options of ``peft.LoraConfig`` (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models")."""
 
     name: str = "lora"
-    r: int = _help("rank of the update matrices", 16, ge=1)
-    lora_alpha: int = _help("scaling numerator: the update is scaled by lora_alpha / r", 32, gt=0)
-    lora_dropout: float = _help("dropout on the LoRA input (PEFT's default 0.0; 0.05 cost 21% of a CPU step, "
+    r: int = option("rank of the update matrices", 16, ge=1)
+    lora_alpha: int = option("scaling numerator: the update is scaled by lora_alpha / r", 32, gt=0)
+    lora_dropout: float = option("dropout on the LoRA input (PEFT's default 0.0; 0.05 cost 21% of a CPU step, "
                                 "where drawing the random masks is slow: benchmarks/RESULTS.md)", 0.0, ge=0, lt=1)
-    target_modules: Any = _help("module names to adapt, or 'all-linear' (every linear layer but the output head)",
+    target_modules: Any = option("module names to adapt, or 'all-linear' (every linear layer but the output head)",
                                 "all-linear")
-    bias: str = _help("which biases train: none, all or lora_only (peft.LoraConfig)", "none",
+    bias: str = option("which biases train: none, all or lora_only (peft.LoraConfig)", "none",
                       choices=("none", "all", "lora_only"))
-    use_rslora: bool = _help("scale by lora_alpha / sqrt(r) (Kalajdzievski, 2023)", False)
+    use_rslora: bool = option("scale by lora_alpha / sqrt(r) (Kalajdzievski, 2023)", False)
 
 
 class LoRA(Method):
@@ -85,9 +85,9 @@ class QloraMethodConfig(LoraMethodConfig):
     """LoRA on a 4-bit NF4 base model (Dettmers et al., 2023, "QLoRA"); options of ``BitsAndBytesConfig``."""
 
     name: str = "qlora"
-    bnb_4bit_quant_type: str = _help("nf4 (normal float 4) or fp4", "nf4", choices=("nf4", "fp4"))
-    bnb_4bit_use_double_quant: bool = _help("quantise the quantisation constants too", True)
-    bnb_4bit_compute_dtype: Optional[str] = _help(
+    bnb_4bit_quant_type: str = option("nf4 (normal float 4) or fp4", "nf4", choices=("nf4", "fp4"))
+    bnb_4bit_use_double_quant: bool = option("quantise the quantisation constants too", True)
+    bnb_4bit_compute_dtype: Optional[str] = option(
         "dtype of the matmuls: bfloat16, float16 or float32; null: bfloat16 where the GPU has it, else float32", None,
         choices=("bfloat16", "float16", "float32"))
 
@@ -139,11 +139,11 @@ class PromptTuningMethodConfig(MethodConfig):
     Prompt Tuning").  It needs a much higher learning rate than LoRA (e.g. 1e-2 to 3e-1)."""
 
     name: str = "prompt_tuning"
-    num_virtual_tokens: int = _help("number of trainable soft-prompt embeddings prepended to every input", 20, ge=1)
-    prompt_tuning_init: str = _help("RANDOM, TEXT (the embeddings of prompt_tuning_init_text) or SAMPLE_VOCAB "
+    num_virtual_tokens: int = option("number of trainable soft-prompt embeddings prepended to every input", 20, ge=1)
+    prompt_tuning_init: str = option("RANDOM, TEXT (the embeddings of prompt_tuning_init_text) or SAMPLE_VOCAB "
                                     "(embeddings of random vocabulary tokens): peft.PromptTuningInit", "RANDOM",
                                     choices=("RANDOM", "TEXT", "SAMPLE_VOCAB"))
-    prompt_tuning_init_text: Optional[str] = _help("text whose token embeddings initialise the soft prompt (TEXT)",
+    prompt_tuning_init_text: Optional[str] = option("text whose token embeddings initialise the soft prompt (TEXT)",
                                                    None)
 
     def check(self, key: str) -> Optional[str]:

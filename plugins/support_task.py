@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from sllmx import hookimpl
-from sllmx.config import DataConfig, _help
+from sllmx.config import DataConfig, option
 from sllmx.errors import SllmxError
 from sllmx.interfaces import DataSource, Metric, RawSplit
 
@@ -241,19 +241,19 @@ def generate(n_train: int = 256, n_dev: int = 32, n_test: int = 64, seed: int = 
 class SupportTaskConfig(DataConfig):
     """``data=support_ko``: the generated Korean customer-support → JSON task."""
 
-    source: str = _help("data source plugin that reads or generates the rows", "support_ko")
-    format: str = _help("row format (a data-format plugin name), or 'auto' to detect it from the columns",
+    source: str = option("data source plugin that reads or generates the rows", "support_ko")
+    format: str = option("row format (a data-format plugin name), or 'auto' to detect it from the columns",
                         "preference")
-    system: Optional[str] = _help("system prompt put first in every conversation (states the task and the JSON keys)",
+    system: Optional[str] = option("system prompt put first in every conversation (states the task and the JSON keys)",
                                   SYSTEM_PROMPT)
-    metric: Optional[str] = _help("generation metric plugin computed on the dev split at each evaluation",
+    metric: Optional[str] = option("generation metric plugin computed on the dev split at each evaluation",
                                   "json_fields")
-    n_train: int = _help("generated train rows (256: 32 steps of 8, about five minutes for SmolLM2-135M with LoRA "
+    n_train: int = option("generated train rows (256: 32 steps of 8, about five minutes for SmolLM2-135M with LoRA "
                          "on 2 CPU cores, exact match 0 -> 0.31: benchmarks/RESULTS.md section 10)", 256, ge=1)
-    n_dev: int = _help("generated dev rows (model selection, early stopping; 32: an exact-match share is known to "
+    n_dev: int = option("generated dev rows (model selection, early stopping; 32: an exact-match share is known to "
                        "about +-0.16 at 95%)", 32, ge=1)
-    n_test: int = _help("generated test rows (reported once at the end)", 64, ge=0)
-    seed: int = _help("seed of the generator; fixed apart from the training seed so runs compare on the same data", 0,
+    n_test: int = option("generated test rows (reported once at the end)", 64, ge=0)
+    seed: int = option("seed of the generator; fixed apart from the training seed so runs compare on the same data", 0,
                       ge=0)
 
 

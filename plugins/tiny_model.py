@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from sllmx import hookimpl
 from sllmx.chat_templates import chatml_template
-from sllmx.config import ModelConfig, _help
+from sllmx.config import ModelConfig, option
 from sllmx.errors import SllmxError
 from sllmx.interfaces import ModelSource
 from sllmx.model_cache import build_model, read_provenance, short_hash, write_provenance
@@ -28,16 +28,16 @@ TINY_VERSION = 2
 class TinyModelConfig(ModelConfig):
     """``model=tiny``: a tiny random-init Llama with a locally trained byte-level BPE tokenizer (tests, smoke runs)."""
 
-    source: str = _help("model source plugin that resolves this config to a local HF directory", "tiny")
-    hidden_size: int = _help("width of the residual stream (a multiple of num_attention_heads)", 64, ge=1)
-    num_hidden_layers: int = _help("decoder layers", 2, ge=1)
-    num_attention_heads: int = _help("attention heads (a multiple of num_key_value_heads)", 4, ge=1)
-    num_key_value_heads: int = _help("key/value heads (grouped-query attention)", 2, ge=1)
-    intermediate_size: int = _help("MLP width", 128, ge=1)
-    max_position_embeddings: int = _help("longest sequence (also the tokenizer's model_max_length)", 1024, ge=2)
-    vocab_size: int = _help("target vocabulary of the byte-level BPE tokenizer (fewer if the corpus runs out of "
+    source: str = option("model source plugin that resolves this config to a local HF directory", "tiny")
+    hidden_size: int = option("width of the residual stream (a multiple of num_attention_heads)", 64, ge=1)
+    num_hidden_layers: int = option("decoder layers", 2, ge=1)
+    num_attention_heads: int = option("attention heads (a multiple of num_key_value_heads)", 4, ge=1)
+    num_key_value_heads: int = option("key/value heads (grouped-query attention)", 2, ge=1)
+    intermediate_size: int = option("MLP width", 128, ge=1)
+    max_position_embeddings: int = option("longest sequence (also the tokenizer's model_max_length)", 1024, ge=2)
+    vocab_size: int = option("target vocabulary of the byte-level BPE tokenizer (fewer if the corpus runs out of "
                             "merges)", 1024, ge=1)
-    seed: int = _help("seed of the random weights; fixed apart from the training seed so the same config gives the "
+    seed: int = option("seed of the random weights; fixed apart from the training seed so the same config gives the "
                       "same model", 0, ge=0)
 
     def check(self, key: str) -> Optional[str]:

@@ -13,13 +13,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
 
 from sllmx import hookimpl
-from sllmx.config import TrainerConfig, _help
+from sllmx.config import TrainerConfig, option
 from sllmx.interfaces import (LAYOUT_MESSAGES, LAYOUT_PREFERENCE, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT,
                               LAYOUT_UNPAIRED, Trainer)
-from sllmx.trl import GlobalBatchOrder, TRLObjective, trl_config
+from sllmx.trl import GlobalBatchOrder, TRLObjective, config_fields, trl_config
 
 __all__ = ["DPO", "KTO", "ORPO", "SFT", "GlobalBatchOrder", "TRLObjective", "label_positions_loss", "trl_config"]
 
@@ -34,23 +33,23 @@ class SFTTrainerConfig(TrainerConfig):
     """Supervised fine-tuning (``trl.SFTConfig``): next-token loss on the completion / assistant turns."""
 
     name: str = "sft"
-    learning_rate: float = _help(
+    learning_rate: float = option(
         "peak learning rate of AdamW; default: the method's own for SFT (lora, dora, qlora: 1e-3, measured on the "
         "built-in task, benchmarks/RESULTS.md section 10), else 2e-4", "${sllmx_sft_learning_rate:${oc.select:method.name,null}}")
-    completion_only_loss: Optional[bool] = _help(
+    completion_only_loss: Optional[bool] = option(
         "loss on the completion only for prompt/completion data (null: TRL's default, on)", None)
-    packing: bool = _help("pack several examples into one row (TRL's bfd packing, padding-free: each example keeps "
+    packing: bool = option("pack several examples into one row (TRL's bfd packing, padding-free: each example keeps "
                           "its own attention and positions). Faster with flash-attention on a GPU; on CPU it is "
                           "slower than group_by_length (benchmarks/RESULTS.md)", False)
-    train_sampling_strategy: str = _help(
+    train_sampling_strategy: str = option(
         "order of the training examples (transformers' option): group_by_length (batches of similar length, "
         "little padding; the measured fastest on CPU), random, sequential or batch_rebalance", "group_by_length",
         choices=("random", "sequential", "group_by_length", "batch_rebalance"))
-    token_metrics: bool = _help(
+    token_metrics: bool = option(
         "log TRL's entropy and mean_token_accuracy at every step (TRL's fused LM head over every position); off, "
         "the loss is the model's own cross-entropy (see label_positions_only): faster on CPU "
         "(benchmarks/RESULTS.md)", False)
-    label_positions_only: bool = _help(
+    label_positions_only: bool = option(
         "with token_metrics off: apply the output head only where the next token has a label (the answer "
         "tokens), not at every position; the same loss and gradients, measured faster on CPU "
         "(benchmarks/RESULTS.md). false: the model's own loss on the full logits", True)
@@ -181,7 +180,7 @@ class SFT(TRLObjective):
                     return super()._get_eval_sampler(eval_dataset)
                 return SequentialSampler(eval_dataset)
 
-        fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+        fields = config_fields(cfg)
         for key in ("token_metrics", "label_positions_only"):  # sllmx's own options, not SFTConfig's
             fields.pop(key, None)
         return SllmxSFTTrainer(model=model, args=trl_config(SFTConfig, fields, args), processing_class=tokenizer,
@@ -196,9 +195,9 @@ class DPOTrainerConfig(TrainerConfig):
     """Direct Preference Optimization (Rafailov et al., 2023; ``trl.DPOConfig``)."""
 
     name: str = "dpo"
-    learning_rate: float = _help("peak learning rate (DPO wants far less than SFT)", 5e-6)
-    beta: float = _help("strength of the KL penalty towards the reference model", 0.1, gt=0)
-    loss_type: list[str] = _help("TRL loss names, combined by loss_weights: [sigmoid] (DPO), [ipo] (Azar et al., "
+    learning_rate: float = option("peak learning rate (DPO wants far less than SFT)", 5e-6)
+    beta: float = option("strength of the KL penalty towards the reference model", 0.1, gt=0)
+    loss_type: list[str] = option("TRL loss names, combined by loss_weights: [sigmoid] (DPO), [ipo] (Azar et al., "
                                  "2023), [hinge], [robust], ...; e.g. trainer.loss_type=[ipo]", ["sigmoid"],
                                  # the names trl.DPOTrainer accepts (tests/test_validate.py compares them with TRL's)
                                  choices=("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
@@ -233,8 +232,8 @@ class ORPOTrainerConfig(TrainerConfig):
     SFT and preference in one loss, no reference model."""
 
     name: str = "orpo"
-    learning_rate: float = _help("peak learning rate", 8e-6)
-    beta: float = _help("weight of the odds-ratio term (lambda in the paper)", 0.1, gt=0)
+    learning_rate: float = option("peak learning rate", 8e-6)
+    beta: float = option("weight of the odds-ratio term (lambda in the paper)", 0.1, gt=0)
 
 
 class ORPO(TRLObjective):
@@ -301,10 +300,10 @@ class KTOTrainerConfig(TrainerConfig):
     """Kahneman-Tversky Optimization (Ethayarajh et al., 2024; ``trl.KTOConfig``): unpaired good/bad labels."""
 
     name: str = "kto"
-    learning_rate: float = _help("peak learning rate", 5e-6)
-    beta: float = _help("strength of the KL penalty towards the reference model", 0.1, gt=0)
-    desirable_weight: float = _help("loss weight of desirable (label true) examples", 1.0, ge=0)
-    undesirable_weight: float = _help("loss weight of undesirable (label false) examples", 1.0, ge=0)
+    learning_rate: float = option("peak learning rate", 5e-6)
+    beta: float = option("strength of the KL penalty towards the reference model", 0.1, gt=0)
+    desirable_weight: float = option("loss weight of desirable (label true) examples", 1.0, ge=0)
+    undesirable_weight: float = option("loss weight of undesirable (label false) examples", 1.0, ge=0)
 
 
 class KTO(TRLObjective):

@@ -189,7 +189,7 @@ def _load_base(target: Target, device: str) -> tuple[Any, Any]:
     precision, reason = decide_precision(str(cfg.trainer.get("precision", "auto")), device)
     runtime = Runtime(device=device, precision=precision, precision_reason=reason)
     say(f"loading {path} ({precision}: {reason})")
-    model = reg.get("method", cfg.method.name).load_model(path, cfg.method, runtime, **kwargs)
+    model = reg.get("method", cfg.method.name).load_model(path, typed(cfg.method, "method", reg), runtime, **kwargs)
     model.eval()
     return model, AutoTokenizer.from_pretrained(path, **kwargs)
 

@@ -5,7 +5,7 @@ TRL / transformers ``TrainingArguments`` (``learning_rate``, ``num_train_epochs`
 ``EarlyStoppingCallback`` (``early_stopping_patience``, ``early_stopping_threshold``).
 Plugins subclass these bases and set ``name`` / ``source`` to their own name.
 
-Each field declares its allowed values next to its help text (:func:`_help`: ``gt``, ``ge``,
+Each field declares its allowed values next to its help text (:func:`option`: ``gt``, ``ge``,
 ``lt``, ``le``, ``choices``, ``plugin``), and a config class may add rules that involve several
 fields in a ``check(self, key) -> Optional[str]`` method: called on an instance built from the
 composed node, ``key`` being where the node sits (``trainer``), it returns the error line naming the
@@ -22,7 +22,7 @@ from omegaconf import MISSING, OmegaConf
 
 from sllmx.runtime import PRECISIONS
 
-#: the metadata keys :func:`_help` stores and :mod:`sllmx.validate` checks (besides ``help``)
+#: the metadata keys :func:`option` stores and :mod:`sllmx.validate` checks (besides ``help``)
 CONSTRAINTS = ("gt", "ge", "lt", "le", "choices", "plugin")
 #: ``transformers.SchedulerType`` values (tests/test_validate.py compares them with the installed transformers)
 LR_SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -32,7 +32,7 @@ LR_SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", 
 SEED_MAX = 2**32 - 1
 
 
-def _help(text: str, default: Any = MISSING, *, gt: Optional[float] = None, ge: Optional[float] = None,
+def option(text: str, default: Any = MISSING, *, gt: Optional[float] = None, ge: Optional[float] = None,
           lt: Optional[float] = None, le: Optional[float] = None, choices: Optional[Sequence[Any]] = None,
           plugin: Optional[str] = None, **kw: Any) -> Any:
     """``dataclasses.field`` with ``metadata={"help": text}`` (the TRL convention) and the allowed values.
@@ -73,47 +73,47 @@ def _open_dict(default: dict) -> Any:
 class ModelConfig:
     """Base of every ``model=`` config.  ``source`` names the model-source plugin."""
 
-    source: str = _help("model source plugin that resolves this config to a local HF directory")
+    source: str = option("model source plugin that resolves this config to a local HF directory")
 
 
 @dataclass
 class DataConfig:
     """Base of every ``data=`` config.  ``source`` names the data-source plugin."""
 
-    source: str = _help("data source plugin that reads or generates the rows")
-    format: str = _help("row format (a data-format plugin name), or 'auto' to detect it from the columns", "auto",
+    source: str = option("data source plugin that reads or generates the rows")
+    format: str = option("row format (a data-format plugin name), or 'auto' to detect it from the columns", "auto",
                         choices=("auto",), plugin="format")
-    columns: dict[str, str] = _help("column mapping {canonical: column in the file}, e.g. {prompt: Q, completion: A}", {})
-    system: Optional[str] = _help("system prompt put first in every conversation", None)
-    split_seed: int = _help("seed of the dev/test split; fixed apart from the training seed so runs compare on the "
+    columns: dict[str, str] = option("column mapping {canonical: column in the file}, e.g. {prompt: Q, completion: A}", {})
+    system: Optional[str] = option("system prompt put first in every conversation", None)
+    split_seed: int = option("seed of the dev/test split; fixed apart from the training seed so runs compare on the "
                             "same data", 0, ge=0)
-    dev_fraction: float = _help("fraction of train held out (seeded) as the dev split when no dev file is given; "
+    dev_fraction: float = option("fraction of train held out (seeded) as the dev split when no dev file is given; "
                                 "dev_fraction + test_fraction < 1", 0.1, ge=0, lt=1)
-    test_fraction: float = _help("fraction of train held out (seeded) as the test split when no test file is given",
+    test_fraction: float = option("fraction of train held out (seeded) as the test split when no test file is given",
                                  0.0, ge=0, lt=1)
-    max_rows: Optional[int] = _help("keep the first N rows of each file (before splitting); null keeps all", None, ge=1)
-    max_dev_rows: Optional[int] = _help("cap the dev split (evaluations cost time); null keeps all", 200, ge=1)
-    metric: Optional[str] = _help("generation metric plugin computed on the dev split at each evaluation", None,
+    max_rows: Optional[int] = option("keep the first N rows of each file (before splitting); null keeps all", None, ge=1)
+    max_dev_rows: Optional[int] = option("cap the dev split (evaluations cost time); null keeps all", 200, ge=1)
+    metric: Optional[str] = option("generation metric plugin computed on the dev split at each evaluation", None,
                                   plugin="metric")
-    skip_invalid: bool = _help("skip rows with a missing, empty or mistyped field (counted in run.json) "
+    skip_invalid: bool = option("skip rows with a missing, empty or mistyped field (counted in run.json) "
                                "instead of stopping with an error", False)
-    checks: bool = _help("run the data-quality checks before training (PII, duplicates, leakage, labels, "
+    checks: bool = option("run the data-quality checks before training (PII, duplicates, leakage, labels, "
                          "lengths; report in data_check.json); false turns them all off", True)
-    duplicates: str = _help("exact and near duplicates within each split: drop (keep the first), report or off",
+    duplicates: str = option("exact and near duplicates within each split: drop (keep the first), report or off",
                             "report", choices=("drop", "report", "off"))
-    near_dup_threshold: Optional[float] = _help(
+    near_dup_threshold: Optional[float] = option(
         "Jaccard similarity of character 3-grams (MinHash LSH, datasketch) from which two rows are near "
         "duplicates; null: exact duplicates only (after Unicode NFKC, case and whitespace normalisation)", 0.8, gt=0, le=1)
-    leakage: str = _help("rows shared by train/dev/test (exact or near, by prompt or prompt + response): error "
+    leakage: str = option("rows shared by train/dev/test (exact or near, by prompt or prompt + response): error "
                          "(stop), drop (remove them from train), report or off", "error",
                          choices=("error", "drop", "report", "off"))
-    pii: str = _help("personal information (phone, e-mail, resident registration, card and account numbers, "
+    pii: str = option("personal information (phone, e-mail, resident registration, card and account numbers, "
                      "IP addresses): mask (typed placeholders such as <PHONE>), drop (the row), report or off",
                      "report", choices=("mask", "drop", "report", "off"))
-    stratify: Optional[str] = _help("column whose value proportions the dev/test hold-out keeps (e.g. label)", None)
-    label_column: Optional[str] = _help("column whose value counts per split are reported; null: data.stratify, "
+    stratify: Optional[str] = option("column whose value proportions the dev/test hold-out keeps (e.g. label)", None)
+    label_column: Optional[str] = option("column whose value counts per split are reported; null: data.stratify, "
                                         "else a column named label, category, intent or class", None)
-    lengths: bool = _help("token-length statistics with the model's tokenizer and chat template, and a "
+    lengths: bool = option("token-length statistics with the model's tokenizer and chat template, and a "
                           "suggested trainer.max_length", True)
 
     def check(self, key: str) -> Optional[str]:
@@ -128,7 +128,7 @@ class DataConfig:
 class MethodConfig:
     """Base of every ``method=`` config."""
 
-    name: str = _help("method plugin name")
+    name: str = option("method plugin name")
 
 
 @dataclass
@@ -139,34 +139,34 @@ class TrainerConfig:
     ``resume_from_checkpoint``: a run is resumed with ``resume=auto`` or ``resume=<run folder>``.
     """
 
-    name: str = _help("trainer plugin name")
-    learning_rate: float = _help("peak learning rate of AdamW", 2e-4, gt=0)
-    num_train_epochs: float = _help("passes over the train split; > 0 unless max_steps > 0", 1.0, ge=0)
-    max_steps: int = _help("stop after this many optimizer steps (overrides num_train_epochs); -1: train for "
+    name: str = option("trainer plugin name")
+    learning_rate: float = option("peak learning rate of AdamW", 2e-4, gt=0)
+    num_train_epochs: float = option("passes over the train split; > 0 unless max_steps > 0", 1.0, ge=0)
+    max_steps: int = option("stop after this many optimizer steps (overrides num_train_epochs); -1: train for "
                            "num_train_epochs", -1, ge=-1)
-    per_device_train_batch_size: int = _help("examples per device per forward pass", 8, ge=1)
-    per_device_eval_batch_size: int = _help("examples per device per evaluation forward pass", 8, ge=1)
-    gradient_accumulation_steps: int = _help("forward passes per optimizer step", 1, ge=1)
-    max_length: Optional[int] = _help("truncate tokenized examples to this many tokens (at least 2: a next-token "
+    per_device_train_batch_size: int = option("examples per device per forward pass", 8, ge=1)
+    per_device_eval_batch_size: int = option("examples per device per evaluation forward pass", 8, ge=1)
+    gradient_accumulation_steps: int = option("forward passes per optimizer step", 1, ge=1)
+    max_length: Optional[int] = option("truncate tokenized examples to this many tokens (at least 2: a next-token "
                                       "loss needs a token and the token after it); null: no truncation", 512, ge=2)
-    warmup_ratio: float = _help("fraction of steps with linear warm-up, in [0, 1) (transformers 5 takes it as "
+    warmup_ratio: float = option("fraction of steps with linear warm-up, in [0, 1) (transformers 5 takes it as "
                                 "warmup_steps, where 1 or more counts steps)", 0.0, ge=0, lt=1)
-    lr_scheduler_type: str = _help("transformers scheduler name (transformers.SchedulerType)", "linear",
+    lr_scheduler_type: str = option("transformers scheduler name (transformers.SchedulerType)", "linear",
                                    choices=LR_SCHEDULER_TYPES)
-    weight_decay: float = _help("AdamW weight decay", 0.0, ge=0)
-    max_grad_norm: float = _help("gradient clipping norm; 0: no clipping (transformers' rule)", 1.0, ge=0)
-    logging_steps: int = _help("log train loss every N steps", 5, ge=1)
-    gradient_checkpointing: Optional[bool] = _help(
+    weight_decay: float = option("AdamW weight decay", 0.0, ge=0)
+    max_grad_norm: float = option("gradient clipping norm; 0: no clipping (transformers' rule)", 1.0, ge=0)
+    logging_steps: int = option("log train loss every N steps", 5, ge=1)
+    gradient_checkpointing: Optional[bool] = option(
         "recompute activations to save memory (20% more time per CPU step in benchmarks/RESULTS.md); null: on only "
         "when the estimated activation memory of the longest batch exceeds half of the available memory "
         "(run.json memory)",
         None)
-    precision: str = _help(
+    precision: str = option(
         "auto, fp32, bf16 or fp16 (CUDA only): dtype of the base weights and of the mixed-precision compute "
         "(TrainingArguments bf16/fp16). auto: bf16 on a GPU that has it and on a CPU with native bf16 "
         "(avx512_bf16 or amx_bf16), else fp32; the choice and its reason are in run.json precision", "auto",
         choices=PRECISIONS)
-    args: dict[str, Any] = _help("further keyword arguments for the TRL config class (its own names), e.g. "
+    args: dict[str, Any] = option("further keyword arguments for the TRL config class (its own names), e.g. "
                                  "trainer.args={save_total_limit: 2}", {})
 
     def check(self, key: str) -> Optional[str]:
@@ -186,33 +186,33 @@ class TrainerConfig:
 class EvalConfig:
     """Dev-split evaluation, model selection and early stopping."""
 
-    metric: Optional[str] = _help(
+    metric: Optional[str] = option(
         "dev metric for model selection, early stopping and sweeps (e.g. eval_loss, perplexity, json_fields, "
         "rougeL, bleu, preference_accuracy); "
         "null: the trainer's default", None)
-    higher_is_better: Optional[bool] = _help("direction of a metric not registered by a plugin; null: from the plugin", None)
-    eval_steps: int = _help("evaluate on the dev split every N optimizer steps (and at the end)", 20, ge=1)
-    early_stopping_patience: Optional[int] = _help(
+    higher_is_better: Optional[bool] = option("direction of a metric not registered by a plugin; null: from the plugin", None)
+    eval_steps: int = option("evaluate on the dev split every N optimizer steps (and at the end)", 20, ge=1)
+    early_stopping_patience: Optional[int] = option(
         "stop after this many evaluations without improvement; null disables early stopping", 3, ge=1)
-    early_stopping_threshold: float = _help("minimum improvement that resets patience", 0.0, ge=0)
-    max_new_tokens: int = _help("greedy generation length for generation metrics", 128, ge=1)
-    generation_batch_size: int = _help("dev prompts per generate() call", 16, ge=1)
-    before_training: bool = _help("also evaluate the untrained model (the baseline in run.json)", True)
-    generation_every: int = _help(
+    early_stopping_threshold: float = option("minimum improvement that resets patience", 0.0, ge=0)
+    max_new_tokens: int = option("greedy generation length for generation metrics", 128, ge=1)
+    generation_batch_size: int = option("dev prompts per generate() call", 16, ge=1)
+    before_training: bool = option("also evaluate the untrained model (the baseline in run.json)", True)
+    generation_every: int = option(
         "score data.metric (generations cost far more than the loss) at every Nth dev evaluation, and always "
         "before training and at the end; must be 1 when eval.metric is one of its values", 1, ge=1)
-    banned_patterns: list[str] = _help("regular expressions (case-insensitive) a generated answer must not match; "
+    banned_patterns: list[str] = option("regular expressions (case-insensitive) a generated answer must not match; "
                                        "answers that do are counted (eval_banned_answers, run.json output_checks)",
                                        [])
-    expect_json: bool = _help("answers should be JSON: count those that do not parse (eval_invalid_json_answers)",
+    expect_json: bool = option("answers should be JSON: count those that do not parse (eval_invalid_json_answers)",
                               False)
-    general_data: Optional[str] = _help(
+    general_data: Optional[str] = option(
         "forgetting check: a data file (JSONL, JSON, CSV or Parquet, any row format) scored before and after fine-tuning "
         "(token NLL and perplexity of its answers; run.json forgetting)", None)
-    general_max_rows: int = _help("rows of eval.general_data scored (the first N)", 200, ge=1)
-    forgetting_threshold: float = _help("flag forgetting when the general perplexity rises by more than this "
+    general_max_rows: int = option("rows of eval.general_data scored (the first N)", 200, ge=1)
+    forgetting_threshold: float = option("flag forgetting when the general perplexity rises by more than this "
                                         "fraction", 0.1, ge=0)
-    test: bool = _help("after training, evaluate the selected checkpoint once on the test split "
+    test: bool = option("after training, evaluate the selected checkpoint once on the test split "
                        "(run.json test_metrics); model selection never sees it", False)
 
 
@@ -220,12 +220,12 @@ class EvalConfig:
 class LoggerConfig:
     """Experiment tracking.  ``name: none`` turns it off."""
 
-    name: str = _help("wandb or none", "wandb", choices=("wandb", "none"))
-    project: str = _help("W&B project", "sllmx")
-    group: Optional[str] = _help("W&B group (a sweep puts its study name here)", None)
-    run_name: Optional[str] = _help("W&B run name; null: method-trainer-seed", None)
-    tags: list[str] = _help("W&B tags", [])
-    mode: Optional[str] = _help("wandb.init mode: online, offline, disabled or shared; null: $WANDB_MODE, else online "
+    name: str = option("wandb or none", "wandb", choices=("wandb", "none"))
+    project: str = option("W&B project", "sllmx")
+    group: Optional[str] = option("W&B group (a sweep puts its study name here)", None)
+    run_name: Optional[str] = option("W&B run name; null: method-trainer-seed", None)
+    tags: list[str] = option("W&B tags", [])
+    mode: Optional[str] = option("wandb.init mode: online, offline, disabled or shared; null: $WANDB_MODE, else online "
                                 "with WANDB_API_KEY, else offline", None,
                                 choices=("online", "offline", "disabled", "shared"))
 
@@ -240,9 +240,9 @@ class TrialConfig:
     built-in plugin ``sllmx_plugins.trials`` (``plugins/trials.py``); the core does not.
     """
 
-    study_name: Optional[str] = _help("Optuna study name", None)
-    storage: Optional[str] = _help("Optuna storage URL of the study (sqlite:///..., postgresql://...)", None)
-    number: Optional[int] = _help("trial number in the study; null: not part of a sweep", None, ge=0)
+    study_name: Optional[str] = option("Optuna study name", None)
+    storage: Optional[str] = option("Optuna storage URL of the study (sqlite:///..., postgresql://...)", None)
+    number: Optional[int] = option("trial number in the study; null: not part of a sweep", None, ge=0)
 
 
 @dataclass
@@ -256,15 +256,15 @@ class SllmxConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
-    seed: int = _help("seed for data splits, initialisation and training", 42, ge=0, le=SEED_MAX)
-    output_dir: str = _help("where run.json, the adapter and checkpoints go", "${hydra:runtime.output_dir}")
-    cache_dir: str = _help("where converted models (GGUF → HF), built tiny models and saved data splits "
+    seed: int = option("seed for data splits, initialisation and training", 42, ge=0, le=SEED_MAX)
+    output_dir: str = option("where run.json, the adapter and checkpoints go", "${hydra:runtime.output_dir}")
+    cache_dir: str = option("where converted models (GGUF → HF), built tiny models and saved data splits "
                            "with their tokenised forms (sllmx.data.cache) are cached",
                            "${oc.env:SLLMX_CACHE,'~/.cache/sllmx'}")
-    shared_data: str = _help("folder of the shared real datasets used by the data presets",
+    shared_data: str = option("folder of the shared real datasets used by the data presets",
                              "${oc.env:SLLMX_SHARED_DATA,../shared/data}")
-    save_model: bool = _help("save the adapter / model with save_pretrained at the end", True)
-    resume: Optional[str] = _help(
+    save_model: bool = option("save the adapter / model with save_pretrained at the end", True)
+    resume: Optional[str] = option(
         "continue an unfinished run (killed, interrupted, failed) from its last full checkpoint: its folder, or "
         "auto (the folder in hydra.run.dir, else the newest unfinished run under outputs/ with the same "
         "overrides; a new run when there is none); null: a new run", None)

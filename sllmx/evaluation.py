@@ -34,7 +34,7 @@ def virtual_tokens(ctx: RunContext) -> dict[str, int]:
     """``{"virtual_tokens": n}`` for :meth:`Trainer.build` when the method prepends virtual tokens, else ``{}``
     (also for an evaluation-only run of a base model, which has no method)."""
     ask = getattr(ctx.method, "num_virtual_tokens", None)
-    n = ask(ctx.cfg.method) if ask is not None else 0
+    n = ask(typed(ctx.cfg.method, "method", ctx.registry)) if ask is not None else 0
     return {"virtual_tokens": n} if n else {}
 
 
@@ -91,7 +91,7 @@ def evaluate_only(ctx: RunContext, run_dir: Optional[Path] = None) -> str:
     elif (saved / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = ctx.method.load_model(path, cfg.method, runtime, **kwargs)
+        base = ctx.method.load_model(path, typed(cfg.method, "method", ctx.registry), runtime, **kwargs)
         ctx.model = PeftModel.from_pretrained(base, str(saved))
     else:
         ctx.model = AutoModelForCausalLM.from_pretrained(saved, dtype=runtime.compute_dtype)
@@ -130,7 +130,8 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str,
     # preprocessing and nothing here reaches the dev history, early stopping or the trial.
     args = training_args(ctx.cfg, ctx.runtime, ctx.record.dev_metric, ctx.output_dir / f"{prefix}-eval")
     args.update(report_to=[], load_best_model_at_end=False, save_strategy="no", eval_strategy="no", eval_on_start=False)
-    evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, ctx.cfg.trainer, args, [],
+    evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, typed(ctx.cfg.trainer, "trainer", ctx.registry),
+                                  args, [],
                                   **virtual_tokens(ctx))
     metrics = evaluator.evaluate(metric_key_prefix=prefix)
     add_loss_metrics(metrics, ctx.trainer, ctx.registry, prefix)

@@ -204,10 +204,10 @@ def load_run_model(info: RunInfo, device: Optional[str] = None) -> tuple[Any, An
         from peft import PeftModel
 
         path, kwargs = resolve_base(info)
-        base = method.load_model(path, cfg.method, runtime, **kwargs)
+        base = method.load_model(path, typed(cfg.method, "method"), runtime, **kwargs)
         model = PeftModel.from_pretrained(base, str(info.model_dir))
     else:
         kwargs = {"trust_remote_code": bool(cfg.model.get("trust_remote_code", False))}
-        model = method.load_model(str(info.model_dir), cfg.method, runtime, **kwargs)
+        model = method.load_model(str(info.model_dir), typed(cfg.method, "method"), runtime, **kwargs)
     model.eval()
     return model, tokenizer

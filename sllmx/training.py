@@ -15,6 +15,7 @@ from sllmx.arguments import training_args
 from sllmx.context import GenerationSettings, RunContext
 from sllmx.errors import Interrupted
 from sllmx.evaluation import count_parameters, evaluate_split, load_tokenizer, virtual_tokens
+from sllmx.plugins import typed
 from sllmx.runtime import from_main, gather, on_main, wait_for_everyone
 
 
@@ -37,8 +38,9 @@ def train(ctx: RunContext) -> str:
     main = runtime.is_main
     path, kwargs = load_tokenizer(ctx)
     set_seed(cfg.seed)
-    model = ctx.method.load_model(path, cfg.method, ctx.runtime, **kwargs)
-    ctx.model = ctx.method.wrap(model, cfg.method, ctx.runtime, tokenizer=ctx.tokenizer)
+    method_cfg = typed(cfg.method, "method", ctx.registry)  # the plugins get their own config dataclass
+    model = ctx.method.load_model(path, method_cfg, ctx.runtime, **kwargs)
+    ctx.model = ctx.method.wrap(model, method_cfg, ctx.runtime, tokenizer=ctx.tokenizer)
     record.trainable_params, record.total_params = count_parameters(ctx.model)
 
     callbacks: list[Any] = []
@@ -67,7 +69,8 @@ def train(ctx: RunContext) -> str:
     args = training_args(cfg, ctx.runtime, record.dev_metric, checkpoints, _checkpointing(ctx),
                          resuming=ctx.checkpoint is not None)
     ctx.hf_trainer = ctx.trainer.build(ctx.model, ctx.tokenizer, ctx.splits.train, ctx.splits.dev,
-                                       cfg.trainer, args, callbacks, **virtual_tokens(ctx))
+                                       typed(cfg.trainer, "trainer", ctx.registry), args, callbacks,
+                                       **virtual_tokens(ctx))
     ctx.hf_trainer.remove_callback(PrinterCallback)  # it prints each log as a raw dict: ConsoleProgress instead
     built = ctx.hf_trainer.args  # trainer.args may have set the batch or the accumulation
     record.global_batch_size = (built.per_device_train_batch_size * built.gradient_accumulation_steps

@@ -29,6 +29,14 @@ from sllmx.interfaces import Trainer
 __all__ = ["GlobalBatchOrder", "TRLObjective", "trl_config"]
 
 
+def config_fields(cfg: Any) -> dict[str, Any]:
+    """The fields of a trainer's config as a plain dict: its dataclass instance (what the core hands a plugin,
+    :func:`sllmx.plugins.typed`), an OmegaConf node (resolved) or a mapping."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return dataclasses.asdict(cfg)
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+
+
 def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
     """Build TRL's config: run-level ``args``, then this objective's fields, then ``cfg.args``.
 
@@ -40,7 +48,7 @@ def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
     Raises:
         SllmxError: naming the option when TRL rejects it (unknown name or bad value).
     """
-    fields = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    fields = config_fields(cfg)
     extra = fields.pop("args", {}) or {}
     name = fields.pop("name", None)
     fields.pop("precision", None)  # sllmx's run-level decision, passed in ``args`` as bf16 / fp16

@@ -2,7 +2,7 @@
 
 Every config node of a run (``model``, ``data``, ``method``, ``trainer``, ``logger``, ``eval``, ``trial``
 and the top level) is typed by a dataclass (:mod:`sllmx.config`, or a plugin's).  Its fields declare
-their allowed values in their metadata, written with :func:`sllmx.config._help`:
+their allowed values in their metadata, written with :func:`sllmx.config.option`:
 
 * ``gt``, ``ge``, ``lt``, ``le``: bounds of a number (``method.r`` ``ge=1``; a fraction ``ge=0, lt=1``);
 * ``choices``: the allowed values (of every item, for a list such as ``trainer.loss_type``);

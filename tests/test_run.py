@@ -207,7 +207,8 @@ def test_qlora_on_cpu_keeps_gradients_through_4bit_weights_after_an_evaluation(t
     qlora = reg.get("method", "qlora")
     path = reg.get("model", "tiny").resolve(typed(cfg.model, "model"), str(tmp_path / "cache"))
     runtime = Runtime()
-    model = qlora.wrap(qlora.load_model(path, cfg.method, runtime), cfg.method, runtime)
+    method_cfg = typed(cfg.method, "method")  # what the runner hands the method plugin
+    model = qlora.wrap(qlora.load_model(path, method_cfg, runtime), method_cfg, runtime)
     ids = torch.tensor([[1, 5, 9, 13, 2]])
 
     def input_gradient():

@@ -89,7 +89,7 @@ def _sft_trainer(tiny, tmp_path, dataset, **fields):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path)
-    cfg = OmegaConf.merge(OmegaConf.structured(SFTTrainerConfig), fields)
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SFTTrainerConfig), fields))
     args = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to=[], seed=0,
                 per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=1)
     if dataset is None:
@@ -229,7 +229,7 @@ def test_tokenised_splits_are_cached_by_content_tokenizer_and_template(tiny, tmp
     tok2.chat_template = tok.chat_template + "{# another template, the same text #}"
     from transformers import AutoModelForCausalLM
 
-    cfg = OmegaConf.structured(SFTTrainerConfig)
+    cfg = OmegaConf.to_object(OmegaConf.structured(SFTTrainerConfig))
     SFT().build(AutoModelForCausalLM.from_pretrained(path), tok2, again, again, cfg,
                 dict(output_dir=str(tmp_path / "o2"), use_cpu=True, bf16=False, report_to=[], max_steps=1), [])
     assert len(list(folder.glob("cache-*.arrow"))) > len(files)

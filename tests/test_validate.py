@@ -21,7 +21,7 @@ from typing import Optional
 import pytest
 from omegaconf import OmegaConf
 
-from sllmx.config import LR_SCHEDULER_TYPES, MethodConfig, TrainerConfig, _help
+from sllmx.config import LR_SCHEDULER_TYPES, MethodConfig, TrainerConfig, option
 from sllmx.errors import SllmxError
 from sllmx.validate import annotated_yaml, config_nodes, validate_config
 from tests.common import ROOT, compose_config
@@ -224,8 +224,8 @@ def test_every_default_config_passes(tmp_path):
                            "model": ["tiny", "smollm2-135m", "gemma3-270m"],
                            "data": ["support_ko", "ko_chatbot", "dialogsum", "hh_rlhf", "alpaca_en_demo",
                                     "dpo_en_demo", "kto_en_demo"]}.items():
-        for option in options:
-            assert refusal([f"{group}={option}"], tmp_path) == "", (group, option)
+        for name in options:
+            assert refusal([f"{group}={name}"], tmp_path) == "", (group, name)
 
 
 # ----------------------------------------------------------------------------- dict options on the command line
@@ -277,8 +277,8 @@ def test_a_plugin_config_declares_ranges_in_metadata_and_rules_in_check():
     class WindowConfig(MethodConfig):
         name: str = "window"
         width: int = field(default=8, metadata={"help": "window width", "ge": 2, "le": 64})
-        mode: Optional[str] = _help("sliding or fixed", None, choices=("sliding", "fixed"))
-        stride: int = _help("step between windows", 4, gt=0)
+        mode: Optional[str] = option("sliding or fixed", None, choices=("sliding", "fixed"))
+        stride: int = option("step between windows", 4, gt=0)
 
         def check(self, key: str) -> Optional[str]:
             return f"{key}.stride={self.stride}: must not exceed {key}.width" if self.stride > self.width else None

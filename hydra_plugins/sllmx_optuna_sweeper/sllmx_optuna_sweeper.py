@@ -18,7 +18,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 
-from sllmx.config import _help
+from sllmx.config import option
 from sllmx.sweep.config import SllmxOptunaSweeperConf, register
 
 register()
@@ -53,10 +53,10 @@ class SllmxCompareSweeperConf:
     """``hydra.sweeper.*`` of ``sweep=compare``: re-train each group's best configuration on several seeds."""
 
     _target_: str = "hydra_plugins.sllmx_optuna_sweeper.sllmx_optuna_sweeper.SllmxCompareSweeper"
-    sweeps: list[str] = _help("finished sweep (or run) folders whose best configurations are compared", [])
-    seeds: list[int] = _help("seeds each best configuration is trained with", [1, 2, 3])
-    by: list[str] = _help("config keys that form the groups (a row each)", ["method", "trainer"])
-    test: bool = _help("evaluate each re-trained run once on the test split (eval.test=true)", True)
+    sweeps: list[str] = option("finished sweep (or run) folders whose best configurations are compared", [])
+    seeds: list[int] = option("seeds each best configuration is trained with", [1, 2, 3])
+    by: list[str] = option("config keys that form the groups (a row each)", ["method", "trainer"])
+    test: bool = option("evaluate each re-trained run once on the test split (eval.test=true)", True)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="sllmx_compare", node=SllmxCompareSweeperConf,

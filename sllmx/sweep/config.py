@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from sllmx.config import _help
+from sllmx.config import option
 
 PROVIDER = "sllmx"
 SWEEPER_TARGET = "hydra_plugins.sllmx_optuna_sweeper.sllmx_optuna_sweeper.SllmxOptunaSweeper"
@@ -222,22 +222,22 @@ class SllmxOptunaSweeperConf:
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
     sampler: Any = MISSING
     pruner: Any = MISSING
-    study_name: Optional[str] = _help(
+    study_name: Optional[str] = option(
         "Optuna study name; null: <sweep or method-trainer>-<hash of the overrides, search space, sampler and "
         "pruner>, so the same command resumes the same study", None)
-    storage: Optional[str] = _help(
+    storage: Optional[str] = option(
         "Optuna storage URL (sqlite:///..., postgresql://user@host/db, mysql+pymysql://...); "
         "null: sqlite:///<sweep dir>/optuna.db", None)
-    direction: Optional[str] = _help("minimize or maximize; null: from the dev metric's higher_is_better", None)
-    n_trials: int = _help("trials in the study (COMPLETE + PRUNED + FAIL); running again resumes up to this", 20)
-    n_jobs: int = _help("trials launched at once (one launcher batch); parallel with joblib/submitit/ray", 1)
-    params: Dict[str, str] = _help(
+    direction: Optional[str] = option("minimize or maximize; null: from the dev metric's higher_is_better", None)
+    n_trials: int = option("trials in the study (COMPLETE + PRUNED + FAIL); running again resumes up to this", 20)
+    n_jobs: int = option("trials launched at once (one launcher batch); parallel with joblib/submitit/ray", 1)
+    params: Dict[str, str] = option(
         "search space {config key: choice(...) | range(...) | interval(...) | tag(log, ...)}; "
         "command-line sweeps of the same key win", {})
-    heartbeat_interval: int = _help(
+    heartbeat_interval: int = option(
         "seconds between heartbeats of running trials; a trial silent for twice this long (its worker was "
         "killed) is marked FAIL and re-queued with the same parameters", 60)
-    max_retry: int = _help("re-queue a killed trial at most this many times", 2)
+    max_retry: int = option("re-queue a killed trial at most this many times", 2)
 
 
 def register() -> None:
