@@ -11,7 +11,7 @@ What it talks to:
   ``python -m sllmx.chat model=hf model.name_or_path=...``): the base model itself, loaded by the
   method plugin (``method=qlora`` loads it 4-bit), as a run would start from it.
 
-Answers are generated as the run's dev generations are (:func:`sllmx.callbacks.generate`: the chat
+Answers are generated as the run's dev generations are (:func:`sllmx.generation.generate`: the chat
 template with the generation prompt, greedy decoding, left padding, ``eval.max_new_tokens``, batches of
 ``eval.generation_batch_size``), with the run's system prompt (``data.system``) first, so a run's dev
 prompts get exactly the answers in its ``generations.jsonl``.
@@ -134,11 +134,11 @@ class Chatter:
         return list(turns)
 
     def answer(self, conversations: list[list[dict]], truncated: Optional[list[bool]] = None) -> list[str]:
-        """Greedy answers to message lists, one per conversation (:func:`sllmx.callbacks.generate`: chat
+        """Greedy answers to message lists, one per conversation (:func:`sllmx.generation.generate`: chat
         template with the generation prompt, left padding, ``batch_size`` per call, at most
         ``max_new_tokens`` new tokens, special tokens removed, stripped).  ``truncated``, when given, is
         extended with one flag per answer: True when it reached ``max_new_tokens`` without ending."""
-        from sllmx.callbacks import generate
+        from sllmx.generation import generate
 
         # a bar over a batch file's prompts; none for one interactive answer
         return generate(self.model, self.tokenizer, conversations, self.max_new_tokens, self.batch_size, truncated,

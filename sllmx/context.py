@@ -66,7 +66,7 @@ class RunContext:
         model / tokenizer / hf_trainer / splits: set as the run reaches them.
         general: the forgetting check's rows (``eval.general_data``), else None.
         checkpoint: the checkpoint a resumed run continues from (``resume=``), else None.
-        stop: the :class:`~sllmx.callbacks.GracefulStop` that turns SIGINT / SIGTERM into a checkpoint
+        stop: the :class:`~sllmx.stops.GracefulStop` that turns SIGINT / SIGTERM into a checkpoint
             and ``INTERRUPTED``.
         step: the optimizer step the run is at (that of the evaluation ``sllmx_after_evaluate`` reports).
         logger: the run's :class:`~sllmx.interfaces.Logger` (``logger=<name>``) on the main process once

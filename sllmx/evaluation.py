@@ -120,7 +120,8 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str,
     Raises:
         SllmxError: when ``dataset`` is empty (e.g. ``eval.test=true`` with ``data.test_fraction=0``).
     """
-    from sllmx.callbacks import add_loss_metrics, score_split
+    from sllmx.callbacks import add_loss_metrics
+    from sllmx.generation import score_split
     from sllmx.atomic import write_text_atomic
 
     if dataset is None or len(dataset) == 0:

@@ -46,7 +46,7 @@ def token_nll(model: Any, tokenizer: Any, dataset: Any, batch_size: int) -> tupl
     the completion (prompt/completion), the last message (messages), or the whole text (text)."""
     import torch
 
-    from sllmx.callbacks import answer_logprobs
+    from sllmx.generation import answer_logprobs
 
     cols = set(dataset.column_names)
     if "text" in cols:

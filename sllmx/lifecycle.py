@@ -92,7 +92,7 @@ def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float
         work: the run's work, e.g. :func:`sllmx.training.train`.
         started: ``time.time()`` at the start of the command (the record's ``wall_time_s`` counts from it).
         graceful: SIGINT / SIGTERM set a flag the training loop stops at, after a checkpoint
-            (:class:`~sllmx.callbacks.GracefulStop`); False: they interrupt at once (an evaluation).
+            (:class:`~sllmx.stops.GracefulStop`); False: they interrupt at once (an evaluation).
 
     Raises:
         Interrupted: SIGINT / SIGTERM (the record says ``INTERRUPTED`` and the step).
@@ -101,7 +101,7 @@ def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float
             :class:`~sllmx.errors.RunStopped` (a plugin's decision, e.g. a sweep's pruner) is not raised: the
             record takes its status and reason.
     """
-    from sllmx.callbacks import GracefulStop
+    from sllmx.stops import GracefulStop
     from sllmx.records import Reserve
 
     record, out, runtime = ctx.record, ctx.output_dir, ctx.runtime

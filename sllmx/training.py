@@ -30,7 +30,8 @@ def train(ctx: RunContext) -> str:
     import datasets
     from transformers import EarlyStoppingCallback, PrinterCallback, set_seed
 
-    from sllmx.callbacks import ConsoleProgress, GenerationMetricCallback, NonFiniteStop, ObserverCallback
+    from sllmx.callbacks import ConsoleProgress, GenerationMetricCallback, ObserverCallback
+    from sllmx.stops import NonFiniteStop
     from sllmx.progress import console
 
     datasets.disable_progress_bars()

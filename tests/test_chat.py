@@ -105,7 +105,7 @@ def test_base_model_from_overrides(lora_run, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sllmx.callbacks import generate
+    from sllmx.generation import generate
     from sllmx.run_folder import read_run, resolve_base
 
     cache = lora_run.parent / "cache"

@@ -96,7 +96,7 @@ def test_answer_logprobs_batched_equal_one_by_one_by_hand(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sllmx.callbacks import answer_logprobs
+    from sllmx.generation import answer_logprobs
     from tests.common import compose_config
 
     cfg = compose_config(["model=tiny"], tmp_path / "o", tmp_path / "cache")

@@ -1,5 +1,5 @@
 """An example third-party sllmx plugin, built on sllmx's public API only (``sllmx``, ``sllmx.interfaces``,
-``sllmx.config``, ``sllmx.callbacks``): see docs/plugins.md.
+``sllmx.config``, ``sllmx.generation``): see docs/plugins.md.
 
 - ``method=ia3``: IA3 (Liu et al., 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than
   In-Context Learning") through ``peft.IA3Config``.  It needs the tokenizer: a tokenizer with more tokens than
@@ -74,7 +74,7 @@ class AnswerLogprob(Metric):
 
     def inputs(self, model: Any, tokenizer: Any, dataset: Any, settings: dict[str, Any]) -> MetricInputs | None:
         """Each reference answer's summed log-probability and token count given its prompt."""
-        from sllmx.callbacks import answer_logprobs, dev_prompts_and_references
+        from sllmx.generation import answer_logprobs, dev_prompts_and_references
 
         prompts, references = dev_prompts_and_references(dataset)
         if not prompts:

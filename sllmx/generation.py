@@ -1,0 +1,212 @@
+"""What a model answers and how likely it finds an answer: greedy generation with the chat template (the dev
+generations, ``python -m sllmx.chat``), answers' log-probabilities (preference pairs, the forgetting check),
+and scoring a split with a metric plugin by what it needs (:func:`score_split`).  With several processes the
+batches are dealt out to the ranks and the results gathered in order.  Public: metric plugins use the same
+functions (docs/plugins.md).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+from sllmx.interfaces import Metric
+from sllmx.runtime import Runtime, map_batches
+
+
+def dev_prompts_and_references(dataset: Any) -> tuple[list[list[dict]], list[str]]:
+    """Prompts (message lists) and reference answers of a dev split, for generation metrics.
+
+    Works for the prompt/completion, preference (reference = ``chosen``) and unpaired
+    (only ``label`` true rows) layouts; ``messages`` rows use the last assistant turn.
+
+    Returns:
+        ``(prompts, references)`` of equal length; empty when the layout has no reference (plain text).
+    """
+    prompts, refs = [], []
+    cols = set(dataset.column_names)
+    for row in dataset:
+        if "messages" in cols:
+            msgs = row["messages"]
+            prompt, answer = msgs[:-1], msgs[-1]["content"]
+        elif {"prompt", "chosen"} <= cols:
+            prompt, answer = row["prompt"], row["chosen"]
+        elif {"prompt", "completion"} <= cols:
+            if "label" in cols and not row["label"]:
+                continue
+            prompt, answer = row["prompt"], row["completion"]
+        else:
+            return [], []
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if isinstance(answer, list):
+            answer = "".join(m["content"] for m in answer)
+        prompts.append(prompt)
+        refs.append(answer)
+    return prompts, refs
+
+
+@contextmanager
+def inference(model: Any, tokenizer: Any, padding_side: str) -> Iterator[None]:
+    """Evaluation mode and the given padding side for the block; both put back afterwards."""
+    was_training, side = model.training, tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    model.eval()
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+
+
+def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_tokens: int,
+             batch_size: int, truncated: Optional[list[bool]] = None, runtime: Optional[Runtime] = None,
+             progress: bool = True) -> list[str]:
+    """Greedy generation of one answer per chat prompt (chat template, left padding).
+
+    Args:
+        prompts: message lists; the tokenizer's chat template renders them with the generation prompt.
+        max_new_tokens: the most tokens generated per answer.
+        batch_size: prompts per ``generate`` call.
+        truncated: when given, extended with one flag per prompt: True when the answer reached
+            ``max_new_tokens`` without an end-of-sequence token.
+        runtime: with several processes, the batches are split across the ranks and every rank
+            gets every answer (:func:`sllmx.runtime.map_batches`; a collective call).
+        progress: a bar over the prompts on a terminal (:func:`sllmx.progress.batches_bar`); False for none.
+
+    Returns:
+        the decoded answers (special tokens removed), one per prompt.
+    """
+    import torch
+
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id]))
+
+    def one_batch(batch: list[list[dict]]) -> list[tuple[str, bool]]:
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        ended = torch.isin(new.cpu(), eos).any(dim=1)
+        cut = [bool(new.shape[1] >= max_new_tokens and not e) for e in ended]
+        if bar is not None:
+            bar.update(len(batch))
+        return list(zip(tokenizer.batch_decode(new, skip_special_tokens=True), cut))
+
+    from sllmx.progress import batches_bar
+
+    bar = batches_bar(len(prompts), "generate") if progress else None
+    try:
+        with inference(model, tokenizer, "left"):
+            out = map_batches(one_batch, prompts, batch_size, runtime or Runtime())
+    finally:
+        if bar is not None:
+            bar.close()
+    if truncated is not None:
+        truncated.extend(cut for _, cut in out)
+    return [text.strip() for text, _ in out]
+
+
+def preference_pairs(dataset: Any) -> tuple[list[list[dict]], list[list[dict]], list[list[dict]]]:
+    """``(prompts, chosen, rejected)`` message lists of a split in the preference layout (empty otherwise)."""
+    if dataset is None or not {"prompt", "chosen", "rejected"} <= set(dataset.column_names):
+        return [], [], []
+    as_msgs = lambda v, role: [{"role": role, "content": v}] if isinstance(v, str) else list(v)  # noqa: E731
+    rows = list(dataset)
+    return ([as_msgs(r["prompt"], "user") for r in rows], [as_msgs(r["chosen"], "assistant") for r in rows],
+            [as_msgs(r["rejected"], "assistant") for r in rows])
+
+
+def answer_logprobs(model: Any, tokenizer: Any, prompts: list[list[dict]], answers: list[list[dict]],
+                    batch_size: int, counts: Optional[list[int]] = None,
+                    runtime: Optional[Runtime] = None) -> list[float]:
+    """Summed log-probability (nats) of each answer's tokens given its prompt, under ``model``.
+
+    The conversation ``prompt + answer`` is rendered by the chat template; the answer's tokens
+    are those after the rendering of ``prompt`` with the generation prompt (the tokens TRL's
+    DPO trainer scores).  Right padding, no gradient, the model left in its previous mode.
+    ``counts``, when given, is extended with each answer's number of tokens.  With ``runtime`` of
+    several processes the batches are split across the ranks and gathered
+    (:func:`sllmx.runtime.map_batches`; a collective call).
+    """
+    import torch
+
+    def one_batch(pairs: list[tuple[list[dict], list[dict]]]) -> list[tuple[float, int]]:
+        full = [tokenizer.apply_chat_template(p + a, tokenize=False) for p, a in pairs]
+        heads = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p, _ in pairs]
+        enc = tokenizer(full, return_tensors="pt", padding=True, add_special_tokens=False)
+        starts = [len(tokenizer(h, add_special_tokens=False)["input_ids"]) for h in heads]
+        enc = {k: v.to(model.device) for k, v in enc.items()}
+        with torch.no_grad():
+            logits = model(**enc).logits
+        out = []
+        for j, start in enumerate(starts):
+            end = int(enc["attention_mask"][j].sum())  # right padding: the real tokens come first
+            # position t predicts token t + 1; only the answer's rows of the logits are normalised,
+            # so memory stays at (answer tokens x vocabulary) per row, not (batch x length x vocabulary)
+            rows = torch.log_softmax(logits[j, start - 1:end - 1].float(), dim=-1)
+            out.append((float(rows.gather(-1, enc["input_ids"][j, start:end].unsqueeze(-1)).sum()),
+                        max(end - start, 0)))
+        return out
+
+    with inference(model, tokenizer, "right"):
+        scored = map_batches(one_batch, list(zip(prompts, answers)), batch_size, runtime or Runtime())
+    if counts is not None:
+        counts.extend(n for _, n in scored)
+    return [lp for lp, _ in scored]
+
+
+def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_new_tokens: int,
+                batch_size: int, banned: tuple = (), expect_json: bool = False, runtime: Optional[Runtime] = None,
+                ) -> tuple[dict[str, float], list[dict[str, Any]], Optional[dict[str, Any]]]:
+    """The metric's values on ``dataset``, the rows behind them (for ``generations.jsonl``) and
+    the guardrail checks of the answers (:func:`sllmx.safety.check_outputs`; None without generations).
+
+    Computes what ``metric.needs``: greedy generations against the references, or each
+    preference pair's chosen and rejected log-probabilities.  With generations, the values also
+    hold the checks' shares (``empty_answers``, ``truncated_answers``, ``pii_answers``,
+    ``banned_answers``, ``invalid_json_answers`` with ``expect_json``).  Returns ``({}, [], None)``
+    when the split has nothing the metric can use (e.g. generations of a plain-text split).  With
+    ``runtime`` of several processes, the ranks share the batches and all get the same values
+    (a collective call: every rank must make it).
+
+    Raises:
+        SllmxError: a metric whose ``needs`` sllmx does not know.
+    """
+    from sllmx.errors import SllmxError
+    from sllmx.interfaces import NEEDS_GENERATIONS, NEEDS_LOSS, NEEDS_PAIR_LOGPROBS
+
+    if metric.needs == NEEDS_GENERATIONS:
+        from sllmx.safety import as_metrics, check_outputs
+
+        prompts, refs = dev_prompts_and_references(dataset)
+        if not prompts:
+            return {}, [], None
+        cut: list[bool] = []
+        preds = generate(model, tokenizer, prompts, max_new_tokens, batch_size, cut, runtime)
+        rows = [{"input": p, "reference": r, "prediction": x, "truncated": t}
+                for p, r, x, t in zip(prompts, refs, preds, cut)]
+        checks = check_outputs(preds, cut, banned, expect_json)
+        values = {k: float(v) for k, v in metric.compute(preds, refs).items()}
+        return {**values, **as_metrics(checks)}, rows, checks
+    if metric.needs == NEEDS_PAIR_LOGPROBS:
+        prompts, chosen, rejected = preference_pairs(dataset)
+        if not prompts:
+            return {}, [], None
+        lp_c = answer_logprobs(model, tokenizer, prompts, chosen, batch_size, runtime=runtime)
+        lp_r = answer_logprobs(model, tokenizer, prompts, rejected, batch_size, runtime=runtime)
+        rows = [{"input": p, "chosen_logp": c, "rejected_logp": r} for p, c, r in zip(prompts, lp_c, lp_r)]
+        return {k: float(v) for k, v in metric.compute(lp_c, lp_r).items()}, rows, None
+    if metric.needs == NEEDS_LOSS:  # computed from the evaluation's loss (add_loss_metrics)
+        return {}, [], None
+    settings = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "runtime": runtime or Runtime()}
+    try:
+        got = metric.inputs(model, tokenizer, dataset, settings)
+    except NotImplementedError as exc:
+        raise SllmxError(str(exc)) from exc
+    if got is None:
+        return {}, [], None
+    return {k: float(v) for k, v in metric.compute(*got.args).items()}, list(got.rows), None
