@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from sllmx import hookimpl
 from sllmx.config import LoggerConfig
@@ -103,6 +103,29 @@ class WandbLogger(Logger):
                if record.trial else {}),
             **{f"test/{k}": v for k, v in record.test_metrics.items()}})
         run.finish(exit_code=0 if record.status in ("COMPLETE", "PRUNED") else 1)
+
+    def publish(self, cfg: Any, title: str, rows: list[dict[str, Any]], summary: dict[str, Any],
+                config: dict[str, Any], group: Optional[str] = None, kind: str = "report",
+                figures: Sequence[Any] = (), folder: Any = None) -> None:
+        """One W&B run (job type ``kind``) in ``group`` holding ``rows`` as a ``wandb.Table``, each PNG of
+        ``figures`` as an image and ``summary`` in its summary; nothing when ``logger.mode`` is disabled."""
+        if wandb_mode(cfg) == "disabled":
+            return
+        import json
+
+        import wandb
+
+        columns = sorted({k for r in rows for k in r}, key=lambda k: next(i for i, r in enumerate(rows) if k in r))
+        table = wandb.Table(columns=columns)
+        for r in rows:
+            table.add_data(*[v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v, default=str)
+                             for v in (r.get(c) for c in columns)])
+        run = init_wandb(cfg, group=group or cfg.group, job_type=kind, name=title, config=config,
+                         **({"dir": str(folder)} if folder is not None else {}))
+        run.log({kind if kind != "sweep" else "trials": table,
+                 **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures if str(p).endswith(".png")}})
+        run.summary.update(summary)
+        run.finish()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The sweeper behind ``sweep=compare`` (``hydra/sweeper=sllmx_compare``): from finished sweeps to a paper table.
 
 It reads the runs under ``hydra.sweeper.sweeps`` (sweep or run folders), takes each group's best
-configuration by mean dev metric (:func:`sllmx.report.build_table`), re-trains it once per seed in
+configuration by mean dev metric (:func:`sllmx.comparison.build_table`), re-trains it once per seed in
 ``hydra.sweeper.seeds`` with the exact overrides that made it (the run's ``.hydra/overrides.yaml``,
 minus the seed and the trial it served), with ``eval.test=true`` unless ``test`` is false — selection
 is over, so this is the one look at the test split — and writes the report of the new runs into the
@@ -54,13 +54,13 @@ class CompareSweep:
         """Launch every group's best configuration on every seed, then write the report; return the records."""
         from hydra.core.utils import JobStatus
 
-        from sllmx import report
+        from sllmx import comparison
 
         if not self.sweeps:
             raise SllmxError("hydra.sweeper.sweeps is empty: name the finished sweep folders, e.g. "
                              "'hydra.sweeper.sweeps=[multirun/sft_lora-1a2b3c4d]'")
-        found = report.collect(list(self.sweeps))
-        rows, meta = report.build_table(found.records, list(self.by))
+        found = comparison.collect(list(self.sweeps))
+        rows, meta = comparison.build_table(found.records, list(self.by))
         if not rows:
             raise SllmxError("no COMPLETE run under " + ", ".join(self.sweeps))
         jobs = []
@@ -79,6 +79,6 @@ class CompareSweep:
                     r.return_value  # a job that raised: return_value raises its exception
                 except BaseException as exc:  # noqa: B036 - a job's SystemExit is its failure too
                     print(f"[sllmx] a job failed: {type(exc).__name__}: {exc}", flush=True)
-        print(report.write_report_folder([sweep_dir], list(self.by), sweep_dir), flush=True)
+        print(comparison.write_report_folder([sweep_dir], list(self.by), sweep_dir), flush=True)
         print(f"[sllmx] report: {sweep_dir / 'report.md'} (also .tex, .csv, .json, .html, figures/)", flush=True)
         return [r.return_value for r in returns if r.status == JobStatus.COMPLETED]

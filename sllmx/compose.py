@@ -4,23 +4,12 @@ for the commands and tools that need a config without running one (``python -m s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
 
 from sllmx.config import SllmxConfig
 from sllmx.errors import SllmxError, exit_with
 from sllmx.plugins import register_configs, registry
-
-
-@dataclass
-class RunSchema(SllmxConfig):
-    """:class:`~sllmx.config.SllmxConfig` with ``logger`` typed by the chosen logger plugin's config (stored in
-    the ConfigStore ``logger`` group, like ``method``), so a third-party logger can have its own options."""
-
-    logger: Any = MISSING
 
 
 def setup() -> None:
@@ -32,7 +21,7 @@ def setup() -> None:
         register_configs(registry())
     except SllmxError as exc:
         exit_with(exc)
-    ConfigStore.instance().store(name="sllmx_schema", node=RunSchema)
+    ConfigStore.instance().store(name="sllmx_schema", node=SllmxConfig)
     # Hydra deep-copies its config sources for every group it lists (80 times for --help), and with
     # them the global ConfigStore: ~7 ms each, over half of --help's time.  The store is a singleton
     # that is only read after this point, and ConfigStore.load() deep-copies every node it returns,

@@ -253,7 +253,7 @@ class SllmxConfig:
     data: Any = MISSING
     method: Any = MISSING
     trainer: Any = MISSING
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: Any = MISSING  # typed by the chosen logger plugin's config (ConfigStore group logger)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trial: TrialConfig = field(default_factory=TrialConfig)
     seed: int = option("seed for data splits, initialisation and training", 42, ge=0, le=SEED_MAX)

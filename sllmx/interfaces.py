@@ -347,3 +347,21 @@ class Logger(Plugin):
 
     def finish(self, record: Any) -> None:
         """The run ended; ``record`` is the final :class:`~sllmx.records.RunRecord` as written to run.json."""
+
+    def publish(self, cfg: Any, title: str, rows: list[dict[str, Any]], summary: dict[str, Any],
+                config: dict[str, Any], group: str | None = None, kind: str = "report",
+                figures: Sequence[Any] = (), folder: Any = None) -> None:
+        """A summary that is no single run, called by sllmx on one process: a sweep's trials
+        (``kind="sweep"``, at the end of the study) or a comparison report (``kind="report"``,
+        ``python -m sllmx.report --wandb``).  Default: nothing.
+
+        Args:
+            cfg: this logger's options (an instance of its ``config`` dataclass).
+            title: a name for it (``<study>-summary``, ``<group>-report``).
+            rows: the table, one dict per row (trials, or the report's rows).
+            summary: scalar results (counts, the best trial's value and parameters, ...).
+            config: what produced it (the study's settings, the report's metric and grouping).
+            group: the group it belongs with (the study's name), or None.
+            figures: PNG / SVG paths to attach.
+            folder: where the logger may keep local files (the sweep folder), or None.
+        """

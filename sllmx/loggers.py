@@ -15,15 +15,6 @@ from sllmx.plugins import typed, warn
 from sllmx.records import RunRecord
 
 
-def wandb_mode(logger_cfg: Any) -> str:
-    """``logger.mode``, else ``$WANDB_MODE``, else online with ``WANDB_API_KEY`` and offline without it.
-    Kept for :mod:`sllmx.sweeper`; the W&B code lives in ``sllmx_plugins.loggers`` (:func:`init_wandb` there
-    starts a W&B run the way the ``wandb`` logger does)."""
-    from sllmx_plugins.loggers import wandb_mode as mode
-
-    return mode(logger_cfg)
-
-
 class RunLogger:
     """The run's logger plugin with its failures contained (see the module's docstring)."""
 
@@ -64,6 +55,25 @@ def log_metrics(logger: RunLogger | None, metrics: dict[str, Any], step: int) ->
     if logger is not None:
         logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                    step)
+
+
+def publish(registry: Any, logger_cfg: Any, **summary: Any) -> bool:
+    """Hand a summary that is no single run (a sweep's trials, a comparison report) to the logger plugin that
+    ``logger_cfg`` names (``logger_cfg.name``; its options are typed with :func:`sllmx.plugins.typed`), with its
+    failure reported as one warning line.  ``summary``: the keyword arguments of
+    :meth:`sllmx.interfaces.Logger.publish`.  Returns whether the logger took it without an error.
+
+    Raises:
+        SllmxError: no logger plugin of that name is installed.
+    """
+    name = logger_cfg.name if not isinstance(logger_cfg, dict) else logger_cfg["name"]
+    logger = registry.get("logger", name)
+    try:
+        logger.publish(typed(logger_cfg, "logger", registry), **summary)
+        return True
+    except Exception as exc:
+        warn(registry.dist_of("logger", name), f"Logger.publish ({name})", exc)
+        return False
 
 
 def finish_logger(logger: RunLogger | None, record: RunRecord) -> None:

@@ -1,5 +1,5 @@
 """A comparison table as people and programs read it: Markdown (tabulate via pandas), CSV, LaTeX
-(booktabs), HTML or JSON, from the rows :func:`sllmx.report.build_table` builds."""
+(booktabs), HTML or JSON, from the rows :func:`sllmx.comparison.build_table` builds."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from tests.common import ROOT
 def module_graph() -> dict[str, set[str]]:
     """``{module: sllmx modules it imports}`` for sllmx/ and plugins/ (installed as sllmx_plugins), from the source."""
     files = {**{p: "sllmx" for p in (ROOT / "sllmx").rglob("*.py")},
-             **{p: "sllmx_plugins" for p in (ROOT / "plugins").glob("*.py")}}
+             **{p: "sllmx_plugins" for p in (ROOT / "plugins").rglob("*.py")}}
     names = {}
     for path, package in files.items():
         parts = path.relative_to(ROOT / ("sllmx" if package == "sllmx" else "plugins")).with_suffix("").parts
@@ -71,11 +71,31 @@ def test_no_import_circle():
 
 
 #: the command-line modules (``python -m ...``), which may import the runner and each other
-COMMANDS = {"sllmx.__main__", "sllmx.data.__main__", "sllmx.evaluate", "sllmx.export", "sllmx.chat"}
+COMMANDS = {"sllmx.__main__", "sllmx.data.__main__", "sllmx.evaluate", "sllmx.export", "sllmx.chat", "sllmx.report"}
 
 
 def test_no_library_module_imports_the_runner_or_a_command_line():
     graph = module_graph()
     bad = sorted((m, t) for m, targets in graph.items() if m not in COMMANDS
                  for t in targets if t in COMMANDS or (t == "sllmx.run" and m != "sllmx.run"))
+    assert bad == []
+
+
+def test_the_core_imports_no_built_in_plugin():
+    """Built-ins load through the entry points like third-party plugins; the core names none of them."""
+    graph = module_graph()
+    bad = sorted((m, t) for m, targets in graph.items() if m.startswith("sllmx.") or m == "sllmx"
+                 for t in targets if t.startswith("sllmx_plugins"))
+    assert bad == []
+
+
+def test_the_layers_depend_one_way():
+    """interfaces <- plugins <- data <- run <- command lines: the plugin interfaces and the record lifecycle's
+    plain types import nothing of the data pipeline, the runner or the sweep."""
+    graph = module_graph()
+    low = {"sllmx.interfaces", "sllmx.hookspecs", "sllmx.context", "sllmx.records", "sllmx.config",
+           "sllmx.errors", "sllmx.atomic", "sllmx.plugins"}
+    high = {m for m in graph if m.startswith(("sllmx.data", "sllmx.sweep", "sllmx.training", "sllmx.lifecycle",
+                                                "sllmx.evaluation"))} | {"sllmx.run"}
+    bad = sorted((m, t) for m in low for t in graph[m] if t in high)
     assert bad == []

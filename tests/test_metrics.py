@@ -147,7 +147,7 @@ def test_a_preference_metric_with_a_non_pair_trainer_is_refused(tmp_path):
 def test_evaluate_reproduces_a_runs_dev_metric_and_sits_beside_the_base_model_in_a_report(tmp_path):
     from sllmx.evaluate import evaluate
     from sllmx.records import RunRecord
-    from sllmx.report import build_table, collect
+    from sllmx.comparison import build_table, collect
     from sllmx.run import run
     from tests.common import FAST, compose_config
 

@@ -102,32 +102,24 @@ class SweepResults:
         print(f"[sllmx] best trial {best.number}: {self.metric}={best.value:.6g}  {overrides}\n"
               f"[sllmx] re-run it: python -m sllmx {' '.join([*self.fixed, overrides])}", flush=True)
 
-    def log_to_wandb(self, logger: Any) -> None:
-        """With ``logger=wandb`` (``logger`` is the config's ``logger`` node): one run in the study's group
-        holding the trials table and the best trial."""
-        if logger is None or logger.name != "wandb":
+    def publish(self, logger: Any, registry: Any) -> None:
+        """Hand the study to the run's logger plugin (``logger``: the config's ``logger`` node;
+        :meth:`sllmx.interfaces.Logger.publish` with ``kind="sweep"``): the trials table, the counts and the
+        best trial, in the study's group.  ``logger=none`` takes nothing; a failure is one warning line."""
+        if logger is None:
             return
-        from sllmx.loggers import wandb_mode
-
-        mode = wandb_mode(logger)
-        if mode == "disabled":
-            return
-        import wandb
+        from sllmx.loggers import publish
 
         doc = json.loads(self.path.read_text(encoding="utf-8"))
         keys = [p.name for p in self.space]
-        table = wandb.Table(columns=["number", "state", "value", "global_steps", "duration_s", *keys, "run_dir"])
-        for t in doc["trials"]:
-            table.add_data(t["number"], t["state"], t["value"], t["global_steps"], t["duration_s"],
-                           *[t["params"].get(k) for k in keys], t["run_dir"])
-        run = wandb.init(project=logger.project, group=logger.group or self.study_name, job_type="sweep",
-                         name=f"{self.study_name}-summary", dir=str(self.sweep_dir), mode=mode,
-                         config={"study": {k: doc[k] for k in ("study_name", "direction", "metric", "sampler",
-                                                                "pruner", "n_trials", "search_space")}},
-                         reinit="finish_previous")
-        run.log({"trials": table})
+        rows = [{"number": t["number"], "state": t["state"], "value": t["value"], "global_steps": t["global_steps"],
+                 "duration_s": t["duration_s"], **{k: t["params"].get(k) for k in keys}, "run_dir": t["run_dir"]}
+                for t in doc["trials"]]
         best = doc["best_trial"]
-        run.summary.update({"counts": doc["counts"], "total_train_steps": doc["total_train_steps"],
-                            **({"best/number": best["number"], "best/value": best["value"],
-                                **{f"best/{k}": v for k, v in best["params"].items()}} if best else {})})
-        run.finish()
+        summary = {"counts": doc["counts"], "total_train_steps": doc["total_train_steps"],
+                   **({"best/number": best["number"], "best/value": best["value"],
+                       **{f"best/{k}": v for k, v in best["params"].items()}} if best else {})}
+        config = {"study": {k: doc[k] for k in ("study_name", "direction", "metric", "sampler", "pruner", "n_trials",
+                                                "search_space")}}
+        publish(registry, logger, title=f"{self.study_name}-summary", rows=rows, summary=summary, config=config,
+                group=logger.get("group") or self.study_name, kind="sweep", folder=self.sweep_dir)

@@ -96,7 +96,9 @@ class OptunaSweep:
                     lambda: results.write(study)).run()
         best = results.write(study)
         results.print_best(study, best)
-        results.log_to_wandb(self.config.get("logger"))
+        from sllmx.plugins import registry
+
+        results.publish(self.config.get("logger"), registry())
         return best
 
     def _prepare(self, arguments: list[str]) -> None:
