@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 from sllmx.arguments import training_args
 from sllmx.context import GenerationSettings, RunContext
-from sllmx.data.checks import DATA_CHECK_FILE, check_lengths
+from sllmx.data.checks import DATA_CHECK_FILE
+from sllmx.data.lengths import check_lengths
 from sllmx.errors import SllmxError
 from sllmx.plugins import typed
 from sllmx.runtime import main_first, on_main, wait_for_everyone

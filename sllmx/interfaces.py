@@ -5,7 +5,8 @@ writes on the command line, e.g. ``method=qlora``) and, where the user can
 configure it, a ``config`` dataclass.  sllmx stores that dataclass in Hydra's
 ConfigStore under the kind's group (``method``, ``trainer``, ``model``,
 ``data``, ``logger``), so ``method=<name>`` works for a plugin that ships no YAML.
-The guide for plugin authors is docs/plugins.md.
+The guide for plugin authors is docs/plugins.md.  Every plugin kind's base class is kept in this one
+module (~370 lines, most of it docstrings), so that a plugin author reads the whole contract in one file.
 
 Nothing here imports torch, transformers, peft or trl: plugin modules are
 imported at start-up (``python -m sllmx --help`` must stay fast), so heavy

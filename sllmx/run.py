@@ -19,7 +19,7 @@ from sllmx.records import RunRecord
 from sllmx.runtime import Runtime, detect_runtime
 from sllmx.training import train
 
-__all__ = ["RunContext", "dev_metric_of", "run"]  # RunContext lives in sllmx.context (what hooks receive); run.py re-exports it
+__all__ = ["run", "check_combination", "check_sharded_evaluation"]
 
 
 def check_combination(method: Method, trainer: Trainer, cfg: DictConfig, reg: Registry) -> None:

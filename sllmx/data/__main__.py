@@ -34,7 +34,7 @@ def check(overrides: list[str], out: Optional[str] = None, write_splits: Optiona
     """
     from omegaconf import OmegaConf
 
-    from sllmx.data.checks import check_lengths
+    from sllmx.data.lengths import check_lengths
     from sllmx.data.pipeline import load_splits
     from sllmx.plugins import registry
 

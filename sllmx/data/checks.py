@@ -357,13 +357,3 @@ def label_balance(rows: dict[str, list[dict]], plan: dict[str, tuple[str, list[i
         report.labels[split] = dict(sorted(counts.items()))
 
 
-def check_lengths(splits: Any, tokenizer: Any, max_length: Optional[int]) -> None:
-    """Token-length statistics of ``splits`` (a :class:`sllmx.data.pipeline.Splits`) into its report,
-    with a warning when ``max_length`` truncates more than 1% of train or is over twice its p99."""
-    from sllmx.data.lengths import length_report
-
-    lengths, warnings = length_report({"train": splits.train, "dev": splits.dev, "test": splits.test},
-                                      tokenizer, max_length)
-    splits.report.lengths = lengths
-    for w in warnings:
-        splits.report.warn(w)

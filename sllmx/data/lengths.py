@@ -104,3 +104,13 @@ def describe(report: dict[str, Any]) -> list[str]:
         lines.append(f"suggested max_length: {report['suggested_max_length']} (train p99 rounded up to a multiple "
                      f"of {ROUND_TO})")
     return lines
+
+
+def check_lengths(splits: Any, tokenizer: Any, max_length: Optional[int]) -> None:
+    """Token-length statistics of ``splits`` (a :class:`sllmx.data.pipeline.Splits`) into its report,
+    with a warning when ``max_length`` truncates more than 1% of train or is over twice its p99."""
+    lengths, warnings = length_report({"train": splits.train, "dev": splits.dev, "test": splits.test},
+                                      tokenizer, max_length)
+    splits.report.lengths = lengths
+    for w in warnings:
+        splits.report.warn(w)
