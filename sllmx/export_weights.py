@@ -26,6 +26,7 @@ VERIFY_PROMPTS = 4
 MERGE_TOLERANCE = 1e-5
 
 def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path`` (read in 1 MiB blocks)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

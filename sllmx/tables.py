@@ -67,6 +67,7 @@ def _short(value: Any) -> str:
 
 
 def header(meta: dict[str, Any], n_runs: int) -> str:
+    """The line above a table: the dev metric, its direction, what a row is, and how many runs."""
     direction = "higher" if meta["higher_is_better"] else "lower"
     return (f"dev metric {meta['metric']} ({direction} is better); rows: best configuration per "
             f"{' x '.join(meta['by'])}, mean over seeds with 95% Student-t interval; {n_runs} runs")

@@ -13,6 +13,7 @@ from sllmx.interfaces import RawSplit
 
 
 def layout_name(layout: tuple[str, ...]) -> str:
+    """A layout in words: its columns joined by ``/`` (``prompt/chosen/rejected``)."""
     return "/".join(layout)
 
 

@@ -167,7 +167,8 @@ def load_splits(data: Any, registry: Any, trainer: Any, collect_invalid: bool = 
     """
     data = typed(data, "data", registry)
     if not getattr(data, "source", None):
-        raise SllmxError("data.source is not set; choose a data preset (data=NAME) or data.source=files")
+        raise SllmxError(f"data.source is not set; choose a data preset (data=NAME) or a data source "
+                         f"(data.source={'|'.join(registry.names('data'))})")
     source = registry.get("data", data.source)
     try:
         raw = source.load(data)

@@ -141,6 +141,7 @@ def with_system(msgs: list[dict[str, str]], system: Optional[str]) -> list[dict[
 
 
 def unsupported(fmt: DataFormat, layout: tuple[str, ...]) -> ValueError:
+    """The error a format raises for a layout it cannot produce (naming the layouts it gives)."""
     return ValueError(f"data format {fmt.name!r} cannot produce layout {'/'.join(layout)}; "
                       f"it gives {', '.join('/'.join(x) for x in fmt.layouts)}")
 
@@ -151,9 +152,15 @@ class CompletionFormat(DataFormat):
     layouts = (LAYOUT_PROMPT_COMPLETION,)
 
     def pair(self, row: dict) -> tuple[list[dict], list[dict]]:
+        """``(prompt messages, completion messages)`` of one row (a subclass implements it).
+
+        Raises:
+            FieldError: a field missing, empty or of the wrong type.
+        """
         raise NotImplementedError
 
     def convert(self, row, layout, system=None):
+        """The row's one prompt/completion example, ``system`` put first in the prompt."""
         if layout != LAYOUT_PROMPT_COMPLETION:
             raise unsupported(self, layout)
         prompt, completion = self.pair(row)
@@ -166,9 +173,16 @@ class PairFormat(DataFormat):
     layouts = (LAYOUT_PREFERENCE, LAYOUT_UNPAIRED, LAYOUT_PROMPT_COMPLETION)
 
     def triple(self, row: dict) -> tuple[list[dict], list[dict], list[dict]]:
+        """``(prompt, chosen answer, rejected answer)`` messages of one row (a subclass implements it).
+
+        Raises:
+            FieldError: a field missing, empty or of the wrong type.
+        """
         raise NotImplementedError
 
     def convert(self, row, layout, system=None):
+        """The pair as one preference example, two unpaired rows (chosen ``label=True`` first), or the chosen
+        answer as a prompt/completion example (SFT on preference data)."""
         prompt, chosen, rejected = self.triple(row)
         prompt = with_system(prompt, system)
         if layout == LAYOUT_PREFERENCE:
