@@ -132,7 +132,8 @@ def test_a_plugin_with_only_lifecycle_hooks_is_listed_with_its_hooks(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-m", "sllmx.plugins"], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    row = next(line.split(maxsplit=4) for line in proc.stdout.splitlines() if line.startswith("hooks"))
+    row = next(line.split(maxsplit=4) for line in proc.stdout.splitlines() if line.startswith("hooks")
+               and "obs_mod" in line)
     assert row == ["hooks", "obs_mod", "obs-plugin", "0.1", "sllmx_after_run, sllmx_callbacks"]
 
 
