@@ -58,7 +58,9 @@ def runs(tmp_path):
     return {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("multirun/*/[0-9]*/run.json")}
 
 
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+# Ray's case is slow (a Ray cluster starts: ~40 s) and checks the same loop as submitit's: -m slow runs it
+@pytest.mark.parametrize("launcher", [pytest.param(name, marks=pytest.mark.slow) if name == "ray" else name
+                                      for name in LAUNCHERS])
 def test_a_sweep_on_a_launcher_prunes_and_resumes_after_a_kill(tmp_path, launcher):
     module, overrides = LAUNCHERS[launcher]
     pytest.importorskip(module)
