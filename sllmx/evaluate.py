@@ -95,7 +95,7 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
                         config=resolved)
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
                      output_dir=out_dir, splits=splits)
-    return lifecycle(ctx, lambda c: evaluate_only(c, Path(run_dir) if run_dir else None), t0, graceful=False)
+    return lifecycle(ctx, lambda c: evaluate_only(c, Path(run_dir) if run_dir else None), t0)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -135,6 +135,9 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str,
     evaluator = ctx.trainer.build(ctx.model, ctx.tokenizer, dataset, dataset, typed(ctx.cfg.trainer, "trainer", ctx.registry),
                                   args, [],
                                   **virtual_tokens(ctx))
+    from transformers import PrinterCallback
+
+    evaluator.remove_callback(PrinterCallback)  # it prints the metrics as a raw dict; the summary has them
     metrics = evaluator.evaluate(metric_key_prefix=prefix)
     add_loss_metrics(metrics, ctx.trainer, ctx.registry, prefix)
     wait_for_everyone(ctx.runtime)

@@ -11,7 +11,6 @@ starts and finishes inside it and ``sllmx_after_run`` is called at its end.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
@@ -82,17 +81,16 @@ def new_record(cfg: DictConfig, out: Path, method: str, trainer: str, splits: An
     return record
 
 
-def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float,
-              graceful: bool = True) -> RunRecord:
+def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float) -> RunRecord:
     """Write ``ctx.record`` as ``RUNNING``, do ``work(ctx)`` (it returns the final status), and write the
     record's end whatever happens; return the record.
 
     Args:
         ctx: the run; ``ctx.record`` and ``ctx.output_dir`` are set.
-        work: the run's work, e.g. :func:`sllmx.training.train`.
+        work: the run's work, e.g. :func:`sllmx.training.train`.  SIGINT / SIGTERM inside the training loop
+            stop it after the step's checkpoint, anywhere else (loading, an evaluation-only run) at once
+            (:class:`~sllmx.stops.GracefulStop`).
         started: ``time.time()`` at the start of the command (the record's ``wall_time_s`` counts from it).
-        graceful: SIGINT / SIGTERM set a flag the training loop stops at, after a checkpoint
-            (:class:`~sllmx.stops.GracefulStop`); False: they interrupt at once (an evaluation).
 
     Raises:
         Interrupted: SIGINT / SIGTERM (the record says ``INTERRUPTED`` and the step).
@@ -107,44 +105,45 @@ def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float
     record, out, runtime = ctx.record, ctx.output_dir, ctx.runtime
     main = runtime.is_main  # with several processes, only the main one writes files
     reserve = None
-    if main:
-        record.write(out)
-        reserve = Reserve(out)  # the room for the last run.json on a disk that fills up during the run
-    try:
-        with (GracefulStop(runtime) if graceful else contextlib.nullcontext()) as stop:
-            ctx.stop = stop
+    # the handlers first: from the moment run.json says RUNNING, a signal ends in a record that says so
+    with GracefulStop(runtime) as stop:
+        ctx.stop = stop
+        if main:
+            record.write(out)
+            reserve = Reserve(out)  # the room for the last run.json on a disk that fills up during the run
+        try:
             ctx.logger = start_logger(ctx) if main else None  # the logger plugin, on the main process only
             record.status = work(ctx)
-    except BaseException as exc:
-        if ctx.hf_trainer is not None:
-            record.global_steps = ctx.hf_trainer.state.global_step
-        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
-            if not isinstance(exc, Interrupted):
-                exc = Interrupted("SIGINT", record.global_steps)
-            exc.step = record.global_steps
-            record.status = "INTERRUPTED"  # the checkpoints stay: resume= continues from the last one
-            record.error = f"{exc.signal} at step {record.global_steps or 0}"
-            raise exc from None
-        if not isinstance(exc, RunStopped):
-            record.status = "FAIL"
-            record.error = f"{type(exc).__name__}: {exc}"
-            if disk_full(exc, out):
-                raise SllmxError(f"no space left on device under {out} (at step {record.global_steps or 0}); "
-                                 f"{RUN_FILE} records FAIL; free space and continue with resume={out}") from exc
-            raise
-        record.status = exc.status  # a plugin's decision (a sweep's pruner), not an error: the run ends normally
-        record.pruned = exc.reason
-        if main:
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    finally:
-        record.finished_at = now()
-        record.wall_time_s = round(time.time() - started, 3)
-        record.peak_rss_bytes, record.peak_gpu_bytes = peak_memory(runtime.device)
-        if main:
-            reserve.release()
-            record.write(out)
-            finish_logger(ctx.logger, record)
-            ctx.registry.observe("sllmx_after_run", record=record)  # an observer's exception is a warning line
+        except BaseException as exc:
+            if ctx.hf_trainer is not None:
+                record.global_steps = ctx.hf_trainer.state.global_step
+            if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+                if not isinstance(exc, Interrupted):
+                    exc = Interrupted("SIGINT", record.global_steps)
+                exc.step = record.global_steps
+                record.status = "INTERRUPTED"  # the checkpoints stay: resume= continues from the last one
+                record.error = f"{exc.signal} at step {record.global_steps or 0}"
+                raise exc from None
+            if not isinstance(exc, RunStopped):
+                record.status = "FAIL"
+                record.error = f"{type(exc).__name__}: {exc}"
+                if disk_full(exc, out):
+                    raise SllmxError(f"no space left on device under {out} (at step {record.global_steps or 0}); "
+                                     f"{RUN_FILE} records FAIL; free space and continue with resume={out}") from exc
+                raise
+            record.status = exc.status  # a plugin's decision (a sweep's pruner), not an error: the run ends normally
+            record.pruned = exc.reason
+            if main:
+                shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        finally:
+            record.finished_at = now()
+            record.wall_time_s = round(time.time() - started, 3)
+            record.peak_rss_bytes, record.peak_gpu_bytes = peak_memory(runtime.device)
+            if main:
+                reserve.release()
+                record.write(out)
+                finish_logger(ctx.logger, record)
+                ctx.registry.observe("sllmx_after_run", record=record)  # an observer's exception is a warning line
     return record
 
 

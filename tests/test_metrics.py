@@ -193,3 +193,29 @@ def test_sft_runs_log_dev_perplexity_and_it_can_be_the_dev_metric(tmp_path):
     assert record.dev_metric.name == "eval_perplexity" and record.dev_metric.higher_is_better is False
     for point in record.dev_metric.history:
         assert point["value"] == pytest.approx(math.exp(point["metrics"]["eval_loss"]))
+
+
+def test_an_evaluation_stopped_by_sigterm_records_interrupted(tmp_path):
+    """Evaluation-only runs go through the runner's record lifecycle: a signal ends them with an honest record."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.common import ROOT
+
+    out = tmp_path / "eval"
+    proc = subprocess.Popen([sys.executable, "-m", "sllmx.evaluate", "model=tiny", "logger=none", "data.n_dev=32",
+                             "eval.max_new_tokens=128", f"cache_dir={tmp_path / 'cache'}", "--out", str(out)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "run.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert json.loads((out / "run.json").read_text())["status"] == "RUNNING"  # written before the model loads
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1] == f"sllmx: SIGTERM: evaluation stopped; {out}/run.json says INTERRUPTED"
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "INTERRUPTED" and record["error"].startswith("SIGTERM")
