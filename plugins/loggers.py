@@ -73,8 +73,8 @@ class WandbLogger(Logger):
 
     def start(self, run: Any, cfg: Any) -> None:
         """One W&B run per sllmx run, in the run folder; a sweep's trial is grouped by study, named by trial."""
-        c = run.cfg
-        name = cfg.run_name or f"{c.method.name}-{c.trainer.name}-seed{c.seed}"
+        c, record = run.cfg, run.record
+        name = cfg.run_name or f"{record.method}-{record.trainer}-seed{record.seed}"  # method "base": an evaluation
         if c.trial.number is not None:
             name = cfg.run_name or f"trial-{c.trial.number}-{c.method.name}-{c.trainer.name}"
         self.run = init_wandb(cfg, group=cfg.group or c.trial.study_name, tags=list(cfg.tags), name=name,

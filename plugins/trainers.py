@@ -20,7 +20,7 @@ from sllmx.interfaces import (LAYOUT_MESSAGES, LAYOUT_PREFERENCE, LAYOUT_PROMPT_
                               LAYOUT_UNPAIRED, Trainer)
 from sllmx.trl import GlobalBatchOrder, TRLObjective, config_fields, trl_config
 
-__all__ = ["DPO", "KTO", "ORPO", "SFT", "GlobalBatchOrder", "TRLObjective", "label_positions_loss", "trl_config"]
+__all__ = ["DPO", "KTO", "ORPO", "SFT", "label_positions_loss"]
 
 log = logging.getLogger("sllmx")
 

@@ -9,12 +9,11 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from sllmx.compose import compose, setup
+from sllmx.compose import setup
 from sllmx.errors import Interrupted, SllmxError, exit_with
 from sllmx.summary import summary
 
-_setup = setup  # the name tests and older callers use
-__all__ = ["app", "compose", "main", "summary"]
+__all__ = ["app", "main"]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://sllmx.conf", config_name="config")

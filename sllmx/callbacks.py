@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from omegaconf import OmegaConf
 from transformers import TrainerCallback
 
 from sllmx.generation import score_split
@@ -89,10 +90,12 @@ class GenerationMetricCallback(TrainerCallback):
                 self.runtime)
 
 
-def add_loss_metrics(metrics: dict[str, Any], trainer: Any, registry: Any, prefix: str = "eval") -> None:
-    """Add ``<prefix>_<key>`` for every registered metric that ``needs`` the loss (the built-in
-    ``perplexity`` = exp(loss)), computed from ``<prefix>_loss`` where it is there and finite, and only for a
-    trainer whose ``loss_is_token_nll`` (the mean token cross-entropy in nats)."""
+def add_loss_metrics(metrics: dict[str, Any], trainer: Any, registry: Any, prefix: str = "eval",
+                     cfg: Any = None) -> None:
+    """Add ``<prefix>_<key>`` for the metrics that ``needs`` the loss which the trainer lists in ``loss_metrics``
+    (``perplexity`` = exp(loss)) or the config names (``data.metric``, ``eval.metric``), computed from
+    ``<prefix>_loss`` where it is there and finite, and only for a trainer whose ``loss_is_token_nll`` (the
+    mean token cross-entropy in nats).  A key the metrics already have is not replaced."""
     import math
 
     from sllmx.interfaces import NEEDS_LOSS
@@ -101,9 +104,16 @@ def add_loss_metrics(metrics: dict[str, Any], trainer: Any, registry: Any, prefi
     if not getattr(trainer, "loss_is_token_nll", False) or not isinstance(loss, (int, float)) \
             or not math.isfinite(loss):
         return
-    for entry in registry.entries["metric"].values():
-        if entry.obj.needs == NEEDS_LOSS:
-            metrics.update({f"{prefix}_{k}": float(v) for k, v in entry.obj.compute([float(loss)]).items()})
+    wanted = set(getattr(trainer, "loss_metrics", ()) or ())
+    if cfg is not None:
+        for key in ("data.metric", "eval.metric"):
+            value = OmegaConf.select(cfg, key)
+            if value:
+                wanted.add(str(value).removeprefix("eval_"))
+    for name, entry in registry.entries["metric"].items():
+        if name in wanted and entry.obj.needs == NEEDS_LOSS:
+            for k, v in entry.obj.compute([float(loss)]).items():
+                metrics.setdefault(f"{prefix}_{k}", float(v))
 
 
 class ObserverCallback(TrainerCallback):
@@ -119,7 +129,7 @@ class ObserverCallback(TrainerCallback):
         from sllmx.loggers import log_metrics
 
         if metrics is not None:
-            add_loss_metrics(metrics, self.run.trainer, self.run.registry)
+            add_loss_metrics(metrics, self.run.trainer, self.run.registry, cfg=self.run.cfg)
         metrics = {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
         self.run.training = state.global_step > 0  # step 0: the baseline (eval.before_training)
         self.run.step = state.global_step

@@ -218,13 +218,14 @@ class EvalConfig:
 
 @dataclass
 class LoggerConfig:
-    """Experiment tracking.  ``name: none`` turns it off."""
+    """Base of the loggers' configs: experiment tracking (``logger=<name>``; ``logger=none`` turns it off).
+    The built-in ``wandb`` logger's options; a tracker of its own subclasses it or declares a plain dataclass."""
 
-    name: str = option("wandb or none", "wandb", choices=("wandb", "none"))
-    project: str = option("W&B project", "sllmx")
-    group: Optional[str] = option("W&B group (a sweep puts its study name here)", None)
-    run_name: Optional[str] = option("W&B run name; null: method-trainer-seed", None)
-    tags: list[str] = option("W&B tags", [])
+    name: str = option("logger plugin name (wandb, none, or an installed plugin's)", "wandb", plugin="logger")
+    project: str = option("project (W&B project)", "sllmx")
+    group: Optional[str] = option("group of runs (a sweep puts its study name here)", None)
+    run_name: Optional[str] = option("run name; null: method-trainer-seed", None)
+    tags: list[str] = option("tags", [])
     mode: Optional[str] = option("wandb.init mode: online, offline, disabled or shared; null: $WANDB_MODE, else online "
                                 "with WANDB_API_KEY, else offline", None,
                                 choices=("online", "offline", "disabled", "shared"))

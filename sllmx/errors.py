@@ -56,7 +56,7 @@ def _wait_for_rank_zero() -> bool:
 class RunStopped(Exception):
     """Raised by a plugin's callback to end a run early on purpose, with the status it ends with.
 
-    The runner (:func:`sllmx.run.run`) records ``status`` and ``reason`` in ``run.json`` and returns the
+    The record lifecycle (:func:`sllmx.lifecycle.lifecycle`) records ``status`` and ``reason`` in ``run.json`` and returns the
     record normally (it is the run's outcome, not an error); checkpoints are removed.  Raised from a
     ``TrainerCallback`` it leaves ``trainer.train()`` unchanged, so training stops at once.  With several
     processes every rank must raise it at the same step: decide on the main process and send the decision

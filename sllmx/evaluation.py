@@ -83,6 +83,7 @@ def evaluate_only(ctx: RunContext, run_dir: Optional[Path] = None) -> str:
     from sllmx.records import RUN_FILE, RunRecord
 
     cfg, record, runtime = ctx.cfg, ctx.record, ctx.runtime
+    record.global_steps = 0  # an evaluation trains nothing, whatever happens
     path, kwargs = load_tokenizer(ctx)
     saved = None if run_dir is None else Path(run_dir) / "model"
     if saved is not None and (saved / "tokenizer_config.json").exists():
@@ -108,7 +109,6 @@ def evaluate_only(ctx: RunContext, run_dir: Optional[Path] = None) -> str:
         raise SllmxError(f"{dev.name} was not computed on the dev split; metrics: {', '.join(sorted(metrics))}")
     if cfg.eval.test:
         record.test_metrics = evaluate_split(ctx, ctx.splits.test, "test", settings)
-    record.global_steps = 0
     return "COMPLETE"
 
 
@@ -139,7 +139,7 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str,
 
     evaluator.remove_callback(PrinterCallback)  # it prints the metrics as a raw dict; the summary has them
     metrics = evaluator.evaluate(metric_key_prefix=prefix)
-    add_loss_metrics(metrics, ctx.trainer, ctx.registry, prefix)
+    add_loss_metrics(metrics, ctx.trainer, ctx.registry, prefix, ctx.cfg)
     wait_for_everyone(ctx.runtime)
     if ctx.runtime.is_main:
         shutil.rmtree(ctx.output_dir / f"{prefix}-eval", ignore_errors=True)

@@ -121,6 +121,15 @@ def sllmx_callbacks(run: RunContext) -> list[Any]:
 
 
 @hookspec
+def sllmx_before_run(run: RunContext) -> None:
+    """Called on every rank once the run's record exists (``run.record``), before ``run.json`` is first written
+    and before any model is loaded: a plugin checks what it needs and may add to the record (the trial plugin
+    opens a sweep job's trial here and fills ``record.trial``).  Raising :class:`~sllmx.errors.SllmxError`
+    stops the run with one line and nothing written; with several processes, raise it on every rank
+    (:func:`sllmx.runtime.on_main` sends the main process's error to all)."""
+
+
+@hookspec
 def sllmx_before_train(run: RunContext) -> None:
     """Called once the trainer is built, just before ``trainer.train()`` (on every rank).
 

@@ -106,7 +106,9 @@ class Trainer(Plugin):
             model selection, early stopping and pruning unless ``eval.metric`` overrides it.
         higher_is_better: the direction of ``dev_metric``.
         loss_is_token_nll: ``eval_loss`` is the mean token negative log-likelihood, so the metrics
-            that need ``"loss"`` (the built-in ``perplexity``) are computed from it.
+            that need ``"loss"`` can be computed from it.
+        loss_metrics: the metrics needing ``"loss"`` computed at every evaluation of such a trainer (besides
+            one named by ``data.metric`` or ``eval.metric``); default ``("perplexity",)``.
     """
 
     kind = "trainer"
@@ -116,6 +118,7 @@ class Trainer(Plugin):
     #: True where ``eval_loss`` is the mean negative log-likelihood per token (SFT), so that the metrics
     #: computed from the loss (``needs = "loss"``: exp(eval_loss), logged as ``eval_perplexity``) apply
     loss_is_token_nll: bool = False
+    loss_metrics: Sequence[str] = ("perplexity",)
 
     def build(
         self,
@@ -285,8 +288,9 @@ class Metric(Plugin):
             log-probability (nats) of the chosen answer and of the rejected answer given the
             prompt, two lists of floats;
             ``"loss"``: one list holding the split's ``eval_loss`` (mean token negative
-            log-likelihood); such a metric is computed at every evaluation of a trainer whose
-            ``loss_is_token_nll`` (no ``data.metric`` needed), e.g. the built-in ``perplexity``.
+            log-likelihood); computed at every evaluation of a trainer whose ``loss_is_token_nll`` when the
+            trainer lists it in ``loss_metrics`` (``perplexity``) or the config names it (``data.metric``,
+            ``eval.metric``).
             Any other value names the metric's own input: sllmx then calls :meth:`inputs`.
     """
 

@@ -105,6 +105,7 @@ def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float
     record, out, runtime = ctx.record, ctx.output_dir, ctx.runtime
     main = runtime.is_main  # with several processes, only the main one writes files
     reserve = None
+    ctx.pm.hook.sllmx_before_run(run=ctx)  # a plugin's refusal (SllmxError) stops the run before anything is written
     # the handlers first: from the moment run.json says RUNNING, a signal ends in a record that says so
     with GracefulStop(runtime) as stop:
         ctx.stop = stop

@@ -45,9 +45,14 @@ def start_logger(run: Any) -> RunLogger | None:
     as an instance of its own dataclass (:func:`sllmx.plugins.typed`); call it on the main process only.  Returns
     None when its ``start`` failed (reported as one warning line)."""
     name = run.cfg.logger.name
-    logger = run.registry.get("logger", name)
-    wrapped = RunLogger(logger, run.registry.dist_of("logger", name))
-    return wrapped if wrapped._call("start", run, typed(run.cfg.logger, "logger", run.registry)) else None
+    try:
+        logger = run.registry.get("logger", name)
+        wrapped = RunLogger(logger, run.registry.dist_of("logger", name))
+        cfg = typed(run.cfg.logger, "logger", run.registry)
+    except Exception as exc:  # validated before the run started; a plugin's config class may still fail here
+        warn(name, "Logger (its config)", exc)
+        return None
+    return wrapped if wrapped._call("start", run, cfg) else None
 
 
 def log_metrics(logger: RunLogger | None, metrics: dict[str, Any], step: int) -> None:

@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> RunRecord:
             it is found before training starts).
         Exception: whatever training raised, after ``run.json`` records ``FAIL`` with it.
     """
-    from sllmx.data import load_splits
+    from sllmx.data.pipeline import load_splits
 
     t0 = time.time()
     missing = sorted(OmegaConf.missing_keys(cfg))

@@ -75,8 +75,8 @@ def pruner_from_spec(spec: Optional[dict[str, Any]]) -> Any:
     arguments}`` (a ``hydra/sweeper/pruner`` node as a dict, as the sweeper stores it in the study's
     ``PRUNER_ATTR`` user attribute), built with ``hydra.utils.instantiate``.  None or ``{}``: ``NopPruner``.
 
-    Only classes of ``optuna.pruners`` are built: the spec may come from a shared database, and a job
-    instantiates what it reads there.
+    Only classes of ``optuna.pruners`` are built, at the top and in every nested node: the spec may come from a
+    shared database, and a job instantiates what it reads there.
 
     Raises:
         SllmxError: for a spec without a ``_target_`` in ``optuna.pruners`` or that Optuna refuses
@@ -87,9 +87,11 @@ def pruner_from_spec(spec: Optional[dict[str, Any]]) -> Any:
     if not spec:
         return optuna.pruners.NopPruner()
     target = str(spec.get("_target_") or "")
-    if not target.startswith("optuna.pruners."):
-        raise SllmxError(f"the study's pruner {spec!r} is not an optuna.pruners class (a study written by "
-                         "another sllmx version?); run the sweep again with the same command to store it anew")
+    targets = list(_targets(spec))  # instantiate builds nested _target_ nodes too (PatientPruner's wrapped_pruner)
+    if not target or any(not str(t).startswith("optuna.pruners.") for t in targets):
+        raise SllmxError(f"the study's pruner {spec!r} names something other than optuna.pruners classes (a study "
+                         "written by another sllmx version?); run the sweep again with the same command to store "
+                         "it anew")
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
@@ -97,6 +99,19 @@ def pruner_from_spec(spec: Optional[dict[str, Any]]) -> Any:
         return instantiate(dict(spec))
     except InstantiationException as exc:
         raise SllmxError(f"hydra/sweeper/pruner ({target}): {instantiation_error_text(exc)}") from exc
+
+
+def _targets(node: Any):
+    """Every ``_target_`` value in a nested dict / list node."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "_target_":
+                yield value
+            else:
+                yield from _targets(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _targets(value)
 
 
 def instantiation_error_text(exc: BaseException) -> str:

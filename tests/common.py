@@ -19,7 +19,7 @@ FAST = [*FAST_RUN, "data=support_ko", "data.n_train=24", "data.n_dev=6", "data.n
 
 def compose_config(overrides: list[str], output_dir: Path, cache_dir: Path):
     """The config ``python -m sllmx <overrides>`` would run, with its output and cache in tmp folders."""
-    from sllmx.__main__ import _setup
+    from sllmx.compose import setup as _setup
 
     _setup()
     with initialize_config_module(config_module="sllmx.conf", version_base="1.3"):

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sllmx.data import hold_out, load_splits
+from sllmx.data.holdout import hold_out
+from sllmx.data.pipeline import load_splits
 from sllmx.data.checks import row_text
 from sllmx.data.dedup import clusters, find_duplicates, find_shared, jaccard, normalize, shingles
 from sllmx.data.lengths import length_report, stats

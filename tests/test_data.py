@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sllmx.data import Splits, hold_out, load_splits, sha256_of
+from sllmx.data.holdout import hold_out
+from sllmx.data.pipeline import Splits, load_splits, sha256_of
 from sllmx.errors import SllmxError
 from sllmx.interfaces import (
     LAYOUT_MESSAGES,

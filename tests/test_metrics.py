@@ -70,7 +70,7 @@ def test_metrics_are_registered_with_their_direction():
 def test_dialogsum_preset_reads_dev_and_test_and_drops_the_dialogues_they_share(tmp_path):
     from omegaconf import OmegaConf
 
-    from sllmx.data import load_splits
+    from sllmx.data.pipeline import load_splits
     from tests.common import compose_config
 
     cfg = compose_config(["data=dialogsum", "model=tiny", f"shared_data={SHARED_DATA}"], tmp_path / "o", tmp_path / "c")

@@ -140,7 +140,7 @@ def test_a_plugin_with_only_lifecycle_hooks_is_listed_with_its_hooks(tmp_path):
 def test_sft_learning_rate_is_the_methods_own():
     """trainer=sft takes its default learning rate from the method plugin (Method.sft_learning_rate); a method
     that declares none, another trainer, or an explicit trainer.learning_rate keeps its own."""
-    from sllmx.__main__ import compose
+    from sllmx.compose import compose
 
     def rate(*overrides):
         return compose(list(overrides)).trainer.learning_rate

@@ -105,7 +105,7 @@ def sweeper_node(*overrides):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from sllmx.__main__ import _setup
+    from sllmx.compose import setup as _setup
 
     _setup()
     with initialize_config_module(config_module="sllmx.conf", version_base="1.3"):
@@ -206,8 +206,15 @@ def test_pruner_arguments_are_optunas_and_bad_ones_are_refused():
     assert type(pruner_from_spec(None)) is optuna.pruners.NopPruner
     with pytest.raises(SllmxError, match="hydra/sweeper/pruner"):
         pruner_from_spec({"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": -1})
-    with pytest.raises(SllmxError, match="not an optuna.pruners class"):
+    with pytest.raises(SllmxError, match="other than optuna.pruners classes"):
         pruner_from_spec({"_target_": "os.system", "command": "true"})
+    # a nested node is instantiated too: it must be an Optuna pruner as well
+    with pytest.raises(SllmxError, match="other than optuna.pruners classes"):
+        pruner_from_spec({"_target_": "optuna.pruners.PatientPruner", "patience": 1,
+                          "wrapped_pruner": {"_target_": "builtins.print", "_args_": ["nested target called"]}})
+    wrapped = pruner_from_spec({"_target_": "optuna.pruners.PatientPruner", "patience": 1,
+                                "wrapped_pruner": {"_target_": "optuna.pruners.MedianPruner"}})
+    assert type(wrapped._wrapped_pruner) is optuna.pruners.MedianPruner
 
 
 def test_a_job_in_another_process_rebuilds_the_studys_pruner(tmp_path):
@@ -257,7 +264,7 @@ def test_ready_sweeps_compose_and_parse(path):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from sllmx.__main__ import _setup
+    from sllmx.compose import setup as _setup
 
     lines = path.read_text().splitlines()
     assert lines[0] == "# @package _global_"

@@ -169,7 +169,7 @@ BAD = [
     (["eval.early_stopping_threshold=-0.5"], "eval.early_stopping_threshold=-0.5: must be >= 0"),
     (["eval.generation_every=0"], "eval.generation_every=0: must be >= 1"),
     (["logger.mode=online_sync"], "logger.mode=online_sync: use one of online, offline, disabled, shared, or null"),
-    (["logger.name=mlflow"], "logger.name=mlflow: use one of wandb, none"),
+    (["logger.name=mlflow"], "logger.name=mlflow: use one of none, wandb"),
     (["seed=-1"], "seed=-1: must be in [0, 4294967295]"),
     (["seed=4294967296"], "seed=4294967296: must be in [0, 4294967295]"),
     (["model.hidden_size=66"], "model.hidden_size=66: must be a multiple of model.num_attention_heads=4"),
@@ -242,7 +242,7 @@ def test_column_mapping_as_the_readme_writes_it(tmp_path):
     assert cfg.trainer.args == {"save_total_limit": 2, "eval_accumulation_steps": 4}
 
     # ... and the mapped rows load (in-process)
-    from sllmx.data import load_splits
+    from sllmx.data.pipeline import load_splits
     from sllmx.interfaces import LAYOUT_MESSAGES, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT
     from sllmx.plugins import registry
 

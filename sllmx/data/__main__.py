@@ -58,9 +58,9 @@ def check(overrides: list[str], out: Optional[str] = None, write_splits: Optiona
     if cfg.data.get("lengths", True):
         from transformers import AutoTokenizer
 
-        source = reg.get("model", cfg.model.source)
-        path = source.resolve(typed(cfg.model, "model"), os.path.expanduser(cfg.cache_dir))
-        check_lengths(splits, AutoTokenizer.from_pretrained(path, **source.from_pretrained_kwargs(typed(cfg.model, "model"))),
+        source, model_cfg = reg.get("model", cfg.model.source), typed(cfg.model, "model", reg)
+        path = source.resolve(model_cfg, os.path.expanduser(cfg.cache_dir))
+        check_lengths(splits, AutoTokenizer.from_pretrained(path, **source.from_pretrained_kwargs(model_cfg)),
                       cfg.trainer.get("max_length"))
     print("\n".join(report.lines()))
     leaked = sum(d["exact"] + d["near"] + d["exact_prompt"] + d["near_prompt"]

@@ -82,7 +82,7 @@ class DataReport:
         return {"schema_version": 1, **asdict(self)}
 
     def write(self, path: str | Path) -> Path:
-        """Write the report as JSON, atomically (see :func:`sllmx.records.write_text_atomic`)."""
+        """Write the report as JSON, atomically (see :func:`sllmx.atomic.write_text_atomic`)."""
         from sllmx.atomic import write_text_atomic
 
         return write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")

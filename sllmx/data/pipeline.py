@@ -144,7 +144,7 @@ def load_splits(data: Any, registry: Any, trainer: Any, collect_invalid: bool = 
     Args:
         data: the ``data`` config, an instance of the data source's config dataclass (a
             :class:`~sllmx.config.DataConfig` subclass); an OmegaConf node typed by one is converted
-            (:func:`sllmx.config.typed`).
+            (:func:`sllmx.plugins.typed`).
         registry: a :class:`sllmx.plugins.Registry` (data sources and formats).
         trainer: the :class:`~sllmx.interfaces.Trainer` that reads the data (its ``name`` and ``layouts``).
         collect_invalid: record invalid rows in the report instead of stopping at the first one
