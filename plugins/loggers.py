@@ -43,6 +43,8 @@ def init_wandb(logger_cfg: Any, **init_kwargs: Any) -> Any:
     import wandb
 
     init_kwargs.setdefault("project", getattr(logger_cfg, "project", None) or "sllmx")
+    if os.environ.get("WANDB_DIR"):  # explicit: wandb keeps the settings of its first run in this process
+        init_kwargs.setdefault("dir", os.environ["WANDB_DIR"])
     return wandb.init(mode=mode, reinit="finish_previous", **init_kwargs)
 
 
