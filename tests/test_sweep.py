@@ -344,8 +344,10 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
+    # the default heartbeat (60 s): the rerun sees that the killed sweeper's pid is gone and does not wait
+    # the heartbeat's 120 s grace for its trial to go stale
     args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=4",
-            "hydra/sweeper/pruner=nop", "hydra.sweeper.heartbeat_interval=1"]
+            "hydra/sweeper/pruner=nop"]
     cmd = [sys.executable, "-m", "sllmx", "--multirun", *TINY, f"cache_dir={tmp_path.parent / 'cache'}", *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -374,6 +376,8 @@ def test_a_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
     assert killed["state"] == "FAIL" and "stale heartbeat" in killed["error"]
     retry = next(t for t in doc["trials"] if t["retry_of"] == 1)
     assert retry["params"] == killed["params"] and retry["state"] == "COMPLETE"
+    assert retry["number"] == 2  # re-queued at once, before any new trial
+    assert "Heartbeat of storage" not in again.stderr
     assert json.loads((study_dir / "1" / "run.json").read_text())["status"] == "RUNNING"  # left as evidence
 
 
