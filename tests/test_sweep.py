@@ -294,6 +294,9 @@ def test_the_peers_example_config_composes_and_builds_its_search_space():
 
     from sllmx.sweep.sweeper import custom_space
 
+    doc = (ROOT / "docs" / "sweeps.md").read_text()
+    shown = doc.split("## Coming from hydra-optuna-sweeper")[1].split("```yaml\n")[1].split("```")[0]
+    assert OmegaConf.create(shown) == OmegaConf.load(PEER)  # the documented config is the tested one
     cfg = peer_config()
     node = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
     assert node["_target_"].endswith("SllmxOptunaSweeper") and node["sampler"]["seed"] == 123
