@@ -351,15 +351,14 @@ def test_peer_keys_compose_and_an_unknown_key_is_hydras_message():
     (1.0, ["FAIL", "FAIL"], False), (0.5, ["FAIL", "COMPLETE"], False), (0.5, ["FAIL", "FAIL"], True),
     (0.0, ["COMPLETE", "PRUNED"], False), (0.0, ["COMPLETE", "FAIL"], True)])
 def test_max_failure_rate_is_the_peers_share_of_a_batch(rate, states, stops):
-    from sllmx.sweep.loop import AskTellLoop, Outcome
+    from sllmx.sweep.loop import Outcome, check_failures
 
-    loop = AskTellLoop(None, [], None, None, ("", ""), 2, 2, 60, None, None, None, max_failure_rate=rate)
     outcomes = [(n, Outcome(state, error="boom" if state == "FAIL" else None)) for n, state in enumerate(states)]
     if stops:
         with pytest.raises(SllmxError, match=rf"max_failure_rate={rate} allows .trial \d: boom"):
-            loop.check_failures(outcomes)
+            check_failures(outcomes, rate)
     else:
-        loop.check_failures(outcomes)
+        check_failures(outcomes, rate)
 
 
 def test_optimization_results_yaml_is_the_peers(tmp_path):

@@ -71,6 +71,21 @@ def outcome_of(ret: Any, judge: Callable[[Any], Outcome]) -> Outcome:
     return judge(ret.return_value)
 
 
+def check_failures(outcomes: list[tuple[int, Outcome]], max_failure_rate: float) -> None:
+    """Stop the sweep when more than ``max_failure_rate`` of one batch's ``(trial number, outcome)`` FAIL, as
+    Hydra's Optuna sweeper does (``_impl.py``: ``len(failures) / len(returns) > max_failure_rate``).
+
+    Raises:
+        SllmxError: naming the count and the first failed trial's error.
+    """
+    failures = [(number, o) for number, o in outcomes if o.state == "FAIL"]
+    if outcomes and len(failures) / len(outcomes) > max_failure_rate:
+        number, first = failures[0]
+        raise SllmxError(f"{len(failures)} of {len(outcomes)} trials of the batch failed, more than "
+                         f"hydra.sweeper.max_failure_rate={max_failure_rate} allows (trial {number}: "
+                         f"{first.error}); the sweep stops")
+
+
 class _Heartbeat:
     """Records heartbeats for the running trials of one batch every ``interval`` seconds."""
 
@@ -152,17 +167,7 @@ class AskTellLoop:
                 continue
             outcomes = self.run_batch([self.ask() for _ in range(min(self.n_jobs, todo))])
             self.after_batch()
-            self.check_failures(outcomes)
-
-    def check_failures(self, outcomes: list[tuple[int, Outcome]]) -> None:
-        """Stop the sweep when more than ``max_failure_rate`` of one batch's trials FAIL (Hydra's Optuna
-        sweeper: ``len(failures) / len(returns) > max_failure_rate``)."""
-        failures = [(number, o) for number, o in outcomes if o.state == "FAIL"]
-        if outcomes and len(failures) / len(outcomes) > self.max_failure_rate:
-            number, first = failures[0]
-            raise SllmxError(f"{len(failures)} of {len(outcomes)} trials of the batch failed, more than "
-                             f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows (trial {number}: "
-                             f"{first.error}); the sweep stops")
+            check_failures(outcomes, self.max_failure_rate)
 
     def ask(self) -> Any:
         """Ask for one trial, record this process as its worker, and sample its parameters with the sampler for
