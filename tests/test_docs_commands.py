@@ -153,8 +153,9 @@ EXAMPLE_ROWS = [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": 
 
 
 def write_example_files(folder: Path) -> None:
-    """The small files the documented commands name: ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` (Alpaca)
-    and ``rows.csv`` (columns Q, A)."""
+    """The small files the documented commands name: ``train.jsonl``, ``dev.jsonl``, ``test.jsonl`` (Alpaca),
+    ``rows.csv`` (columns Q, A), and the repository's ``docs/examples/`` (configs named by ``--config-dir``)."""
+    shutil.copytree(ROOT / "docs" / "examples", folder / "docs" / "examples")
     for name, rows in (("train", EXAMPLE_ROWS[:40]), ("dev", EXAMPLE_ROWS[40:50]), ("test", EXAMPLE_ROWS[50:])):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with open(folder / "rows.csv", "w", newline="", encoding="utf-8") as f:
@@ -260,6 +261,18 @@ def config_overrides(cmd: Command) -> list[str] | None:
             if not (_top_level_comma(o.split("=", 1)[1]) or SWEEP_VALUE.match(o.split("=", 1)[1]))]
 
 
+def config_source(cmd: Command) -> tuple[str | None, str]:
+    """The ``--config-dir`` (None: none) and ``--config-name`` (default ``config``) of a command."""
+    ws, found = words(cmd.text), {"dir": None, "name": "config"}
+    for i, w in enumerate(ws):
+        for key, flags in (("dir", ("--config-dir", "-cd")), ("name", ("--config-name", "-cn"))):
+            if w in flags and i + 1 < len(ws):
+                found[key] = ws[i + 1]
+            elif w.startswith(flags[0] + "="):
+                found[key] = w.split("=", 1)[1]
+    return found["dir"], found["name"]
+
+
 RUNS = [c for c in COMMANDS if plan(c)[0] != "install" and config_overrides(c) is not None]
 
 
@@ -270,7 +283,19 @@ def test_documented_run_composes_and_validates(cmd, tmp_path):
     from sllmx.validate import validate_config
     from tests.common import compose_config
 
-    validate_config(compose_config(config_overrides(cmd), tmp_path / "out", tmp_path / "cache"))
+    config_dir, config_name = config_source(cmd)
+    if config_dir is None:
+        validate_config(compose_config(config_overrides(cmd), tmp_path / "out", tmp_path / "cache"))
+        return
+    from hydra import compose, initialize_config_dir
+
+    from sllmx.__main__ import _setup
+
+    _setup()  # a config of the repository's docs/examples, with sllmx's own configs on the search path
+    with initialize_config_dir(config_dir=str(ROOT / config_dir), version_base="1.3"):
+        validate_config(compose(config_name, overrides=[
+            *config_overrides(cmd), "hydra.searchpath=[pkg://sllmx.conf]", f"output_dir={tmp_path / 'out'}",
+            f"cache_dir={tmp_path / 'cache'}"]))
 
 
 def test_a_failing_command_fails_its_test(docs_env, tmp_path):

@@ -78,7 +78,6 @@ def test_command_line_sweeps_replace_the_sweep_files_params():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("a=shuffle(choice(1, 2))", "shuffle"),
     ("a=tag(log, choice(1, 2))", "tag(log"),
     ("a=tag(log, interval(0, 1))", "positive lower bound"),
     ("a=interval(2, 1)", "empty"),
@@ -257,6 +256,181 @@ def test_budget_counts_finished_trials_but_not_killed_ones():
     assert [counts_toward_budget(t) for t in study.trials] == [True, True, True, False]
 
 
+# -- Hydra's Optuna sweeper's configs (plugins/hydra_optuna_sweeper) -------------------------------------
+
+PEER = ROOT / "docs" / "examples" / "hydra_optuna_sweeper.yaml"
+
+
+@pytest.mark.parametrize("override, expected", [  # the cases of its tests/test_optuna_sweeper_plugin.py, its example's
+    ("key=choice(1,2)", CategoricalDistribution([1, 2])),
+    ("key=choice(true, false)", CategoricalDistribution([True, False])),
+    ("key=choice('hello', 'world')", CategoricalDistribution(["hello", "world"])),
+    ("key=shuffle(range(1,3))", CategoricalDistribution([1, 2])),
+    ("key=range(1,3)", IntDistribution(1, 2)),  # the peer: IntDistribution(1, 3); sllmx: Hydra's grammar (1, 2)
+    ("key=interval(1, 5)", FloatDistribution(1, 5)),
+    ("key=int(interval(1, 5))", IntDistribution(1, 5)),
+    ("key=tag(log, interval(1, 5))", FloatDistribution(1, 5, log=True)),
+    ("key=tag(log, int(interval(1, 5)))", IntDistribution(1, 5, log=True)),
+    ("key=range(0.5, 5.5, step=1)", FloatDistribution(0.5, 4.5, step=1)),  # the peer: high 5.5
+    ("key=range(-5.5, 5.5, step=0.5)", FloatDistribution(-5.5, 5.0, step=0.5)),  # its example's x
+    ("key=choice(-5 ,0 ,5)", CategoricalDistribution([-5, 0, 5])),  # its example's y
+])
+def test_the_peers_grammar_cases(override, expected):
+    (param,), fixed = parse_search_space([override], {})
+    assert param.distribution == expected and fixed == []
+
+
+def test_the_peers_plain_values_and_deletions_are_fixed_overrides():
+    space, fixed = parse_search_space(["key1=choice(1,2)", "key2=5", "~z", "~z=10"], {})
+    assert [p.name for p in space] == ["key1"] and fixed == ["key2=5", "~z", "~z=10"]
+
+
+def peer_config():
+    """The peer's example config with sllmx's keys (docs/examples), composed as ``--config-dir`` does."""
+    from hydra import compose, initialize_config_dir
+
+    from sllmx.__main__ import _setup
+
+    _setup()
+    with initialize_config_dir(config_dir=str(PEER.parent), version_base="1.3"):
+        return compose(PEER.stem, overrides=["hydra.searchpath=[pkg://sllmx.conf]"], return_hydra_config=True)
+
+
+def test_the_peers_example_config_composes_and_builds_its_search_space():
+    from omegaconf import OmegaConf
+
+    from sllmx.sweep.sweeper import custom_space
+
+    doc = (ROOT / "docs" / "sweeps.md").read_text()
+    shown = doc.split("## Coming from hydra-optuna-sweeper")[1].split("```yaml\n")[1].split("```")[0]
+    assert OmegaConf.create(shown) == OmegaConf.load(PEER)  # the documented config is the tested one
+    cfg = peer_config()
+    node = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+    assert node["_target_"].endswith("SllmxOptunaSweeper") and node["sampler"]["seed"] == 123
+    assert {k: node[k] for k in ("direction", "study_name", "storage", "n_trials", "n_jobs", "max_failure_rate")} == {
+        "direction": "minimize", "study_name": "sphere", "storage": None, "n_trials": 20, "n_jobs": 1,
+        "max_failure_rate": 0.0}
+    space, fixed = parse_search_space([], node["params"])
+    assert {p.name: p.distribution for p in space} == {
+        "method.lora_dropout": FloatDistribution(0.0, 0.25, step=0.05), "method.r": CategoricalDistribution([4, 8, 16])}
+    samplers = Samplers(node["sampler"], space)
+    samplers.check()
+    extend = custom_space(node["custom_search_space"], cfg, fixed)
+    study = optuna.create_study(sampler=samplers.for_trial(0))
+    for _ in range(4):
+        trial = study.ask({p.name: p.distribution for p in space})
+        extend(trial)
+        r = trial.params["method.r"]
+        assert trial.params["method.lora_alpha"] in (r, 2 * r, 3 * r, 4 * r)
+        study.tell(trial, 1.0)
+
+
+def bad_space(config, trial):
+    trial.suggest_int("model", 1, 2)
+
+
+def test_custom_search_space_errors_are_one_line():
+    from sllmx.sweep.sweeper import custom_space
+
+    with pytest.raises(SllmxError, match="custom_search_space=nosuchmodule.f"):
+        custom_space("nosuchmodule.f", None, [])
+    extend = custom_space(f"{__name__}.bad_space", None, ["model=tiny"])
+    with pytest.raises(SllmxError, match="suggested model, which an override fixes"):
+        extend(optuna.create_study().ask())
+
+
+def test_peer_keys_compose_and_an_unknown_key_is_hydras_message():
+    from hydra.errors import ConfigCompositionException
+
+    from hydra_plugins.sllmx_optuna_sweeper.sllmx_optuna_sweeper import SllmxOptunaSweeper
+
+    assert sweeper_node()["max_failure_rate"] == 1.0 and sweeper_node()["custom_search_space"] is None
+    node = sweeper_node("hydra.sweeper.max_failure_rate=0.5", "hydra.sweeper.custom_search_space=m.f")
+    assert node["max_failure_rate"] == 0.5 and node["custom_search_space"] == "m.f"
+    with pytest.raises(ConfigCompositionException, match="Could not append"):  # Hydra's hint, now that the key exists
+        sweeper_node("+hydra.sweeper.max_failure_rate=0.5")
+    sweeper = SllmxOptunaSweeper(**{**node, "foo": 1})
+    with pytest.raises(ConfigCompositionException, match="Key 'foo' not in 'SllmxOptunaSweeperConf'"):
+        sweeper.check_keys()
+
+
+@pytest.mark.parametrize("rate, states, stops", [
+    (1.0, ["FAIL", "FAIL"], False), (0.5, ["FAIL", "COMPLETE"], False), (0.5, ["FAIL", "FAIL"], True),
+    (0.0, ["COMPLETE", "PRUNED"], False), (0.0, ["COMPLETE", "FAIL"], True)])
+def test_max_failure_rate_is_the_peers_share_of_a_batch(rate, states, stops):
+    from sllmx.sweep.loop import Outcome, check_failures
+
+    outcomes = [(n, Outcome(state, error="boom" if state == "FAIL" else None)) for n, state in enumerate(states)]
+    if stops:
+        with pytest.raises(SllmxError, match=rf"max_failure_rate={rate} allows .trial \d: boom"):
+            check_failures(outcomes, rate)
+    else:
+        check_failures(outcomes, rate)
+
+
+def test_optimization_results_yaml_is_the_peers(tmp_path):
+    from omegaconf import OmegaConf
+
+    from sllmx.sweep.results import PEER_FILE, SweepResults
+
+    space, fixed = parse_search_space(["+x=choice(1, 2)", "model=tiny"], {})
+    study = optuna.create_study()
+    for value in (0.5, 0.25):
+        trial = study.ask({"x": space[0].distribution})
+        study.tell(trial, value)
+    results = SweepResults("s", "sqlite:///x", "minimize", "eval_loss", {}, {}, 2, space, fixed, tmp_path)
+    results.write(study)
+    doc = OmegaConf.to_container(OmegaConf.load(tmp_path / PEER_FILE))
+    assert doc == {"name": "optuna", "best_params": {"+x": study.best_trial.params["x"]}, "best_value": 0.25}
+
+
+def test_the_rerun_command_names_the_config_dir_and_name():
+    from omegaconf import OmegaConf
+
+    from sllmx.sweep.sweeper import rerun_command
+
+    sources = [{"provider": "hydra", "path": "pkg://hydra.conf"}, {"provider": "main", "path": "pkg://sllmx.conf"}]
+    cfg = OmegaConf.create({"hydra": {"runtime": {"config_sources": sources}, "job": {"config_name": "config"}}})
+    assert rerun_command(cfg) == "python -m sllmx"
+    cfg.hydra.runtime.config_sources.append({"provider": "command-line", "path": "file:///my conf"})
+    cfg.hydra.job.config_name = "peer"
+    assert rerun_command(cfg) == "python -m sllmx --config-dir='/my conf' --config-name=peer"
+
+
+# -- resume: a killed worker's trial ----------------------------------------------------------------------
+
+def test_a_trial_of_a_gone_worker_on_this_host_is_failed_and_requeued_at_once(tmp_path):
+    import socket
+    import warnings
+
+    from sllmx.sweep.loop import HEARTBEAT_WARNING, AskTellLoop
+    from sllmx.sweep.workers import WORKER_ATTR, fail_trials_of_gone_workers, this_worker
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", 60, 2)
+    study = optuna.create_study(study_name="s", storage=storage)
+    space = parse_search_space(["a=choice(1, 2)"], {})[0]
+    loop = AskTellLoop(study, space, Samplers({"_target_": "optuna.samplers.RandomSampler", "seed": 0}, space),
+                       None, ("", "s"), 4, 1, 60, None, None, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trials = [loop.ask() for _ in range(4)]  # RUNNING, each with its worker: this process
+    assert not [w for w in caught if HEARTBEAT_WARNING in str(w.message)]
+    assert trials[0].user_attrs[WORKER_ATTR] == this_worker(0)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for trial, worker in zip(trials[1:], [
+            {**this_worker(1), "pid": dead.pid},  # gone
+            {**this_worker(2), "pid": dead.pid, "host": socket.gethostname() + "-other"},  # another host: heartbeat
+            {**this_worker(1), "pid": dead.pid}]):  # written for another trial (inherited by a retry): not trusted
+        trial.set_user_attr(WORKER_ATTR, worker)
+    assert fail_trials_of_gone_workers(study) == [1]
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == {0: "RUNNING", 1: "FAIL", 2: "RUNNING", 3: "RUNNING", 4: "WAITING"}
+    retry = study.trials[4]
+    assert retry.system_attrs["failed_trial"] == 1 and retry.params == study.trials[1].params
+    assert fail_trials_of_gone_workers(study) == []
+
+
 # -- ready sweeps ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
@@ -351,8 +525,10 @@ def test_failed_trials_are_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_a_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
+    # the default heartbeat (60 s): the rerun sees that the killed sweeper's pid is gone and does not wait
+    # the heartbeat's 120 s grace for its trial to go stale
     args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=4",
-            "hydra/sweeper/pruner=nop", "hydra.sweeper.heartbeat_interval=1"]
+            "hydra/sweeper/pruner=nop"]
     cmd = [sys.executable, "-m", "sllmx", "--multirun", *TINY, f"cache_dir={tmp_path.parent / 'cache'}", *args]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -381,6 +557,8 @@ def test_a_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
     assert killed["state"] == "FAIL" and "stale heartbeat" in killed["error"]
     retry = next(t for t in doc["trials"] if t["retry_of"] == 1)
     assert retry["params"] == killed["params"] and retry["state"] == "COMPLETE"
+    assert retry["number"] == 2  # re-queued at once, before any new trial
+    assert "Heartbeat of storage" not in again.stderr
     assert json.loads((study_dir / "1" / "run.json").read_text())["status"] == "RUNNING"  # left as evidence
 
 

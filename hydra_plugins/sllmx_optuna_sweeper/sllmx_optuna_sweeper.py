@@ -12,7 +12,7 @@ the work is :class:`sllmx.sweep.sweeper.OptunaSweep`'s.
 
 # No ``from __future__ import annotations``: Hydra's scanner runs this module before it is in
 # sys.modules, where dataclasses cannot resolve string annotations.
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -29,13 +29,27 @@ class SllmxOptunaSweeper(Sweeper):
     """Hydra's entry to :class:`sllmx.sweep.sweeper.OptunaSweep` (bad input ends the command with one line,
     exit 2).  ``sampler`` and ``pruner`` arrive as config nodes (``_recursive_: false``)."""
 
+    conf: Any = SllmxOptunaSweeperConf
+
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
         self.impl: Any = None
 
+    def check_keys(self) -> None:
+        """A key added with ``+hydra.sweeper.<key>=...`` that the sweeper does not know ends the command with
+        Hydra's own message for an unknown key (what ``hydra.sweeper.<key>=...`` without ``+`` prints), not
+        with a TypeError traceback."""
+        from hydra.errors import ConfigCompositionException
+
+        name = self.conf.__name__
+        for key in sorted(set(self.kwargs) - {f.name for f in fields(self.conf)}):
+            raise ConfigCompositionException(f"Key '{key}' not in '{name}'\n    full_key: hydra.sweeper.{key}\n"
+                                             f"    object_type={name}")
+
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         from sllmx.sweep.sweeper import OptunaSweep
 
+        self.check_keys()
         self.impl = OptunaSweep(**self.kwargs)
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
@@ -66,11 +80,14 @@ ConfigStore.instance().store(group="hydra/sweeper", name="sllmx_compare", node=S
 class SllmxCompareSweeper(SllmxOptunaSweeper):
     """Hydra's entry to :class:`sllmx.compare.CompareSweep`."""
 
+    conf = SllmxCompareSweeperConf
+
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         from omegaconf import OmegaConf
 
         from sllmx.compare import CompareSweep
 
+        self.check_keys()
         kwargs = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in self.kwargs.items()}
         self.impl = CompareSweep(**kwargs)
         self.impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -238,6 +238,13 @@ class SllmxOptunaSweeperConf:
         "seconds between heartbeats of running trials; a trial silent for twice this long (its worker was "
         "killed) is marked FAIL and re-queued with the same parameters", 60)
     max_retry: int = option("re-queue a killed trial at most this many times", 2)
+    max_failure_rate: float = option(
+        "stop the sweep with an error when more than this share of one batch's trials (n_jobs launched together) "
+        "FAIL, as in Hydra's Optuna sweeper (whose default is 0.0); sllmx's 1.0: failed trials are recorded and "
+        "the sweep goes on", 1.0, ge=0.0, le=1.0)
+    custom_search_space: Optional[str] = option(
+        "module.function called with (config, trial) after the params are sampled, to suggest more parameters "
+        "with Optuna's trial.suggest_* (named by their override keys), as in Hydra's Optuna sweeper", None)
 
 
 def register() -> None:

@@ -4,7 +4,9 @@ Ask a batch of ``n_jobs`` trials, turn each into a job's overrides, launch the b
 each job's :class:`Outcome`.  What a job's return value means (which metric, which status) is the
 caller's ``judge``: this loop knows nothing of training.  While a batch runs, a thread records heartbeats
 for its trials; a trial whose heartbeat stops (its sweeper was killed) is failed by the next sweeper on the
-same storage and re-queued with the same parameters.
+same storage and re-queued with the same parameters; on the same host that sweeper sees at once that the
+killed one is gone (:mod:`sllmx.sweep.workers`) and does not wait for the heartbeat to go stale.  When more
+than ``max_failure_rate`` of one batch's trials FAIL the sweep stops (Hydra's Optuna sweeper's rule).
 
 References: Optuna ask-and-tell (https://optuna.readthedocs.io/en/stable/tutorial/20_recipes/009_ask_and_tell.html),
 heartbeats and ``RetryHeartbeatStaleTrialCallback``
@@ -21,9 +23,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from sllmx.errors import SllmxError
 from sllmx.study import ACTIVE
 from sllmx.sweep.space import Param, overrides_of, suggest
 from sllmx.sweep.study import ERROR_ATTR, RUN_DIR_ATTR, STEPS_ATTR, Samplers, counts_toward_budget
+from sllmx.sweep.workers import WORKER_ATTR, fail_trials_of_gone_workers, this_worker
+
+#: Optuna's warning on every ``Study.ask`` of a storage with heartbeats outside ``Study.optimize``
+HEARTBEAT_WARNING = "Heartbeat of storage is supposed to be used with Study.optimize"
 
 log = logging.getLogger("sllmx.sweeper")
 
@@ -64,6 +71,21 @@ def outcome_of(ret: Any, judge: Callable[[Any], Outcome]) -> Outcome:
     return judge(ret.return_value)
 
 
+def check_failures(outcomes: list[tuple[int, Outcome]], max_failure_rate: float) -> None:
+    """Stop the sweep when more than ``max_failure_rate`` of one batch's ``(trial number, outcome)`` FAIL, as
+    Hydra's Optuna sweeper does (``_impl.py``: ``len(failures) / len(returns) > max_failure_rate``).
+
+    Raises:
+        SllmxError: naming the count and the first failed trial's error.
+    """
+    failures = [(number, o) for number, o in outcomes if o.state == "FAIL"]
+    if outcomes and len(failures) / len(outcomes) > max_failure_rate:
+        number, first = failures[0]
+        raise SllmxError(f"{len(failures)} of {len(outcomes)} trials of the batch failed, more than "
+                         f"hydra.sweeper.max_failure_rate={max_failure_rate} allows (trial {number}: "
+                         f"{first.error}); the sweep stops")
+
+
 class _Heartbeat:
     """Records heartbeats for the running trials of one batch every ``interval`` seconds."""
 
@@ -101,6 +123,8 @@ class AskTellLoop:
             put in :data:`sllmx.study.ACTIVE` for jobs run in this process.
         job_overrides: ``(trial) -> overrides`` of its job.  run_dir: ``(trial number) -> folder``.
         judge: ``(a completed job's return value) -> Outcome``.  after_batch: called after each batch.
+        max_failure_rate: the largest share of a batch's trials that may FAIL before the sweep stops.
+        extend: ``(trial) -> None``, called after the space is sampled (``custom_search_space``).
     """
 
     study: Any
@@ -115,13 +139,20 @@ class AskTellLoop:
     run_dir: Callable[[int], str]
     judge: Callable[[Any], Outcome]
     after_batch: Callable[[], None] = lambda: None
+    max_failure_rate: float = 1.0
+    extend: Optional[Callable[[Any], None]] = None
 
     def run(self) -> None:
-        """Ask, launch and tell batches until the budget is spent; wait for other workers' trials."""
+        """Ask, launch and tell batches until the budget is spent; wait for other workers' trials.
+
+        Raises:
+            SllmxError: when more than ``max_failure_rate`` of a batch's trials FAIL.
+        """
         import optuna
         from optuna.trial import TrialState
 
         while True:
+            fail_trials_of_gone_workers(self.study)  # a killed sweeper on this host: no need to wait for staleness
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
@@ -134,22 +165,37 @@ class AskTellLoop:
                     return
                 time.sleep(self.heartbeat_interval)  # other workers' trials: wait, they may die and be re-queued
                 continue
-            self.run_batch([self.ask() for _ in range(min(self.n_jobs, todo))])
+            outcomes = self.run_batch([self.ask() for _ in range(min(self.n_jobs, todo))])
             self.after_batch()
+            check_failures(outcomes, self.max_failure_rate)
 
     def ask(self) -> Any:
-        """Ask for one trial and sample its parameters with the sampler for its number (see :class:`Samplers`)."""
-        if self.samplers.grid:
-            self.study.sampler = self.samplers.for_trial(0)
-            trial = self.study.ask()
-        else:
-            trial = self.study.ask()
-            self.study.sampler = self.samplers.for_trial(trial.number)
-        suggest(trial, self.space)
+        """Ask for one trial, record this process as its worker, and sample its parameters with the sampler for
+        its number (see :class:`Samplers`), then ``extend`` it."""
+        from optuna.trial import TrialState
+
+        with warnings.catch_warnings():
+            # Optuna warns on every ask() outside Study.optimize when the storage has heartbeats, because nothing
+            # would record them; this loop records them itself (_Heartbeat), so the warning is noise here
+            warnings.filterwarnings("ignore", message=HEARTBEAT_WARNING, category=UserWarning)
+            if self.samplers.grid:
+                self.study.sampler = self.samplers.for_trial(0)
+                trial = self.study.ask()
+            else:
+                trial = self.study.ask()
+                self.study.sampler = self.samplers.for_trial(trial.number)
+        trial.set_user_attr(WORKER_ATTR, this_worker(trial.number))
+        try:
+            suggest(trial, self.space)
+            if self.extend is not None:
+                self.extend(trial)
+        except BaseException:
+            self.study.tell(trial, state=TrialState.FAIL)  # not a run: its slot stays free
+            raise
         return trial
 
-    def run_batch(self, batch: list[Any]) -> None:
-        """Launch one batch of trials (heartbeats while it runs) and tell the study their outcomes."""
+    def run_batch(self, batch: list[Any]) -> list[tuple[int, Outcome]]:
+        """Launch one batch of trials (heartbeats while it runs), tell the study their outcomes, return them."""
         storage = self.study._storage
         study_id = storage.get_study_id_from_name(self.key[1])
         for trial in batch:
@@ -166,8 +212,10 @@ class AskTellLoop:
         finally:
             for trial in batch:
                 ACTIVE.pop((*self.key, trial.number), None)
-        for trial, ret in zip(batch, returns):
-            self.tell(trial, outcome_of(ret, self.judge))
+        outcomes = [(trial.number, outcome_of(ret, self.judge)) for trial, ret in zip(batch, returns)]
+        for trial, (_, outcome) in zip(batch, outcomes):
+            self.tell(trial, outcome)
+        return outcomes
 
     def tell(self, trial: Any, outcome: Outcome) -> None:
         """Record ``outcome`` in the study (and its steps and error as user attributes); print it."""

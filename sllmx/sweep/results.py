@@ -1,5 +1,6 @@
-"""The results of a sweep: ``sweep.json`` (from the study's storage, so it lists every worker's trials), the
-best trial on the console with the command that re-runs it, and with ``logger=wandb`` a summary run."""
+"""The results of a sweep: ``sweep.json`` (from the study's storage, so it lists every worker's trials) and
+Hydra's Optuna sweeper's ``optimization_results.yaml`` beside it, the best trial on the console with the command
+that re-runs it, and with ``logger=wandb`` a summary run."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from sllmx.atomic import write_json_atomic
+from sllmx.atomic import write_json_atomic, write_text_atomic
 from sllmx.study import mask_url
 from sllmx.sweep.space import Param, overrides_of
 from sllmx.sweep.study import ERROR_ATTR, RUN_DIR_ATTR, STEPS_ATTR
 
 SWEEP_FILE = "sweep.json"
+#: the file Hydra's Optuna sweeper writes into the sweep folder: ``name: optuna``, ``best_params``, ``best_value``
+PEER_FILE = "optimization_results.yaml"
 
 
 def trial_entry(t: Any) -> dict[str, Any]:
@@ -34,7 +37,7 @@ def trial_entry(t: Any) -> dict[str, Any]:
         "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
         "run_dir": t.user_attrs.get(RUN_DIR_ATTR),
         "error": t.user_attrs.get(ERROR_ATTR) or (
-            "its worker stopped (stale heartbeat); re-queued" if t.state.name == "FAIL" else None),
+            "its worker stopped (its process is gone, or a stale heartbeat); re-queued" if t.state.name == "FAIL" else None),
         "retry_of": t.system_attrs.get("failed_trial"),
     }
 
@@ -44,7 +47,8 @@ class SweepResults:
     """What ``sweep.json`` says about the study besides its trials, and where it is written.
 
     ``sampler`` and ``pruner`` are their config nodes (``_target_`` and arguments); ``fixed`` the overrides
-    every trial shares."""
+    every trial shares; ``command`` how the re-run command starts (with ``--config-dir`` / ``--config-name``
+    when the sweep used them)."""
 
     study_name: str
     storage: str
@@ -56,6 +60,7 @@ class SweepResults:
     space: list[Param]
     fixed: list[str]
     sweep_dir: Path
+    command: str = "python -m sllmx"
 
     @property
     def path(self) -> Path:
@@ -85,7 +90,19 @@ class SweepResults:
             "best_trial": None if best is None else {
                 **trial_entry(best), "overrides": [*self.fixed, *overrides_of(self.space, best.params)]},
         })
+        if best is not None:
+            self.write_peer_file(best)
         return best
+
+    def write_peer_file(self, best: Any) -> None:
+        """``optimization_results.yaml`` as Hydra's Optuna sweeper writes it (``_impl.py``): ``name: optuna``,
+        ``best_params`` (by override key, ``+`` kept) and ``best_value``."""
+        from omegaconf import OmegaConf
+
+        keys = {p.name: p.key for p in self.space}
+        doc = {"name": "optuna", "best_params": {keys.get(k, k): v for k, v in best.params.items()},
+               "best_value": best.value}
+        write_text_atomic(self.sweep_dir / PEER_FILE, OmegaConf.to_yaml(OmegaConf.create(doc)))
 
     def print_best(self, study: Any, best: Optional[Any]) -> None:
         """The counts per state, the best trial and the command that re-runs it, on stdout."""
@@ -100,7 +117,7 @@ class SweepResults:
             return
         overrides = " ".join(overrides_of(self.space, best.params))
         print(f"[sllmx] best trial {best.number}: {self.metric}={best.value:.6g}  {overrides}\n"
-              f"[sllmx] re-run it: python -m sllmx {' '.join([*self.fixed, overrides])}", flush=True)
+              f"[sllmx] re-run it: {self.command} {' '.join([*self.fixed, overrides])}", flush=True)
 
     def publish(self, logger: Any, registry: Any) -> None:
         """Hand the study to the run's logger plugin (``logger``: the config's ``logger`` node;

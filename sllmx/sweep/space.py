@@ -36,16 +36,19 @@ def format_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str) and not re.fullmatch(r"[\w.\-/]+", value):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, float) and math.isfinite(value):  # 0.15, not a stepped range's 0.15000000000000002
+        return repr(float(f"{value:.15g}"))
     return str(value)
 
 
 def parse_search_space(arguments: list[str], params: dict[str, str]) -> tuple[list[Param], list[str]]:
     """Split Hydra overrides into swept parameters and fixed overrides.
 
-    Grammar (Hydra's, as in the Hydra Optuna sweeper): ``choice(a, b, ...)`` and
-    ``a,b,...`` → categorical; ``range(start, stop[, step])`` → int or float with a step
-    (``stop`` excluded, as in Python); ``interval(low, high)`` → float, or int when cast
-    with ``int(interval(...))``; ``tag(log, ...)`` samples on a log scale.
+    Grammar (Hydra's, as in the Hydra Optuna sweeper): ``choice(a, b, ...)``, ``a,b,...`` and
+    ``shuffle(...)`` → categorical; ``range(start, stop[, step])`` → int or float with a step
+    (``stop`` excluded, as in Hydra's grammar and Python; Hydra's Optuna sweeper includes it);
+    ``interval(low, high)`` → float, or int when cast with ``int(interval(...))``;
+    ``tag(log, ...)`` samples on a log scale.
     ``params`` (``hydra.sweeper.params``, from a ``sweeps/`` file) use the same
     grammar; a command-line override of the same key replaces it.
 
@@ -53,8 +56,8 @@ def parse_search_space(arguments: list[str], params: dict[str, str]) -> tuple[li
         ``(params, fixed)``: the swept parameters in order, and the non-sweep overrides as written.
 
     Raises:
-        SllmxError: for text the grammar rejects or a sweep Optuna cannot sample (shuffled,
-            list-valued or log-scaled choices; a log range with a step other than 1).
+        SllmxError: for text the grammar rejects or a sweep Optuna cannot sample (list-valued or
+            log-scaled choices; a log range with a step other than 1).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -85,8 +88,10 @@ def _distribution(override: Any) -> tuple[Any, Optional[list]]:
 
     name, value = override.key_or_group, override.value()
     log = "log" in value.tags
-    if getattr(value, "shuffle", False):
-        raise SllmxError(f"{name}: shuffle() has no meaning for the Optuna sweeper; remove it")
+    if getattr(value, "shuffle", False) and isinstance(value, RangeSweep):
+        # Hydra's Optuna sweeper: shuffle(range(...)) is a categorical over the range's values; sorted, so the
+        # same command names the same study (order has no meaning to a sampler; shuffle(choice(...)) is the choice)
+        value = ChoiceSweep(list=sorted(override.sweep_iterator()), tags=value.tags)
     if isinstance(value, ChoiceSweep):
         if log:
             raise SllmxError(f"{name}: tag(log, ...) applies to range() and interval(), not choice()")
@@ -136,5 +141,8 @@ def suggest(trial: Any, space: list[Param]) -> None:
 
 
 def overrides_of(space: list[Param], params: dict[str, Any]) -> list[str]:
-    """A trial's parameters as Hydra overrides, in the order of ``space``."""
-    return [p.override(params[p.name]) for p in space if p.name in params]
+    """A trial's parameters as Hydra overrides, in the order of ``space``; then those ``custom_search_space``
+    suggested, whose names are their override keys (``+w`` adds a key, as in Hydra's Optuna sweeper)."""
+    names = {p.name for p in space}
+    return [*(p.override(params[p.name]) for p in space if p.name in params),
+            *(f"{name}={format_value(value)}" for name, value in params.items() if name not in names)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -48,17 +48,63 @@ def _node(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
 
 
+def rerun_command(config: DictConfig) -> str:
+    """``python -m sllmx``, with the ``--config-dir`` and ``--config-name`` the sweep was started with."""
+    import shlex
+
+    words = ["python", "-m", "sllmx"]
+    for source in config.hydra.runtime.get("config_sources") or []:
+        if source.provider == "command-line":
+            words.append(f"--config-dir={shlex.quote(str(source.path).removeprefix('file://'))}")
+    name = config.hydra.job.get("config_name")
+    if name and name != "config":
+        words.append(f"--config-name={shlex.quote(str(name))}")
+    return " ".join(words)
+
+
+def custom_space(path: str, config: DictConfig, fixed: list[str]) -> Callable[[Any], None]:
+    """``hydra.sweeper.custom_search_space``: the function ``path`` names (``module.function``, Hydra's
+    ``get_method``), called as Hydra's Optuna sweeper calls it, ``function(config, trial)``, after the search
+    space is sampled.  A parameter it suggests that a fixed override also sets is an error, as in the peer.
+
+    Raises:
+        SllmxError: when ``path`` names no function; (from the returned function) when the function raises or
+            suggests a fixed key.
+    """
+    from hydra.utils import get_method
+
+    try:
+        function = get_method(path)
+    except Exception as exc:  # Hydra's ImportError/ValueError text names the module and what is missing
+        raise SllmxError(f"hydra.sweeper.custom_search_space={path}: {str(exc).strip().splitlines()[0]}") from None
+    fixed_keys = {line.split("=", 1)[0].lstrip("+~") for line in fixed}
+
+    def extend(trial: Any) -> None:
+        try:
+            function(config, trial)
+        except Exception as exc:  # its own bug, or a suggestion Optuna refuses: one line (SLLMX_TRACEBACK=1: all)
+            raise SllmxError(f"hydra.sweeper.custom_search_space={path} raised {type(exc).__name__}: {exc}") from exc
+        overlap = sorted(fixed_keys & {name.lstrip("+~") for name in trial.params})
+        if overlap:
+            raise SllmxError(f"hydra.sweeper.custom_search_space={path} suggested {overlap[0]}, which an override "
+                             "fixes; remove one of them")
+
+    return extend
+
+
 class OptunaSweep:
     """The sweep a ``hydra/sweeper=sllmx_optuna`` run performs; arguments: ``SllmxOptunaSweeperConf``'s fields
     (:mod:`sllmx.sweep.config`), ``sampler`` and ``pruner`` being their config nodes (not instantiated)."""
 
     def __init__(self, sampler: Any, pruner: Any, study_name: Optional[str] = None, storage: Optional[str] = None,
                  direction: Optional[str] = None, n_trials: int = 20, n_jobs: int = 1,
-                 params: Optional[dict[str, str]] = None, heartbeat_interval: int = 60, max_retry: int = 2):
+                 params: Optional[dict[str, str]] = None, heartbeat_interval: int = 60, max_retry: int = 2,
+                 max_failure_rate: float = 1.0, custom_search_space: Optional[str] = None):
         self.sampler, self.pruner = _node(sampler), _node(pruner)
         self.study_name, self.storage, self.direction = study_name, storage, direction
         self.n_trials, self.n_jobs, self.params = n_trials, n_jobs, dict(params or {})
         self.heartbeat_interval, self.max_retry = heartbeat_interval, max_retry
+        self.max_failure_rate, self.custom_search_space = max_failure_rate, custom_search_space
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -88,12 +134,17 @@ class OptunaSweep:
         print(f"[sllmx] study {self.study_name}: {self.n_trials} trials, {self.direction} {self.metric}, "
               f"sampler {sampler}, pruner {pruner}\n"
               f"[sllmx] storage {mask_url(self.storage)}; sweep dir {self.sweep_dir}", flush=True)
+        for p in self.space:  # what each parameter means to Optuna (range() excludes its stop, as in Hydra)
+            print(f"[sllmx]   {p.key}: {p.distribution!r}", flush=True)
+        if self.extend:
+            print(f"[sllmx]   and what custom_search_space={self.custom_search_space} suggests", flush=True)
         results = SweepResults(self.study_name, self.storage, self.direction, self.metric, self.sampler,
-                               self.pruner, self.n_trials, self.space, self.fixed, self.sweep_dir)
+                               self.pruner, self.n_trials, self.space, self.fixed, self.sweep_dir,
+                               rerun_command(self.config))
         AskTellLoop(study, self.space, self.samplers, self.launcher, (self.storage, self.study_name), self.n_trials,
                     self.n_jobs, self.heartbeat_interval, self._job_overrides,
                     lambda number: str(self.sweep_dir / str(number)), lambda record: judge(record, self.metric),
-                    lambda: results.write(study)).run()
+                    lambda: results.write(study), self.max_failure_rate, self.extend).run()
         best = results.write(study)
         results.print_best(study, best)
         from sllmx.plugins import registry
@@ -108,6 +159,8 @@ class OptunaSweep:
 
         if self.n_trials < 1 or self.n_jobs < 1:
             raise SllmxError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise SllmxError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: must be between 0.0 and 1.0")
         if self.direction not in (None, "minimize", "maximize"):
             raise SllmxError(f"hydra.sweeper.direction={self.direction}: use minimize, maximize or null "
                              "(null: from the dev metric)")
@@ -117,6 +170,7 @@ class OptunaSweep:
                              "interval(1e-5, 1e-3))' or sweep=<name> (see sweeps/)")
         self.samplers = Samplers(self.sampler, self.space)
         self.samplers.check()
+        self.extend = self.custom_search_space and custom_space(self.custom_search_space, self.config, self.fixed)
         pruner_from_spec(self.pruner)
         self.metric, higher = self._dev_metric()
         self.direction = self.direction or ("maximize" if higher else "minimize")
@@ -125,7 +179,7 @@ class OptunaSweep:
         prefix = choices.get("sweep") or "-".join(
             "any" if group in swept else str(choices.get(group)) for group in ("method", "trainer"))
         settings = {"sampler": self.sampler, "pruner": self.pruner, "direction": self.direction,
-                    "metric": self.metric}
+                    "metric": self.metric, **({"custom_search_space": self.custom_search_space} if self.extend else {})}
         self.study_name = self.study_name or default_study_name(prefix, self.fixed, self.space, settings)
         with read_write(self.config.hydra), open_dict(self.config.hydra):
             self.config.hydra.sweeper.study_name = self.study_name  # hydra.sweep.dir may name it
