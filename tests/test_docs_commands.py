@@ -289,7 +289,7 @@ def test_documented_run_composes_and_validates(cmd, tmp_path):
         return
     from hydra import compose, initialize_config_dir
 
-    from sllmx.__main__ import _setup
+    from sllmx.compose import setup as _setup
 
     _setup()  # a config of the repository's docs/examples, with sllmx's own configs on the search path
     with initialize_config_dir(config_dir=str(ROOT / config_dir), version_base="1.3"):

@@ -289,7 +289,7 @@ def peer_config():
     """The peer's example config with sllmx's keys (docs/examples), composed as ``--config-dir`` does."""
     from hydra import compose, initialize_config_dir
 
-    from sllmx.__main__ import _setup
+    from sllmx.compose import setup as _setup
 
     _setup()
     with initialize_config_dir(config_dir=str(PEER.parent), version_base="1.3"):
