@@ -26,7 +26,7 @@ from sllmx.context import RunContext
 from sllmx.data.checks import DATA_CHECK_FILE
 from sllmx.errors import Interrupted, RunStopped, SllmxError
 from sllmx.loggers import finish_logger, start_logger
-from sllmx.memory import peak_memory
+from sllmx.memory import peak_memory, reset_peak_memory
 from sllmx.records import RUN_FILE, DevMetric, RunRecord, git_commit, library_versions
 from sllmx.runtime import Runtime, from_main, on_main
 
@@ -105,6 +105,7 @@ def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float
     record, out, runtime = ctx.record, ctx.output_dir, ctx.runtime
     main = runtime.is_main  # with several processes, only the main one writes files
     reserve = None
+    reset_peak_memory(runtime.device)  # this run's peaks, not those of an earlier run in this process
     ctx.pm.hook.sllmx_before_run(run=ctx)  # a plugin's refusal (SllmxError) stops the run before anything is written
     # the handlers first: from the moment run.json says RUNNING, a signal ends in a record that says so
     with GracefulStop(runtime) as stop:

@@ -71,9 +71,41 @@ def decide_checkpointing(model_config: Any, batch_size: int, seq_len: int, devic
             "available_bytes": free, "seq_len": int(seq_len), "batch_size": int(batch_size)}
 
 
+def reset_peak_memory(device: str) -> None:
+    """Start this run's peaks anew, so that runs sharing a process (a sweep's trials under Hydra's basic
+    launcher) each record their own: the peak resident set (Linux: ``5`` written to ``/proc/self/clear_refs``
+    resets ``VmHWM``, proc(5)) and ``torch.cuda.reset_peak_memory_stats``.  Where that is not possible the
+    peaks are the process's."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        import torch
+
+        try:
+            torch.cuda.reset_peak_memory_stats(torch.device(device))
+        except RuntimeError:  # no CUDA context yet: nothing to reset
+            pass
+
+
+def _high_water_mark() -> Optional[int]:
+    """``VmHWM`` of ``/proc/self/status`` in bytes (the peak resident set since the last reset), or None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def peak_memory(device: str) -> tuple[int, Optional[int]]:
-    """(peak resident bytes of this process, peak CUDA bytes allocated or None)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """(peak resident bytes of this process since :func:`reset_peak_memory`, peak CUDA bytes allocated or
+    None)."""
+    rss = _high_water_mark() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     if device.startswith("cuda"):
         import torch
 

@@ -73,7 +73,8 @@ class TrialReporter(TrainerCallback):
     process reports and asks the pruner; its decision is sent to every rank, which all
     raise at the same step.  Per-run early stopping (``EarlyStoppingCallback``) is
     separate: it ends a run that stopped improving, while pruning ends a run that is
-    worse than the other trials of its study.
+    worse than the other trials of its study.  A multi-objective study takes no intermediate values
+    (Optuna's pruning is single-objective): nothing is reported to it.
     """
 
     def __init__(self, trial: Any, metric: str, run: Any):
@@ -88,6 +89,8 @@ class TrialReporter(TrainerCallback):
         value = float(metrics[self.metric])
 
         def report() -> bool:
+            if len(self.trial.study.directions) > 1:  # Optuna's report/pruning is single-objective only
+                return False
             self.trial.report(value, step=state.global_step)
             return self.trial.should_prune()
 

@@ -758,3 +758,109 @@ def test_a_job_refuses_a_trial_that_is_not_running(tmp_path):
         open_trial(SimpleNamespace(study_name="s", storage=storage, number=7))
     with pytest.raises(SllmxError, match="no such study"):
         open_trial(SimpleNamespace(study_name="other", storage=storage, number=0))
+
+
+# -- multi-objective studies ------------------------------------------------------------------------------
+
+def test_objectives_and_directions_are_resolved_and_checked_before_anything_runs():
+    from sllmx.sweep.objectives import resolve
+
+    assert resolve(None, None, "eval_loss", False) == (["eval_loss"], ["minimize"])
+    assert resolve("maximize", None, "eval_acc", True) == (["eval_acc"], ["maximize"])
+    assert resolve(["minimize", "minimize"], ["eval_loss", "peak_memory"], "eval_loss", False) == (
+        ["eval_loss", "peak_memory"], ["minimize", "minimize"])
+    assert resolve(None, ["eval_acc", "train_tokens_per_s"], "eval_acc", True)[1] == ["maximize", "maximize"]
+    for direction, objectives, message in [
+            (["minimize"], ["eval_loss", "peak_memory"], "1 direction(s) and hydra.sweeper.objectives 2"),
+            ("minimize", ["eval_loss", "memory"], "unknown objective 'memory'"),
+            (["minimize", "down"], ["eval_loss", "wall_time_s"], "direction=down"),
+            (None, ["eval_loss", "eval_accuracy"], "eval_accuracy has no default direction")]:
+        with pytest.raises(SllmxError, match=re.escape(message)) as info:
+            resolve(direction, objectives, "eval_loss", False)
+        assert "\n" not in str(info.value)
+
+
+def _record(**fields):
+    from sllmx.records import DevMetric
+
+    dev = DevMetric("eval_loss", False, best=1.5, best_step=6, history=[
+        {"step": 3, "value": 2.0, "metrics": {"eval_loss": 2.0, "eval_acc": 0.1}},
+        {"step": 6, "value": 1.5, "metrics": {"eval_loss": 1.5, "eval_acc": 0.4}}])
+    base = dict(dev_metric=dev, status="COMPLETE", global_steps=12, peak_rss_bytes=100, peak_gpu_bytes=None,
+                trainable_params=7, wall_time_s=3.0, train_tokens_per_s=50.0)
+    return type("Record", (), {**base, **fields})()
+
+
+def test_a_job_is_told_as_its_objectives_values_and_a_missing_one_fails_it():
+    from sllmx.sweep.sweeper import judge
+
+    assert judge(_record(), "eval_loss").value == 1.5
+    out = judge(_record(), "eval_loss", ["eval_loss", "peak_memory", "eval_acc", "trainable_params"])
+    assert out.state == "COMPLETE" and out.value == [1.5, 100.0, 0.4, 7.0]
+    assert judge(_record(peak_gpu_bytes=900), "eval_loss", ["eval_loss", "peak_memory"]).value == [1.5, 900.0]
+    out = judge(_record(wall_time_s=None), "eval_loss", ["eval_loss", "wall_time_s"])
+    assert out.state == "FAIL" and "wall_time_s" in out.error
+    assert judge(_record(status="PRUNED", pruned="x"), "eval_loss", ["eval_loss", "peak_memory"]).state == "PRUNED"
+
+
+def test_a_study_reopened_with_other_objectives_is_one_line_and_cmaes_is_refused(tmp_path):
+    from sllmx.sweep.study import open_study
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study("s", url, ["minimize", "minimize"], "eval_loss", optuna.samplers.NSGAIISampler(seed=0),
+                       {}, 60, 2, ["eval_loss", "peak_memory"])
+    assert len(study.directions) == 2
+    with pytest.raises(SllmxError, match="created with 2 objective") as info:
+        open_study("s", url, ["minimize"], "eval_loss", None, {}, 60, 2)
+    assert "\n" not in str(info.value)
+    with pytest.raises(SllmxError, match="has objectives"):
+        open_study("s", url, ["minimize", "minimize"], "eval_loss", None, {}, 60, 2, ["eval_loss", "wall_time_s"])
+    open_study("t", url, ["minimize"], "eval_loss", None, {}, 60, 2)
+    with pytest.raises(SllmxError, match="created with 1 objective"):
+        open_study("t", url, ["minimize", "minimize"], "eval_loss", None, {}, 60, 2, ["eval_loss", "peak_memory"])
+    samplers = Samplers({"_target_": "optuna.samplers.CmaEsSampler", "seed": 0}, _space())
+    samplers.check()
+    with pytest.raises(SllmxError, match="cmaes cannot optimise several objectives"):
+        samplers.check(2)
+
+
+def test_the_pareto_front_is_written_to_sweep_json(tmp_path):
+    from sllmx.sweep.results import SweepResults
+    from sllmx.sweep.study import open_study
+
+    study = open_study("mo", f"sqlite:///{tmp_path / 'optuna.db'}", ["minimize", "minimize"], "eval_loss",
+                       optuna.samplers.RandomSampler(seed=0), {}, 60, 2, ["eval_loss", "peak_memory"])
+    space, _ = parse_search_space(["method.r=choice(4, 8)"], {})
+    for r, values in [(4, [1.0, 5.0]), (8, [2.0, 1.0]), (8, [3.0, 6.0])]:
+        trial = study.ask({"method.r": CategoricalDistribution([4, 8])})
+        study.tell(trial, values)
+    results = SweepResults("mo", "sqlite:///x", ["minimize", "minimize"], "eval_loss", {}, {}, 3, space, [],
+                           tmp_path, objectives=["eval_loss", "peak_memory"], directions=["minimize", "minimize"])
+    assert results.write(study) is None
+    doc = json.loads(results.path.read_text())
+    assert doc["best_trial"] is None and doc["objectives"] == ["eval_loss", "peak_memory"]
+    assert [(t["number"], t["values"]) for t in doc["pareto_front"]] == [
+        (0, {"eval_loss": 1.0, "peak_memory": 5.0}), (1, {"eval_loss": 2.0, "peak_memory": 1.0})]
+    assert doc["trials"][2]["values"] == [3.0, 6.0] and doc["trials"][2]["value"] is None
+
+
+def test_multi_objective_sweep_writes_and_prints_its_pareto_front(tmp_path):
+    proc = sllmx_multirun(tmp_path, "method=choice(lora, qlora, dora, prompt_tuning)", "hydra/sweeper/sampler=nsgaii",
+                          "hydra.sweeper.direction=[minimize, minimize]",
+                          "hydra.sweeper.objectives=[eval_loss, peak_memory]", "hydra.sweeper.n_trials=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("pruning does not apply to a multi-objective study") == 1
+    doc = sweep_json(tmp_path)
+    assert doc["objectives"] == ["eval_loss", "peak_memory"] and doc["best_trial"] is None
+    assert doc["pruner"]["_target_"] == "optuna.pruners.NopPruner"
+    done = {t["number"]: t for t in doc["trials"] if t["state"] == "COMPLETE"}
+    assert len(done) == 4 and all(t["intermediate_values"] == {} for t in done.values())
+    front = doc["pareto_front"]
+    assert front and all(t["number"] in done for t in front)
+    for entry in front:  # no completed trial dominates a front trial
+        mine = list(entry["values"].values())
+        assert not any(all(a <= b for a, b in zip(t["values"], mine)) and t["values"] != mine for t in done.values())
+        record = run_json(done[entry["number"]])
+        assert entry["values"]["eval_loss"] == pytest.approx(record["dev_metric"]["best"])
+        assert entry["values"]["peak_memory"] == (record["peak_gpu_bytes"] or record["peak_rss_bytes"])
+        assert f"front trial {entry['number']}: eval_loss=" in proc.stdout

@@ -228,7 +228,13 @@ class SllmxOptunaSweeperConf:
     storage: Optional[str] = option(
         "Optuna storage URL (sqlite:///..., postgresql://user@host/db, mysql+pymysql://...); "
         "null: sqlite:///<sweep dir>/optuna.db", None)
-    direction: Optional[str] = option("minimize or maximize; null: from the dev metric's higher_is_better", None)
+    direction: Optional[Any] = option(
+        "minimize or maximize, or a list of them, one per objective ([minimize, minimize]: a multi-objective "
+        "study); null: from the dev metric's higher_is_better", None)
+    objectives: Optional[List[str]] = option(
+        "run-record values the study optimises, one per direction: the dev metric, eval_<key> (at the best step), "
+        "trainable_params, peak_memory, peak_rss_bytes, peak_gpu_bytes, wall_time_s, train_tokens_per_s; "
+        "null: the dev metric", None)
     n_trials: int = option("trials in the study (COMPLETE + PRUNED + FAIL); running again resumes up to this", 20)
     n_jobs: int = option("trials launched at once (one launcher batch); parallel with joblib/submitit/ray", 1)
     params: Dict[str, str] = option(

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 
 from sllmx.errors import SllmxError
 from sllmx.study import ACTIVE
+from sllmx.sweep.objectives import show
 from sllmx.sweep.space import Param, overrides_of, suggest
 from sllmx.sweep.study import ERROR_ATTR, RUN_DIR_ATTR, STEPS_ATTR, Samplers, counts_toward_budget
 from sllmx.sweep.workers import WORKER_ATTR, fail_trials_of_gone_workers, this_worker
@@ -37,11 +38,12 @@ log = logging.getLogger("sllmx.sweeper")
 
 @dataclass
 class Outcome:
-    """What the study is told about one trial: ``state`` COMPLETE (with ``value``), PRUNED or FAIL (with
+    """What the study is told about one trial: ``state`` COMPLETE (with ``value``: a list of them for a
+    multi-objective study), PRUNED or FAIL (with
     ``error``); ``steps`` (training steps spent) and ``note`` (why it was pruned) are shown and kept."""
 
     state: str
-    value: Optional[float] = None
+    value: Optional[Any] = None
     error: Optional[str] = None
     steps: Optional[int] = None
     note: Optional[str] = None
@@ -233,5 +235,5 @@ class AskTellLoop:
             log.warning("trial %d was finished elsewhere (stale heartbeat?); its outcome here is ignored",
                         trial.number)
             return
-        shown = f"{outcome.value:.6g}" if outcome.value is not None else (outcome.error or outcome.note or "")
+        shown = show(outcome.value) if outcome.value is not None else (outcome.error or outcome.note or "")
         print(f"[sllmx] trial {trial.number} {state.name} {shown}", flush=True)

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from sllmx.atomic import write_json_atomic, write_text_atomic
 from sllmx.study import mask_url
+from sllmx.sweep.objectives import pareto_front, print_front
 from sllmx.sweep.space import Param, overrides_of
 from sllmx.sweep.study import ERROR_ATTR, RUN_DIR_ATTR, STEPS_ATTR
 
@@ -29,7 +30,8 @@ def trial_entry(t: Any) -> dict[str, Any]:
         "number": t.number,
         "state": t.state.name,
         "params": dict(t.params),
-        "value": t.value if t.values else None,
+        "value": t.values[0] if t.values and len(t.values) == 1 else None,
+        **({"values": list(t.values)} if t.values and len(t.values) > 1 else {}),
         "last_value": t.intermediate_values[t.last_step] if t.last_step is not None else None,
         "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
         "global_steps": t.user_attrs.get(STEPS_ATTR),
@@ -61,6 +63,12 @@ class SweepResults:
     fixed: list[str]
     sweep_dir: Path
     command: str = "python -m sllmx"
+    objectives: Optional[list[str]] = None
+    directions: Optional[list[str]] = None
+
+    @property
+    def multi(self) -> bool:
+        return len(self.objectives or []) > 1
 
     @property
     def path(self) -> Path:
@@ -71,13 +79,17 @@ class SweepResults:
         from optuna.trial import TrialState
 
         trials = study.get_trials(deepcopy=False)
-        best = study.best_trial if any(t.state == TrialState.COMPLETE for t in trials) else None
+        done = any(t.state == TrialState.COMPLETE for t in trials)
+        best = study.best_trial if done and not self.multi else None
+        front = pareto_front(study, self.objectives, self._overrides) if done and self.multi else []
         write_json_atomic(self.path, {
             "schema_version": 2,
             "study_name": self.study_name,
             "storage": mask_url(self.storage),
             "direction": self.direction,
             "metric": self.metric,
+            "objectives": list(self.objectives or [self.metric]),
+            "directions": list(self.directions or [self.direction]),
             "sampler": dict(self.sampler),
             "pruner": dict(self.pruner),
             "n_trials": self.n_trials,
@@ -88,11 +100,15 @@ class SweepResults:
             "updated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "trials": [trial_entry(t) for t in trials],
             "best_trial": None if best is None else {
-                **trial_entry(best), "overrides": [*self.fixed, *overrides_of(self.space, best.params)]},
+                **trial_entry(best), "overrides": self._overrides(best.params)},
+            **({"pareto_front": front} if self.multi else {}),
         })
         if best is not None:
             self.write_peer_file(best)
         return best
+
+    def _overrides(self, params: dict[str, Any]) -> list[str]:
+        return [*self.fixed, *overrides_of(self.space, params)]
 
     def write_peer_file(self, best: Any) -> None:
         """``optimization_results.yaml`` as Hydra's Optuna sweeper writes it (``_impl.py``): ``name: optuna``,
@@ -112,6 +128,9 @@ class SweepResults:
         counts = ", ".join(f"{sum(t.state == s for t in trials)} {s.name}"
                            for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
         print(f"[sllmx] study {self.study_name}: {len(trials)} trials ({counts}); results: {self.path}", flush=True)
+        if self.multi:
+            print_front(study, self.objectives, self.directions, self.space)
+            return
         if best is None:
             print("[sllmx] no trial completed", flush=True)
             return
@@ -134,6 +153,7 @@ class SweepResults:
                 for t in doc["trials"]]
         best = doc["best_trial"]
         summary = {"counts": doc["counts"], "total_train_steps": doc["total_train_steps"],
+                   **({"pareto_front": [t["number"] for t in doc["pareto_front"]]} if "pareto_front" in doc else {}),
                    **({"best/number": best["number"], "best/value": best["value"],
                        **{f"best/{k}": v for k, v in best["params"].items()}} if best else {})}
         config = {"study": {k: doc[k] for k in ("study_name", "direction", "metric", "sampler", "pruner", "n_trials",

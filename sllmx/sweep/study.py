@@ -18,6 +18,8 @@ from sllmx.sweep.space import Param
 
 #: trial user attributes the sweeper writes
 RUN_DIR_ATTR, ERROR_ATTR, STEPS_ATTR = "sllmx_run_dir", "sllmx_error", "sllmx_global_steps"
+#: the study user attribute naming its objectives (the run-record values told to it, in order)
+OBJECTIVES_ATTR = "sllmx_objectives"
 
 
 class Samplers:
@@ -72,12 +74,16 @@ class Samplers:
                              f"{continuous[0]} is an interval()")
         return {p.name: p.grid for p in self.space}
 
-    def check(self) -> None:
-        """Build the sampler once, so a bad node fails before anything is written."""
+    def check(self, n_objectives: int = 1) -> None:
+        """Build the sampler once, so a bad node (or one that cannot serve ``n_objectives``) fails before
+        anything is written."""
         import optuna
         from optuna.distributions import CategoricalDistribution
 
         sampler = self.build(self.seed)
+        if n_objectives > 1 and isinstance(sampler, optuna.samplers.CmaEsSampler):
+            raise SllmxError("hydra/sweeper/sampler=cmaes cannot optimise several objectives (Optuna's CMA-ES is "
+                             "single-objective); use nsgaii, tpe, gp or random")
         self.grid = isinstance(sampler, optuna.samplers.GridSampler)
         if isinstance(sampler, optuna.samplers.CmaEsSampler) and all(
                 isinstance(p.distribution, CategoricalDistribution) for p in self.space):
@@ -116,15 +122,17 @@ def counts_toward_budget(trial: Any) -> bool:
         trial.state == TrialState.FAIL and ERROR_ATTR in trial.user_attrs)
 
 
-def open_study(name: str, url: str, direction: str, metric: str, sampler: Any, pruner_spec: dict[str, Any],
-               heartbeat_interval: int, max_retry: int) -> Any:
-    """Create or load the study ``name`` in the storage at ``url`` and record its metric and pruner.
+def open_study(name: str, url: str, directions: list[str], metric: str, sampler: Any, pruner_spec: dict[str, Any],
+               heartbeat_interval: int, max_retry: int, objectives: Optional[list[str]] = None) -> Any:
+    """Create or load the study ``name`` in the storage at ``url`` (one objective per direction: several make
+    a multi-objective study) and record its metric, objectives and pruner.
 
     The pruner node is stored as the study's ``PRUNER_ATTR`` user attribute, so a job in another
     process rebuilds the same pruner (:func:`sllmx.study.pruner_from_spec`).
 
     Raises:
-        SllmxError: when the storage cannot be opened, or the study exists with another direction or metric.
+        SllmxError: when the storage cannot be opened, or the study exists with other directions, objectives or
+            metric.
     """
     import optuna
 
@@ -133,18 +141,24 @@ def open_study(name: str, url: str, direction: str, metric: str, sampler: Any, p
     for attempt in range(3):  # workers started together race to create the study; the losers load it
         try:
             study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                        direction=direction, load_if_exists=True)
+                                        directions=list(directions), load_if_exists=True)
             break
         except optuna.exceptions.DuplicatedStudyError:
             time.sleep(1 + attempt)
     else:
         raise SllmxError(f"cannot create or load study {name} in {mask_url(url)}")
-    if study.direction.name.lower() != direction:
-        raise SllmxError(f"study {name} in {mask_url(url)} was created to {study.direction.name.lower()}, "
-                         f"not {direction}; choose another study_name")
+    had = [d.name.lower() for d in study.directions]
+    if had != list(directions):
+        raise SllmxError(f"study {name} in {mask_url(url)} was created with {len(had)} objective(s) to "
+                         f"{', '.join(had)}, not {', '.join(directions)}; choose another study_name")
     known = study.user_attrs.get(METRIC_ATTR)
     if known and known != metric:
         raise SllmxError(f"study {name} optimises {known}, not {metric}; choose another study_name")
+    objectives = list(objectives or [metric])
+    had_objectives = study.user_attrs.get(OBJECTIVES_ATTR)
+    if had_objectives and had_objectives != objectives:
+        raise SllmxError(f"study {name} has objectives {had_objectives}, not {objectives}; choose another study_name")
     study.set_user_attr(METRIC_ATTR, metric)
+    study.set_user_attr(OBJECTIVES_ATTR, objectives)
     study.set_user_attr(PRUNER_ATTR, dict(pruner_spec))
     return study

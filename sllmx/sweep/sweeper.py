@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from sllmx.errors import SllmxError
 from sllmx.study import mask_url
 from sllmx.sweep.loop import AskTellLoop, Outcome
+from sllmx.sweep.objectives import NOP_PRUNER, resolve, values_of
 from sllmx.sweep.results import SweepResults
 from sllmx.sweep.space import format_value, overrides_of, parse_search_space
 from sllmx.sweep.study import Samplers, default_study_name, open_study
@@ -26,9 +27,10 @@ from sllmx.sweep.study import Samplers, default_study_name, open_study
 log = logging.getLogger("sllmx.sweeper")
 
 
-def judge(record: Any, metric: str) -> Outcome:
-    """A completed job's run record as the study's outcome: COMPLETE with the best ``metric`` value,
-    PRUNED, or FAIL (another dev metric, a non-finite value, another status)."""
+def judge(record: Any, metric: str, objectives: Optional[list[str]] = None) -> Outcome:
+    """A completed job's run record as the study's outcome: COMPLETE with the best ``metric`` value (or, for
+    other ``objectives``, their values: a list when there are several), PRUNED, or FAIL (another dev metric,
+    a non-finite value, a missing objective, another status)."""
     steps = getattr(record, "global_steps", None)
     status = getattr(record, "status", None)
     dev = getattr(record, "dev_metric", None)
@@ -41,7 +43,12 @@ def judge(record: Any, metric: str) -> Outcome:
         return Outcome("FAIL", error=f"the job returned status {status}", steps=steps)
     if dev.best is None or not math.isfinite(dev.best):
         return Outcome("FAIL", error=f"{metric} is {dev.best} (no finite dev metric)", steps=steps)
-    return Outcome("COMPLETE", value=dev.best, steps=steps)
+    if not objectives or objectives == [metric]:
+        return Outcome("COMPLETE", value=dev.best, steps=steps)
+    values, why = values_of(record, objectives, metric)
+    if values is None:
+        return Outcome("FAIL", error=why, steps=steps)
+    return Outcome("COMPLETE", value=values if len(values) > 1 else values[0], steps=steps)
 
 
 def _node(node: Any) -> dict[str, Any]:
@@ -97,11 +104,14 @@ class OptunaSweep:
     (:mod:`sllmx.sweep.config`), ``sampler`` and ``pruner`` being their config nodes (not instantiated)."""
 
     def __init__(self, sampler: Any, pruner: Any, study_name: Optional[str] = None, storage: Optional[str] = None,
-                 direction: Optional[str] = None, n_trials: int = 20, n_jobs: int = 1,
+                 direction: Any = None, n_trials: int = 20, n_jobs: int = 1,
                  params: Optional[dict[str, str]] = None, heartbeat_interval: int = 60, max_retry: int = 2,
-                 max_failure_rate: float = 1.0, custom_search_space: Optional[str] = None):
+                 max_failure_rate: float = 1.0, custom_search_space: Optional[str] = None,
+                 objectives: Optional[list[str]] = None):
         self.sampler, self.pruner = _node(sampler), _node(pruner)
-        self.study_name, self.storage, self.direction = study_name, storage, direction
+        self.study_name, self.storage = study_name, storage
+        self.direction = _node(direction) if OmegaConf.is_config(direction) else direction
+        self.objectives = _node(objectives) if OmegaConf.is_config(objectives) else objectives
         self.n_trials, self.n_jobs, self.params = n_trials, n_jobs, dict(params or {})
         self.heartbeat_interval, self.max_retry = heartbeat_interval, max_retry
         self.max_failure_rate, self.custom_search_space = max_failure_rate, custom_search_space
@@ -126,12 +136,14 @@ class OptunaSweep:
 
         self._prepare(arguments)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = open_study(self.study_name, self.storage, self.direction, self.metric, self.samplers.build(
-            self.samplers.seed), self.pruner, self.heartbeat_interval, self.max_retry)
+        study = open_study(self.study_name, self.storage, self.directions, self.metric, self.samplers.build(
+            self.samplers.seed), self.pruner, self.heartbeat_interval, self.max_retry, self.objectives)
         choices = self.config.hydra.runtime.choices  # the group options' names; a node given otherwise: its class
         sampler = choices.get("hydra/sweeper/sampler") or self.sampler.get("_target_")
-        pruner = choices.get("hydra/sweeper/pruner") or self.pruner.get("_target_")
-        print(f"[sllmx] study {self.study_name}: {self.n_trials} trials, {self.direction} {self.metric}, "
+        pruner = "nop" if self.pruner == NOP_PRUNER else choices.get("hydra/sweeper/pruner") or self.pruner.get(
+            "_target_")
+        goal = ", ".join(f"{d} {o}" for d, o in zip(self.directions, self.objectives))
+        print(f"[sllmx] study {self.study_name}: {self.n_trials} trials, {goal}, "
               f"sampler {sampler}, pruner {pruner}\n"
               f"[sllmx] storage {mask_url(self.storage)}; sweep dir {self.sweep_dir}", flush=True)
         for p in self.space:  # what each parameter means to Optuna (range() excludes its stop, as in Hydra)
@@ -140,10 +152,10 @@ class OptunaSweep:
             print(f"[sllmx]   and what custom_search_space={self.custom_search_space} suggests", flush=True)
         results = SweepResults(self.study_name, self.storage, self.direction, self.metric, self.sampler,
                                self.pruner, self.n_trials, self.space, self.fixed, self.sweep_dir,
-                               rerun_command(self.config))
+                               rerun_command(self.config), self.objectives, self.directions)
         AskTellLoop(study, self.space, self.samplers, self.launcher, (self.storage, self.study_name), self.n_trials,
                     self.n_jobs, self.heartbeat_interval, self._job_overrides,
-                    lambda number: str(self.sweep_dir / str(number)), lambda record: judge(record, self.metric),
+                    lambda number: str(self.sweep_dir / str(number)), lambda record: judge(record, self.metric, self.objectives),
                     lambda: results.write(study), self.max_failure_rate, self.extend).run()
         best = results.write(study)
         results.print_best(study, best)
@@ -161,25 +173,29 @@ class OptunaSweep:
             raise SllmxError("hydra.sweeper.n_trials and hydra.sweeper.n_jobs must be at least 1")
         if not 0.0 <= self.max_failure_rate <= 1.0:
             raise SllmxError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate}: must be between 0.0 and 1.0")
-        if self.direction not in (None, "minimize", "maximize"):
-            raise SllmxError(f"hydra.sweeper.direction={self.direction}: use minimize, maximize or null "
-                             "(null: from the dev metric)")
         self.space, self.fixed = parse_search_space(arguments, self.params)
         if not self.space:
             raise SllmxError("nothing to sweep: give a search space, e.g. 'trainer.learning_rate=tag(log, "
                              "interval(1e-5, 1e-3))' or sweep=<name> (see sweeps/)")
+        self.metric, higher = self._dev_metric()
+        self.objectives, self.directions = resolve(self.direction, self.objectives, self.metric, higher)
         self.samplers = Samplers(self.sampler, self.space)
-        self.samplers.check()
+        self.samplers.check(len(self.objectives))
         self.extend = self.custom_search_space and custom_space(self.custom_search_space, self.config, self.fixed)
         pruner_from_spec(self.pruner)
-        self.metric, higher = self._dev_metric()
-        self.direction = self.direction or ("maximize" if higher else "minimize")
+        if self.objectives != [self.metric] and self.pruner.get("_target_") != NOP_PRUNER["_target_"]:
+            why = "a multi-objective study" if len(self.objectives) > 1 else f"objective {self.objectives[0]}"
+            print(f"[sllmx] pruning does not apply to {why} (Optuna's pruners compare one objective's values "
+                  f"during training): no pruner", flush=True)
+            self.pruner = dict(NOP_PRUNER)
+        self.direction = self.directions[0] if len(self.directions) == 1 else self.directions
         choices = self.config.hydra.runtime.choices
         swept = {p.name for p in self.space}
         prefix = choices.get("sweep") or "-".join(
             "any" if group in swept else str(choices.get(group)) for group in ("method", "trainer"))
         settings = {"sampler": self.sampler, "pruner": self.pruner, "direction": self.direction,
-                    "metric": self.metric, **({"custom_search_space": self.custom_search_space} if self.extend else {})}
+                    "metric": self.metric, **({"custom_search_space": self.custom_search_space} if self.extend else {}),
+                    **({"objectives": self.objectives} if self.objectives != [self.metric] else {})}
         self.study_name = self.study_name or default_study_name(prefix, self.fixed, self.space, settings)
         with read_write(self.config.hydra), open_dict(self.config.hydra):
             self.config.hydra.sweeper.study_name = self.study_name  # hydra.sweep.dir may name it
