@@ -242,6 +242,9 @@ def write_report_folder(paths: list[str | Path], by: list[str], folder: Path, al
     rows, meta = build_table(found.records, by, also)
     if not rows:
         raise SllmxError("no COMPLETE run found under " + ", ".join(map(str, paths)))
+    from sllmx.pareto import mark_rows
+
+    mark_rows(rows, found.records, run_configs(found.records), by, found.sweeps)
     names = {"markdown": "report.md", "latex": "report.tex", "csv": "report.csv", "json": "report.json"}
     for name in [*names.values(), "report.html"]:
         if (folder / name).exists():

@@ -126,7 +126,12 @@ def _study_plots(sweep: Path, out_dir: Path) -> list[Path]:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
+    from sllmx.pareto import front_figure
+
     doc = json.loads(sweep.read_text(encoding="utf-8"))
+    if len(doc.get("objectives") or []) > 1:  # Optuna's history and importance plots need one objective
+        fig = front_figure(doc)
+        return _save(fig, out_dir, f"{doc['study_name']}-pareto_front") if fig is not None else []
     storage = doc.get("storage") or ""
     if "***" in storage:
         print(f"sllmx.report: warning: {sweep}: its storage URL hides a password; no study plots", file=sys.stderr)

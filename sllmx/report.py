@@ -5,7 +5,8 @@ with the same configuration apart from the seed are one *configuration*; its dev
 aggregated over seeds (mean, sample standard deviation, 95% Student-t interval, n).  A group's
 row is its best configuration by mean dev metric, in the metric's direction — for a sweep,
 where every trial is its own configuration, that is the best trial — with the
-hyperparameters that distinguish it.  Only ``COMPLETE`` runs count; a missing, partial or
+hyperparameters that distinguish it; for a multi-objective sweep a ``pareto_front`` column names the
+group's trials on the Pareto front, and ``--plots`` draws the front.  Only ``COMPLETE`` runs count; a missing, partial or
 corrupt ``run.json`` is skipped with one warning naming it.
 
 The interval is ``scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=std / sqrt(n))``
@@ -20,6 +21,7 @@ from typing import Optional
 
 from sllmx.comparison import build_table, collect, publish_report, run_configs
 from sllmx.errors import OneLineParser, SllmxError, exit_with
+from sllmx.pareto import mark_rows
 from sllmx.tables import FORMATS, header, render
 
 
@@ -47,6 +49,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows, meta = build_table(found.records, args.by, args.metrics)
         if not rows:
             raise SllmxError("no COMPLETE run found under " + ", ".join(args.paths))
+        mark_rows(rows, found.records, run_configs(found.records), args.by, found.sweeps)
         text = render(rows, meta, args.format)
         note = f"skipped: {len(found.skipped)} run(s)" + (" (see the warnings above)" if found.skipped else "")
         for target in (args.out, args.html):

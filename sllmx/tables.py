@@ -58,6 +58,8 @@ def _readable(row: dict[str, Any], meta: dict[str, Any], hyper: str) -> dict[str
                             ("wall_time_s", "wall s", "{:.0f}"), ("train_tokens_per_s", "tokens/s", "{:.1f}")):
         out[label] = fmt.format(row[key]) if row.get(key) is not None else ""
     out["configs"] = row["configs"]
+    if "pareto_front" in row:  # a multi-objective sweep: the group's trials on its Pareto front
+        out["Pareto front trials"] = row["pareto_front"]
     out["hyperparameters (best)"] = hyper
     return out
 

@@ -291,3 +291,26 @@ def test_further_dev_metrics_come_from_each_runs_best_step_and_do_not_choose(tmp
     err = capsys.readouterr().err
     assert exc.value.code == 2
     assert "--metrics eval_rouge" in err and "available: eval_json_fields, eval_loss" in err
+
+
+def test_a_multi_objective_sweep_marks_its_front_and_draws_it(tmp_path, capsys):
+    """The report reads the sweeper's pareto_front from sweep.json: a column naming each group's front trials
+    and a front plot (no study storage needed)."""
+    sweep = tmp_path / "sweep"
+    trials = []
+    for number, (method, loss, memory) in enumerate([("lora", 0.5, 3.0), ("qlora", 0.6, 1.0), ("dora", 0.7, 4.0)]):
+        record = write_run(sweep / str(number), method=method, value=loss)
+        record.trial = {"study_name": "mo", "number": number, "storage": "sqlite:///x"}
+        record.write(sweep / str(number))
+        trials.append({"number": number, "state": "COMPLETE", "params": {"method": method}, "value": None,
+                       "values": [loss, memory]})
+    front = [{"number": n, "values": {"eval_loss": t["values"][0], "peak_memory": t["values"][1]},
+              "params": t["params"]} for n, t in enumerate(trials[:2])]
+    (sweep / "sweep.json").write_text(json.dumps({
+        "study_name": "mo", "storage": "sqlite:///x", "objectives": ["eval_loss", "peak_memory"],
+        "directions": ["minimize", "minimize"], "trials": trials, "best_trial": None, "pareto_front": front}))
+    assert main([str(sweep), "--format", "csv", "--plots", str(tmp_path / "plots")]) == 0
+    rows = {r["method"]: r["pareto_front"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert rows == {"lora": "0", "qlora": "1", "dora": ""}
+    assert (tmp_path / "plots" / "mo-pareto_front.png").stat().st_size > 0
+    assert main([str(sweep)]) == 0 and "Pareto front trials" in capsys.readouterr().out
