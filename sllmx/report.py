@@ -5,9 +5,9 @@ with the same configuration apart from the seed are one *configuration*; its dev
 aggregated over seeds (mean, sample standard deviation, 95% Student-t interval, n).  A group's
 row is its best configuration by mean dev metric, in the metric's direction — for a sweep,
 where every trial is its own configuration, that is the best trial — with the
-hyperparameters that distinguish it; for a multi-objective sweep a ``pareto_front`` column names the
-group's trials on the Pareto front, and ``--plots`` draws the front.  Only ``COMPLETE`` runs count; a missing, partial or
-corrupt ``run.json`` is skipped with one warning naming it.
+hyperparameters that distinguish it; for a multi-objective sweep a ``pareto_front`` column names
+the group's trials on the Pareto front, and ``--plots`` draws the front.  Only ``COMPLETE`` runs
+count; a missing, partial or corrupt ``run.json`` is skipped with one warning naming it.
 
 The interval is ``scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=std / sqrt(n))``
 (Student, 1908); with n < 2 there is no interval.

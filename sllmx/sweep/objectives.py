@@ -46,7 +46,10 @@ def resolve(direction: Any, objectives: Any, metric: str, higher: bool) -> tuple
     Raises:
         SllmxError: for an unknown objective or direction, or lengths that differ.
     """
-    names = [metric] if objectives is None else [objectives] if isinstance(objectives, str) else [str(o) for o in objectives]
+    if objectives is None or isinstance(objectives, str):
+        names = [objectives or metric]
+    else:
+        names = [str(o) for o in objectives]
     if not names:
         raise SllmxError("hydra.sweeper.objectives is empty; name at least one (null: the dev metric)")
     for name in names:

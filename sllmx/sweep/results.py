@@ -148,7 +148,10 @@ class SweepResults:
 
         doc = json.loads(self.path.read_text(encoding="utf-8"))
         keys = [p.name for p in self.space]
-        rows = [{"number": t["number"], "state": t["state"], "value": t["value"], "global_steps": t["global_steps"],
+        names = doc["objectives"] if "pareto_front" in doc else []  # a multi-objective study: a column each
+        rows = [{"number": t["number"], "state": t["state"], "value": t["value"],
+                 **{f"value/{o}": v for o, v in zip(names, t.get("values") or [None] * len(names))},
+                 "global_steps": t["global_steps"],
                  "duration_s": t["duration_s"], **{k: t["params"].get(k) for k in keys}, "run_dir": t["run_dir"]}
                 for t in doc["trials"]]
         best = doc["best_trial"]

@@ -127,7 +127,8 @@ class OptunaSweep:
         """Run trials until the study has ``n_trials`` COMPLETE/PRUNED/FAIL trials; write ``sweep.json``.
 
         Returns:
-            the study's best ``FrozenTrial`` (None when no trial completed).
+            the study's best ``FrozenTrial`` (None when no trial completed, and for a multi-objective study,
+            whose answer is the Pareto front in ``sweep.json``).
 
         Raises:
             SllmxError: for a bad search space, sampler or pruner argument, storage or study (before any job).
@@ -155,7 +156,8 @@ class OptunaSweep:
                                rerun_command(self.config), self.objectives, self.directions)
         AskTellLoop(study, self.space, self.samplers, self.launcher, (self.storage, self.study_name), self.n_trials,
                     self.n_jobs, self.heartbeat_interval, self._job_overrides,
-                    lambda number: str(self.sweep_dir / str(number)), lambda record: judge(record, self.metric, self.objectives),
+                    lambda number: str(self.sweep_dir / str(number)),
+                    lambda record: judge(record, self.metric, self.objectives),
                     lambda: results.write(study), self.max_failure_rate, self.extend).run()
         best = results.write(study)
         results.print_best(study, best)
