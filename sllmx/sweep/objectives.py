@@ -46,6 +46,10 @@ def resolve(direction: Any, objectives: Any, metric: str, higher: bool) -> tuple
     Raises:
         SllmxError: for an unknown objective or direction, or lengths that differ.
     """
+    from omegaconf import OmegaConf
+
+    direction = OmegaConf.to_container(direction) if OmegaConf.is_config(direction) else direction
+    objectives = OmegaConf.to_container(objectives) if OmegaConf.is_config(objectives) else objectives
     if objectives is None or isinstance(objectives, str):
         names = [objectives or metric]
     else:
@@ -74,6 +78,17 @@ def resolve(direction: Any, objectives: Any, metric: str, higher: bool) -> tuple
         raise SllmxError(f"hydra.sweeper.direction has {len(directions)} direction(s) and hydra.sweeper.objectives "
                          f"{len(names)} objective(s) {names}; give one direction per objective")
     return names, directions
+
+
+def pruner_for(names: list[str], metric: str, pruner: dict[str, Any]) -> dict[str, Any]:
+    """The pruner node to use: ``pruner``, or :data:`NOP_PRUNER` (said in one line) when the objectives are not
+    the dev metric alone: Optuna's pruners compare one objective's values during training (the dev metric's)."""
+    if names == [metric] or pruner.get("_target_") == NOP_PRUNER["_target_"]:
+        return pruner
+    why = "a multi-objective study" if len(names) > 1 else f"objective {names[0]}"
+    print(f"[sllmx] pruning does not apply to {why} (Optuna's pruners compare one objective's values during "
+          "training): no pruner", flush=True)
+    return dict(NOP_PRUNER)
 
 
 def value_of(record: Any, name: str, metric: str) -> tuple[Optional[float], Optional[str]]:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from sllmx.errors import SllmxError
 from sllmx.study import mask_url
 from sllmx.sweep.loop import AskTellLoop, Outcome
-from sllmx.sweep.objectives import NOP_PRUNER, resolve, values_of
+from sllmx.sweep.objectives import NOP_PRUNER, pruner_for, resolve, values_of
 from sllmx.sweep.results import SweepResults
 from sllmx.sweep.space import format_value, overrides_of, parse_search_space
 from sllmx.sweep.study import Samplers, default_study_name, open_study
@@ -109,9 +109,7 @@ class OptunaSweep:
                  max_failure_rate: float = 1.0, custom_search_space: Optional[str] = None,
                  objectives: Optional[list[str]] = None):
         self.sampler, self.pruner = _node(sampler), _node(pruner)
-        self.study_name, self.storage = study_name, storage
-        self.direction = _node(direction) if OmegaConf.is_config(direction) else direction
-        self.objectives = _node(objectives) if OmegaConf.is_config(objectives) else objectives
+        self.study_name, self.storage, self.direction, self.objectives = study_name, storage, direction, objectives
         self.n_trials, self.n_jobs, self.params = n_trials, n_jobs, dict(params or {})
         self.heartbeat_interval, self.max_retry = heartbeat_interval, max_retry
         self.max_failure_rate, self.custom_search_space = max_failure_rate, custom_search_space
@@ -127,8 +125,7 @@ class OptunaSweep:
         """Run trials until the study has ``n_trials`` COMPLETE/PRUNED/FAIL trials; write ``sweep.json``.
 
         Returns:
-            the study's best ``FrozenTrial`` (None when no trial completed, and for a multi-objective study,
-            whose answer is the Pareto front in ``sweep.json``).
+            the study's best ``FrozenTrial`` (None when no trial completed; for several objectives: see sweep.json).
 
         Raises:
             SllmxError: for a bad search space, sampler or pruner argument, storage or study (before any job).
@@ -141,10 +138,9 @@ class OptunaSweep:
             self.samplers.seed), self.pruner, self.heartbeat_interval, self.max_retry, self.objectives)
         choices = self.config.hydra.runtime.choices  # the group options' names; a node given otherwise: its class
         sampler = choices.get("hydra/sweeper/sampler") or self.sampler.get("_target_")
-        pruner = "nop" if self.pruner == NOP_PRUNER else choices.get("hydra/sweeper/pruner") or self.pruner.get(
-            "_target_")
-        goal = ", ".join(f"{d} {o}" for d, o in zip(self.directions, self.objectives))
-        print(f"[sllmx] study {self.study_name}: {self.n_trials} trials, {goal}, "
+        pruner = "nop" if self.pruner == NOP_PRUNER else choices.get("hydra/sweeper/pruner") or self.pruner["_target_"]
+        print(f"[sllmx] study {self.study_name}: {self.n_trials} trials, "
+              f"{', '.join(f'{d} {o}' for d, o in zip(self.directions, self.objectives))}, "
               f"sampler {sampler}, pruner {pruner}\n"
               f"[sllmx] storage {mask_url(self.storage)}; sweep dir {self.sweep_dir}", flush=True)
         for p in self.space:  # what each parameter means to Optuna (range() excludes its stop, as in Hydra)
@@ -185,11 +181,7 @@ class OptunaSweep:
         self.samplers.check(len(self.objectives))
         self.extend = self.custom_search_space and custom_space(self.custom_search_space, self.config, self.fixed)
         pruner_from_spec(self.pruner)
-        if self.objectives != [self.metric] and self.pruner.get("_target_") != NOP_PRUNER["_target_"]:
-            why = "a multi-objective study" if len(self.objectives) > 1 else f"objective {self.objectives[0]}"
-            print(f"[sllmx] pruning does not apply to {why} (Optuna's pruners compare one objective's values "
-                  f"during training): no pruner", flush=True)
-            self.pruner = dict(NOP_PRUNER)
+        self.pruner = pruner_for(self.objectives, self.metric, self.pruner)
         self.direction = self.directions[0] if len(self.directions) == 1 else self.directions
         choices = self.config.hydra.runtime.choices
         swept = {p.name for p in self.space}
