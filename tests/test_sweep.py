@@ -124,10 +124,13 @@ PRUNERS = {"median": optuna.pruners.MedianPruner, "percentile": optuna.pruners.P
            "nop": optuna.pruners.NopPruner}
 
 
-def test_the_defaults_are_tpe_and_median_seeded_0():
+def test_the_defaults_are_tpe_seeded_0_and_successive_halving_from_the_first_evaluation():
     node = sweeper_node()
     assert node["sampler"] == {**node["sampler"], "_target_": "optuna.samplers.TPESampler", "seed": 0}
-    assert node["pruner"]["_target_"] == "optuna.pruners.MedianPruner"
+    assert node["pruner"]["_target_"] == "optuna.pruners.SuccessiveHalvingPruner"
+    assert node["pruner"]["min_resource"] == 20 and node["pruner"]["reduction_factor"] == 4  # eval.eval_steps
+    assert sweeper_node("eval.eval_steps=3")["pruner"]["min_resource"] == 3
+    assert sweeper_node("hydra/sweeper/pruner=hyperband", "eval.eval_steps=5")["pruner"]["min_resource"] == 5
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
@@ -485,7 +488,8 @@ def test_bad_sweeper_options_are_one_line_errors(tmp_path):
 
 def test_median_pruning_sweep_records_complete_and_pruned_trials(tmp_path):
     proc = sllmx_multirun(tmp_path, "trainer.learning_rate=tag(log, interval(1e-5, 3e-2))", "method.r=choice(4, 16)",
-                          "hydra.sweeper.n_trials=8", "hydra.sweeper.pruner.n_startup_trials=2")
+                          "hydra.sweeper.n_trials=8", "hydra/sweeper/pruner=median",
+                          "hydra.sweeper.pruner.n_startup_trials=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = sweep_json(tmp_path)
     assert doc["direction"] == "minimize" and doc["metric"] == "eval_loss"

@@ -8,7 +8,8 @@ defaults (except where noted), and the sweeper builds it with ``hydra.utils.inst
     hydra/sweeper/sampler=random hydra.sweeper.sampler.seed=3
     hydra/sweeper/pruner=hyperband hydra.sweeper.pruner.min_resource=2
 
-The defaults list picks ``tpe`` and ``median``.  An unknown name is Hydra's own error ("Could not
+The defaults list picks ``tpe`` and ``successive_halving`` (with its first rung at the first dev
+evaluation: ``benchmarks/sweeps.py`` measured it against the other pruners).  An unknown name is Hydra's own error ("Could not
 find 'hydra/sweeper/sampler/xyz'", with the available names), an unknown argument Hydra's
 "Key 'xyz' is not in struct".  Samplers: https://optuna.readthedocs.io/en/stable/reference/samplers/index.html;
 pruners: https://optuna.readthedocs.io/en/stable/reference/pruners.html.
@@ -181,7 +182,9 @@ class SuccessiveHalvingPrunerConf:
     Tuning"; Jamieson & Talwalkar, 2016)."""
 
     _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
-    min_resource: Any = "auto"
+    # the first rung at the first dev evaluation (the step reported is the optimizer step); Optuna's "auto"
+    # takes the longest finished trial's steps / 100, i.e. 1 step for short fine-tuning runs
+    min_resource: Any = "${eval.eval_steps}"
     reduction_factor: int = 4
     min_early_stopping_rate: int = 0
     bootstrap_count: int = 0
@@ -192,7 +195,7 @@ class HyperbandPrunerConf:
     """Hyperband: several successive-halving brackets (Li et al., 2018, JMLR 18(185))."""
 
     _target_: str = "optuna.pruners.HyperbandPruner"
-    min_resource: int = 1
+    min_resource: Any = "${eval.eval_steps}"  # as successive halving's: the first dev evaluation
     max_resource: Any = "auto"
     reduction_factor: int = 3
     bootstrap_count: int = 0
@@ -219,7 +222,7 @@ class SllmxOptunaSweeperConf:
     _target_: str = SWEEPER_TARGET
     # the sampler and pruner nodes reach the sweeper as config (it instantiates them per trial)
     _recursive_: bool = False
-    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "successive_halving"}])
     sampler: Any = MISSING
     pruner: Any = MISSING
     study_name: Optional[str] = option(
