@@ -1,7 +1,8 @@
 """Comparison tables from run records: runs collected from run and sweep folders, grouped by config keys
 (default ``method`` × ``trainer``), each configuration's dev metric aggregated over seeds with a Student-t
 interval, a group's row its best configuration; and the report folder (tables in every format, figures, one
-HTML page) that ``python -m sllmx.report --out`` and ``sweep=compare`` write.
+HTML page) that ``python -m sllmx.report --out`` and ``sweep=compare`` write; and the decision stated under the
+table: each fine-tuned row against the best baseline row on the same examples (:func:`add_verdicts`).
 
 The interval is ``scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=std / sqrt(n))`` (Student, 1908);
 with n < 2 there is no interval.
@@ -27,9 +28,11 @@ IGNORED_PREFIXES = ("seed", "output_dir", "cache_dir", "shared_data", "trial.", 
 
 @dataclass
 class Collected:
-    """The runs read from the given paths and the paths skipped (with why)."""
+    """The runs read from the given paths, the folder each one's ``run.json`` was found in (``folders[i]`` is
+    ``records[i]``'s; its generation files lie beside it) and the paths skipped (with why)."""
 
     records: list[RunRecord] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     sweeps: list[Path] = field(default_factory=list)
 
@@ -63,6 +66,7 @@ def collect(paths: list[str | Path]) -> Collected:
                 out.skipped.append((str(file), f"status {record.status}"))
                 continue
             out.records.append(record)
+            out.folders.append(file.parent)
     for where, why in out.skipped:
         print(f"sllmx.report: warning: skipped {where}: {why}", file=sys.stderr)
     return out
@@ -80,10 +84,18 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def method_label(record: RunRecord) -> str:
+    """The method a report shows: the plugin name, with ``+rag`` for a run evaluated with retrieval
+    (``eval.rag``; run.json ``prompting``) that is not ``method=rag`` itself, so it is a row of its own."""
+    kinds = str((record.prompting or {}).get("kind") or "").split("+")
+    return f"{record.method}+rag" if "rag" in kinds and record.method != "rag" else record.method
+
+
 def run_configs(records: list[RunRecord]) -> list[dict[str, Any]]:
-    """Each run's config flattened to dotted keys, with ``method`` and ``trainer`` as plugin names."""
+    """Each run's config flattened to dotted keys, with ``method`` (:func:`method_label`) and ``trainer`` as
+    plugin names."""
     return [{**{k: v for k, v in flatten(r.config).items() if k not in ("method.name", "trainer.name")},
-             "method": r.method, "trainer": r.trainer} for r in records]
+             "method": method_label(r), "trainer": r.trainer} for r in records]
 
 
 def summarize(values: list[float], confidence: float = 0.95) -> dict[str, Optional[float]]:
@@ -154,25 +166,9 @@ def build_table(records: list[RunRecord], by: list[str],
             known = sorted({k for r in records for p in r.dev_metric.history for k in (p.get("metrics") or {})
                             if k.startswith("eval_") and not k.endswith(("runtime", "per_second", "_time"))})
             raise SllmxError(f"--metrics {key}: no run's dev evaluation has it; available: {', '.join(known)}")
-    groups: dict[tuple, dict[str, list[int]]] = {}
-    for i, flat in enumerate(flats):
-        gkey = tuple(json.dumps(flat.get(k), default=str) for k in by)
-        groups.setdefault(gkey, {}).setdefault(_config_key(flat), []).append(i)
     rows = []
     sign = 1 if higher else -1
-    for gkey, configs in groups.items():
-        scored = []
-        for ckey, members in configs.items():
-            by_seed: dict[Any, int] = {}
-            for i in members:  # a repeat of the same configuration and seed is not a new sample
-                by_seed.setdefault(records[i].seed, i)
-            if len(by_seed) < len(members):
-                print(f"sllmx.report: warning: {len(members) - len(by_seed)} run(s) repeat a configuration and seed "
-                      f"already counted (e.g. {records[members[-1]].output_dir}); counted once", file=sys.stderr)
-                members = configs[ckey] = list(by_seed.values())
-            summary = summarize([records[i].dev_metric.best for i in members])
-            scored.append((sign * summary["mean"], members, summary))
-        _, members, summary = max(scored, key=lambda s: s[0])
+    for gkey, configs, members, summary in _best_configurations(records, by, flats, higher):
         first = records[members[0]]
         row: dict[str, Any] = {k: json.loads(v) for k, v in zip(by, gkey)}
         row["configs"] = len(configs)
@@ -207,6 +203,153 @@ def build_table(records: list[RunRecord], by: list[str],
         rows.append(row)
     rows.sort(key=lambda r: -sign * r[f"{metric}_mean"])
     return rows, {"metric": metric, "higher_is_better": higher, "by": by, "also": list(also)}
+
+
+def _best_configurations(records: list[RunRecord], by: list[str], flats: list[dict[str, Any]], higher: bool,
+                         warn: bool = True) -> list[tuple[tuple, dict[str, list[int]], list[int], dict[str, Any]]]:
+    """Each group's ``(group key, {configuration key: run indices}, its best configuration's run indices, that
+    configuration's dev-metric summary)``; the group key is the ``by`` values as JSON, a repeated configuration
+    and seed counts once (warned about when ``warn``)."""
+    groups: dict[tuple, dict[str, list[int]]] = {}
+    for i, flat in enumerate(flats):
+        gkey = tuple(json.dumps(flat.get(k), default=str) for k in by)
+        groups.setdefault(gkey, {}).setdefault(_config_key(flat), []).append(i)
+    sign = 1 if higher else -1
+    out = []
+    for gkey, configs in groups.items():
+        scored = []
+        for ckey, members in configs.items():
+            by_seed: dict[Any, int] = {}
+            for i in members:  # a repeat of the same configuration and seed is not a new sample
+                by_seed.setdefault(records[i].seed, i)
+            if len(by_seed) < len(members):
+                if warn:
+                    print(f"sllmx.report: warning: {len(members) - len(by_seed)} run(s) repeat a configuration and "
+                          f"seed already counted (e.g. {records[members[-1]].output_dir}); counted once",
+                          file=sys.stderr)
+                members = configs[ckey] = list(by_seed.values())
+            summary = summarize([records[i].dev_metric.best for i in members])
+            scored.append((sign * summary["mean"], members, summary))
+        _, members, summary = max(scored, key=lambda s: s[0])
+        out.append((gkey, configs, members, summary))
+    return out
+
+
+# -- the decision: each fine-tuned row against the best baseline, on the same examples -------------------------
+
+#: the per-example files of a run: one evaluation of the test split; the dev split of an evaluation-only run, and
+#: a training run's latest dev evaluation
+TEST_GENERATIONS, DEV_GENERATIONS = "generations-test.jsonl", ("generations-eval.jsonl", "generations.jsonl")
+#: the confidence level of the verdicts
+VERDICT_LEVEL = 0.95
+
+
+def add_verdicts(rows: list[dict[str, Any]], meta: dict[str, Any], found: Collected) -> list[dict[str, Any]]:
+    """Compare every fine-tuned row with the best baseline row on the same examples; put the results in
+    ``meta["verdicts"]`` (which the formats print under the table) and return them.
+
+    A row is a *baseline* when every run of its best configuration has ``baseline: true`` (prompting
+    baselines, a base model under ``python -m sllmx.evaluate``) and *fine-tuned* when none has; the best
+    baseline is the baseline row first in the table (the best mean dev metric in its direction).  Without a
+    baseline row or a fine-tuned row nothing is compared and ``meta`` is left as it was.
+
+    Per-example scores are the ``scores`` of each run's generation file, under the dev metric's name without
+    ``eval_`` (``eval_json_fields`` → ``json_fields``): the test split's ``generations-test.jsonl`` when every
+    run of the two configurations has one, else the dev split's (``generations-eval.jsonl``, else
+    ``generations.jsonl``).  With several seeds an example's score is the mean over the configuration's runs.
+    Examples pair by position: every file must have as many rows, with equal ``reference`` strings at each
+    position (the prompts may differ, e.g. a few-shot baseline's).  The comparison is
+    :func:`sllmx.paired.paired_comparison` at :data:`VERDICT_LEVEL`; where it cannot be made the verdict is None
+    and ``reason`` says why.
+    """
+    if not rows or meta.get("metric") is None:
+        return []
+    records, by = found.records, meta["by"]
+    chosen = {gkey: members for gkey, _, members, _ in
+              _best_configurations(records, by, run_configs(records), meta["higher_is_better"], warn=False)}
+    runs = [chosen[tuple(json.dumps(row.get(k), default=str) for k in by)] for row in rows]
+    baselines = [i for i, members in enumerate(runs) if all(records[m].baseline for m in members)]
+    tuned = [i for i, members in enumerate(runs) if not any(records[m].baseline for m in members)]
+    if not baselines or not tuned:
+        return []
+    best = baselines[0]  # the rows are in order of the dev metric, best first
+    verdicts = [_verdict(rows[i], rows[best], runs[i], runs[best], found, meta) for i in tuned]
+    meta["verdicts"] = verdicts
+    return verdicts
+
+
+def _label(row: dict[str, Any], by: list[str]) -> str:
+    return " × ".join(str(row.get(k)) for k in by)
+
+
+def _verdict(row: dict[str, Any], base_row: dict[str, Any], cand_runs: list[int], base_runs: list[int],
+             found: Collected, meta: dict[str, Any]) -> dict[str, Any]:
+    """One fine-tuned row against the best baseline row: the comparison's numbers and its line."""
+    from sllmx.paired import paired_comparison
+
+    by, key = meta["by"], meta["metric"].removeprefix("eval_")
+    folders = {i: found.folders[i] for i in [*cand_runs, *base_runs]}
+    split = "test" if all((f / TEST_GENERATIONS).exists() for f in folders.values()) else "dev"
+    head = f"{_label(row, by)} vs {_label(base_row, by)} (best baseline), {split} {key}"
+    out: dict[str, Any] = {"candidate": {k: row.get(k) for k in by}, "baseline": {k: base_row.get(k) for k in by},
+                           "split": split, "metric": key, "higher_is_better": meta["higher_is_better"],
+                           "candidate_runs": [str(folders[i]) for i in cand_runs],
+                           "baseline_runs": [str(folders[i]) for i in base_runs], "verdict": None, "reason": None}
+    try:
+        cand = _scores([folders[i] for i in cand_runs], split, key, _label(row, by))
+        base = _scores([folders[i] for i in base_runs], split, key, _label(base_row, by))
+        if len(cand[1]) != len(base[1]):
+            raise _NotCompared(f"not paired: {len(cand[1])} vs {len(base[1])} examples")
+        for n, (a, b) in enumerate(zip(cand[0], base[0]), start=1):
+            if a != b:
+                raise _NotCompared(f"not paired: the references differ at example {n}")
+    except _NotCompared as exc:
+        out["reason"] = str(exc)
+        out["line"] = f"{head}: {exc}"
+        return out
+    result = paired_comparison(cand[1], base[1], meta["higher_is_better"], level=VERDICT_LEVEL)
+    out.update(result.to_dict())
+    direction = "" if meta["higher_is_better"] else " (lower is better)"
+    out["line"] = (f"{head}{direction} over {result.n} paired examples: {result.mean_difference:+.3g} "
+                   f"({result.level:.0%} CI {result.ci_low:+.3g} to {result.ci_high:+.3g}, paired bootstrap, "
+                   f"{result.interval}), sign test p={result.sign_test_p:.2g} ({result.better} better, "
+                   f"{result.worse} worse, {result.equal} equal): {result.verdict}")
+    return out
+
+
+class _NotCompared(Exception):
+    """Why two rows' examples cannot be compared (the verdict line says it instead of a verdict)."""
+
+
+def _scores(folders: list[Path], split: str, key: str, label: str) -> tuple[list[Any], list[float]]:
+    """The references and the per-example ``key`` scores (mean over the runs) of one configuration's runs."""
+    import numpy as np
+
+    references: Optional[list[Any]] = None
+    per_run = []
+    for folder in folders:
+        names = [TEST_GENERATIONS] if split == "test" else DEV_GENERATIONS
+        path = next((folder / n for n in names if (folder / n).exists()), None)
+        if path is None:
+            raise _NotCompared(f"no {' or '.join(names)} in {folder}")
+        try:
+            lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise _NotCompared(f"{path} unreadable ({type(exc).__name__}: {exc})") from None
+        if not lines or not all(isinstance(r, dict) for r in lines):
+            raise _NotCompared(f"{path} is empty" if not lines else f"{path}: a row is not a JSON object")
+        values = [(r.get("scores") or {}).get(key) for r in lines]
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
+            raise _NotCompared(f"{path} has no per-example {key} scores")
+        refs = [r.get("reference") for r in lines]
+        if references is not None and len(refs) != len(references):
+            raise _NotCompared(f"not paired: {len(references)} vs {len(refs)} examples among the runs of {label}")
+        if references is not None and refs != references:
+            n = next(n for n, (a, b) in enumerate(zip(references, refs), start=1) if a != b)
+            raise _NotCompared(f"not paired: the references differ at example {n} among the runs of {label}")
+        references = refs
+        per_run.append(values)
+    return references or [], [float(v) for v in np.mean(np.asarray(per_run, dtype=float), axis=0)]
 
 
 def publish_report(rows: list[dict[str, Any]], meta: dict[str, Any], figures: list[Path], records: list[RunRecord],
@@ -245,6 +388,7 @@ def write_report_folder(paths: list[str | Path], by: list[str], folder: Path, al
     from sllmx.pareto import mark_rows
 
     mark_rows(rows, found.records, run_configs(found.records), by, found.sweeps)
+    add_verdicts(rows, meta, found)
     names = {"markdown": "report.md", "latex": "report.tex", "csv": "report.csv", "json": "report.json"}
     for name in [*names.values(), "report.html"]:
         if (folder / name).exists():

@@ -214,6 +214,14 @@ class EvalConfig:
                                         "fraction", 0.1, ge=0)
     test: bool = option("after training, evaluate the selected checkpoint once on the test split "
                        "(run.json test_metrics); model selection never sees it", False)
+    rag: Optional[str] = option(
+        "evaluate with retrieval: the top eval.rag_k passages of this corpus put into every dev/test prompt "
+        "(train: the train split's answers; a folder of .txt/.md files; a .jsonl file with a 'text' field); "
+        "training data is unchanged; null: off (docs/baselines.md)", None)
+    rag_k: int = option("passages retrieved per prompt (BM25, Korean morphemes by Kiwi)", 3, ge=1)
+    rag_template: str = option("how passages enter the user's message: {passages} ([1] ..., best first) and "
+                               "{question}", "Reference passages (use them if they help):\n{passages}\n\n"
+                               "Question: {question}")
 
 
 @dataclass

@@ -72,6 +72,7 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
     from sllmx.evaluation import evaluate_only
     from sllmx.lifecycle import lifecycle, new_record
     from sllmx.plugins import registry
+    from sllmx.run import prompting_of
     from sllmx.runtime import detect_runtime
 
     t0 = time.time()
@@ -84,6 +85,7 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
     method = reg.get("method", cfg.method.name) if run_dir else None  # a base model has no method
     dev = dev_metric_of(cfg, trainer, reg)
     splits = load_splits(cfg.data, reg, trainer)
+    prompting = prompting_of(cfg, method, reg, splits)  # eval.rag=...: the model evaluated with retrieval
     runtime = detect_runtime(str(cfg.trainer.get("precision", "auto")))
     OmegaConf.set_struct(cfg, False)
     cfg.output_dir = str(out_dir)  # not Hydra's run dir: this is no Hydra run
@@ -93,6 +95,8 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
         resolved["method"] = {"name": "base"}
     record = new_record(cfg, out_dir, method.name if method else "base", trainer.name, splits, dev, runtime,
                         config=resolved)
+    record.baseline = run_dir is None  # a base model is a baseline; a fine-tuned run stays one
+    record.prompting = prompting.record() if prompting is not None else {}
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
                      output_dir=out_dir, splits=splits)
     return lifecycle(ctx, lambda c: evaluate_only(c, Path(run_dir) if run_dir else None), t0)

@@ -88,7 +88,9 @@ def evaluate_only(ctx: RunContext, run_dir: Optional[Path] = None) -> str:
     saved = None if run_dir is None else Path(run_dir) / "model"
     if saved is not None and (saved / "tokenizer_config.json").exists():
         ctx.tokenizer = AutoTokenizer.from_pretrained(saved, **kwargs)
-    if saved is None:
+    if saved is None and ctx.method is not None:  # a prompting baseline of the runner: the method loads the base
+        ctx.model = ctx.method.load_model(path, typed(cfg.method, "method", ctx.registry), runtime, **kwargs)
+    elif saved is None:
         ctx.model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype, **kwargs)
     elif (saved / "adapter_config.json").exists():
         from peft import PeftModel

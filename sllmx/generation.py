@@ -7,6 +7,7 @@ functions (docs/plugins.md).
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -159,6 +160,23 @@ def answer_logprobs(model: Any, tokenizer: Any, prompts: list[list[dict]], answe
     return [lp for lp, _ in scored]
 
 
+def prompt_tokens(tokenizer: Any, prompts: list[list[dict]]) -> list[int]:
+    """Tokens of each prompt as the model reads it: rendered by the chat template with the generation prompt,
+    tokenized without added special tokens (what :func:`generate` feeds the model)."""
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def per_example(metric: Metric, *example: Any) -> Optional[dict[str, float]]:
+    """The metric's values on one example alone (``metric.compute([a], [b])``): the per-example scores a paired
+    test compares between two systems on the same examples (generations.jsonl ``scores``).  None when the
+    metric cannot score a single example (it raises) or gives a non-number."""
+    try:
+        return {k: float(v) for k, v in metric.compute(*([x] for x in example)).items()}
+    except Exception:  # a corpus-level metric may refuse one example; the aggregate stands
+        return None
+
+
 def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_new_tokens: int,
                 batch_size: int, banned: tuple = (), expect_json: bool = False, runtime: Optional[Runtime] = None,
                 ) -> tuple[dict[str, float], list[dict[str, Any]], Optional[dict[str, Any]]]:
@@ -168,7 +186,10 @@ def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_ne
     Computes what ``metric.needs``: greedy generations against the references, or each
     preference pair's chosen and rejected log-probabilities.  With generations, the values also
     hold the checks' shares (``empty_answers``, ``truncated_answers``, ``pii_answers``,
-    ``banned_answers``, ``invalid_json_answers`` with ``expect_json``).  Returns ``({}, [], None)``
+    ``banned_answers``, ``invalid_json_answers`` with ``expect_json``) and the cost of the answers:
+    ``prompt_tokens`` (mean tokens per prompt, :func:`prompt_tokens`) and ``latency_s`` (seconds of greedy
+    generation per answer, in batches of ``batch_size``).  Each row holds its ``scores``
+    (:func:`per_example`; and ``prompt_tokens`` with generations).  Returns ``({}, [], None)``
     when the split has nothing the metric can use (e.g. generations of a plain-text split).  With
     ``runtime`` of several processes, the ranks share the batches and all get the same values
     (a collective call: every rank must make it).
@@ -186,19 +207,25 @@ def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_ne
         if not prompts:
             return {}, [], None
         cut: list[bool] = []
+        started = time.perf_counter()
         preds = generate(model, tokenizer, prompts, max_new_tokens, batch_size, cut, runtime)
-        rows = [{"input": p, "reference": r, "prediction": x, "truncated": t}
-                for p, r, x, t in zip(prompts, refs, preds, cut)]
+        latency = (time.perf_counter() - started) / len(prompts)
+        lengths = prompt_tokens(tokenizer, prompts)
+        rows = [{"input": p, "reference": r, "prediction": x, "truncated": t, "prompt_tokens": n,
+                 "scores": per_example(metric, x, r)}
+                for p, r, x, t, n in zip(prompts, refs, preds, cut, lengths)]
         checks = check_outputs(preds, cut, banned, expect_json)
         values = {k: float(v) for k, v in metric.compute(preds, refs).items()}
-        return {**values, **as_metrics(checks)}, rows, checks
+        cost = {"prompt_tokens": sum(lengths) / len(lengths), "latency_s": latency}
+        return {**values, **as_metrics(checks), **cost}, rows, checks
     if metric.needs == NEEDS_PAIR_LOGPROBS:
         prompts, chosen, rejected = preference_pairs(dataset)
         if not prompts:
             return {}, [], None
         lp_c = answer_logprobs(model, tokenizer, prompts, chosen, batch_size, runtime=runtime)
         lp_r = answer_logprobs(model, tokenizer, prompts, rejected, batch_size, runtime=runtime)
-        rows = [{"input": p, "chosen_logp": c, "rejected_logp": r} for p, c, r in zip(prompts, lp_c, lp_r)]
+        rows = [{"input": p, "chosen_logp": c, "rejected_logp": r, "scores": per_example(metric, c, r)}
+                for p, c, r in zip(prompts, lp_c, lp_r)]
         return {k: float(v) for k, v in metric.compute(lp_c, lp_r).items()}, rows, None
     if metric.needs == NEEDS_LOSS:  # computed from the evaluation's loss (add_loss_metrics)
         return {}, [], None

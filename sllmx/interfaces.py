@@ -63,6 +63,15 @@ class Method(Plugin):
     #: the learning rate ``trainer=sft`` uses with this method unless ``trainer.learning_rate`` is given
     #: (None: the trainer's own default, 2e-4); read through the ``sllmx_sft_learning_rate`` resolver
     sft_learning_rate: float | None = None
+    #: False for an evaluation-only baseline (``zero_shot``, ``few_shot``, ``rag``): the runner loads the base
+    #: model with :meth:`load_model`, trains nothing, scores dev (and test) once and records ``baseline: true``
+    trains: bool = True
+
+    def prompting(self, cfg: Any, train: Any, seed: int) -> Any:
+        """How this method builds the dev/test prompts: a :class:`sllmx.prompting.Prompting` (e.g.
+        :func:`sllmx.prompting.few_shot` over ``train``, the train split), or None (default) to keep the data's
+        prompts.  Called before any model is loaded, so a bad option fails first; ``seed`` is the run's."""
+        return None
 
     def check(self, trainer: "Trainer", cfg: Any) -> str | None:
         """Return a reason why this method cannot work with ``trainer`` (checked before any

@@ -21,9 +21,10 @@ from typing import Any, Optional
 from sllmx.atomic import write_json_atomic
 
 #: 2 (issue 15): ``resumed`` and the ``INTERRUPTED`` status; a version-1 record reads as one that was never resumed
-SCHEMA_VERSION = 2
+#: 3 (issue 18): ``baseline`` and ``prompting``; an older record reads as a trained run with the data's own prompts
+SCHEMA_VERSION = 3
 #: the versions :meth:`RunRecord.read` accepts
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 RUN_FILE = "run.json"
 #: statuses of a run that did not finish and may be continued with ``resume=``
 UNFINISHED = ("RUNNING", "INTERRUPTED", "FAIL")
@@ -72,7 +73,7 @@ class DevMetric:
 
 @dataclass
 class RunRecord:
-    """Everything a report needs about one run (``run.json``, schema version 2).
+    """Everything a report needs about one run (``run.json``, schema version 3).
 
     Units: ``wall_time_s`` and ``train_runtime_s`` in seconds, ``peak_rss_bytes`` and
     ``peak_gpu_bytes`` in bytes, ``train_tokens`` counts non-padding tokens fed to
@@ -95,6 +96,10 @@ class RunRecord:
     the main process's (its ``peak_rss_bytes``, ``hostname`` and ``pid``).  ``resumed`` lists each
     time the run was continued (``resume=``): ``{"step", "checkpoint", "at", "previous_status"}``;
     ``train_runtime_s``, ``train_tokens_per_s`` and ``wall_time_s`` are then those of the last part.
+    ``baseline`` is true for a run that trains nothing and only evaluates (``method=zero_shot``,
+    ``few_shot``, ``rag``; a base model under ``python -m sllmx.evaluate``): the rows a fine-tuned run must
+    beat.  ``prompting`` says how the dev/test prompts were built when not as the data has them
+    (``{"kind": "few_shot", "k", "selection", "seed"}``, ``{"kind": "rag", "corpus", "k", "template", ...}``).
     ``status`` is ``RUNNING``, ``COMPLETE``, ``PRUNED``, ``FAIL`` (``error`` says why) or
     ``INTERRUPTED`` (SIGINT / SIGTERM; ``error`` names the signal and the step; the checkpoints are
     kept for ``resume=``).
@@ -142,6 +147,8 @@ class RunRecord:
     model_facts: dict[str, Any] = field(default_factory=dict)
     resumed: list[dict[str, Any]] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
+    baseline: bool = False
+    prompting: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-able data (the content of ``run.json``)."""
@@ -156,7 +163,7 @@ class RunRecord:
         """Read a ``run.json`` (a file or the run directory).
 
         Raises:
-            ValueError: if the file is not a run record of a schema version this sllmx reads (1 or 2).
+            ValueError: if the file is not a run record of a schema version this sllmx reads (1, 2 or 3).
         """
         path = Path(path)
         if path.is_dir():

@@ -11,6 +11,12 @@ count; a missing, partial or corrupt ``run.json`` is skipped with one warning na
 
 The interval is ``scipy.stats.t.interval(0.95, n - 1, loc=mean, scale=std / sqrt(n))``
 (Student, 1908); with n < 2 there is no interval.
+
+When some rows are baselines (their runs have ``baseline: true``: prompting baselines, a base model), one
+line per fine-tuned row follows the table: its per-example metric against the best baseline row's on the same
+examples (test split where every run has ``generations-test.jsonl``, else dev), the mean difference with a 95%
+paired bootstrap interval, a sign test, and ``clear gain`` or ``no clear gain`` (:func:`sllmx.comparison.add_verdicts`,
+:mod:`sllmx.paired`); ``--format json`` has them as ``verdicts``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from sllmx.comparison import build_table, collect, publish_report, run_configs
+from sllmx.comparison import add_verdicts, build_table, collect, publish_report, run_configs
 from sllmx.errors import OneLineParser, SllmxError, exit_with
 from sllmx.pareto import mark_rows
 from sllmx.tables import FORMATS, header, render
@@ -50,6 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not rows:
             raise SllmxError("no COMPLETE run found under " + ", ".join(args.paths))
         mark_rows(rows, found.records, run_configs(found.records), args.by, found.sweeps)
+        add_verdicts(rows, meta, found)
         text = render(rows, meta, args.format)
         note = f"skipped: {len(found.skipped)} run(s)" + (" (see the warnings above)" if found.skipped else "")
         for target in (args.out, args.html):

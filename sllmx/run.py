@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,6 +88,7 @@ def run(cfg: DictConfig) -> RunRecord:
         check_sharded_evaluation(cfg, trainer_args)
     out, previous = run_folder(cfg, runtime)  # several processes: one run folder, the main process's
     splits = load_splits(cfg.data, reg, trainer)
+    prompting = prompting_of(cfg, method, reg, splits)  # few-shot examples, retrieval: before anything loads
     if cfg.data.get("metric"):
         metric = reg.get("metric", cfg.data.metric)
         if cfg.eval.generation_every > 1 and dev.name.removeprefix("eval_") in metric.keys:
@@ -110,11 +111,50 @@ def run(cfg: DictConfig) -> RunRecord:
 
     checkpoint = None if previous is None else resume_point(out, runtime)
     record = new_record(cfg, out, method.name, trainer.name, splits, dev, runtime)
+    record.baseline = not method.trains
+    record.prompting = prompting.record() if prompting is not None else {}
     if previous is not None:
         continue_record(record, previous, checkpoint, out)
     ctx = RunContext(cfg=cfg, registry=reg, method=method, trainer=trainer, runtime=runtime, record=record,
                      output_dir=out, splits=splits, general=general, checkpoint=checkpoint)
+    if not method.trains:  # a prompting baseline: the base model, scored once (sllmx.evaluation)
+        from sllmx.evaluation import evaluate_only
+
+        return lifecycle(ctx, evaluate_only, t0)
     return lifecycle(ctx, train, t0)
+
+
+def prompting_of(cfg: DictConfig, method: Optional[Method], reg: Registry, splits: Any) -> Any:
+    """How the dev/test prompts are built: the method's :meth:`~sllmx.interfaces.Method.prompting` (few-shot
+    examples; none for ``method`` None, a base model), then ``eval.rag``'s retrieval; the dev and test splits of
+    ``splits`` are rewritten with it, their provenance gaining ``prompts_sha256``.  Returns the
+    :class:`sllmx.prompting.Prompting`, or None for the data's own prompts.
+
+    Raises:
+        SllmxError: a bad option or corpus (one line, before any model is loaded).
+    """
+    from sllmx.data.pipeline import sha256_of
+    from sllmx.prompting import chain, rag, rewrite_split
+
+    own = None if method is None else method.prompting(typed(cfg.method, "method", reg), splits.train, int(cfg.seed))
+    retrieval = None
+    if cfg.eval.get("rag"):
+        from sllmx.config import EvalConfig
+
+        default = EvalConfig()  # a finished run's config (sllmx.evaluate RUN_DIR) may predate these keys
+        retrieval = rag(str(cfg.eval.rag), int(cfg.eval.get("rag_k", default.rag_k)),
+                        str(cfg.eval.get("rag_template", default.rag_template)), splits.train)
+    prompting = chain(own, retrieval)
+    if prompting is None:
+        return None
+    for name in ("dev", "test"):  # train stays as it is
+        dataset = rewrite_split(getattr(splits, name), prompting)
+        setattr(splits, name, dataset)
+        if dataset is not None and name in splits.provenance:
+            # the data's own hash stays (the same examples as a run with the data's prompts); the split as
+            # evaluated has its own, which keys the tokenised-data cache (sllmx.data.cache)
+            splits.provenance[name]["prompts_sha256"] = sha256_of(list(dataset))
+    return prompting
 
 
 def check_sharded_evaluation(cfg: DictConfig, trainer_args: Any) -> None:

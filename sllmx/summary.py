@@ -22,6 +22,10 @@ def summary(record) -> str:
     best = next((h["metrics"] for h in dm.history[1:] if h["step"] == dm.best_step),
                 dm.history[-1]["metrics"] if dm.history else {})
     shown = {dm.name}
+    once = record.global_steps == 0 and len(dm.history) <= 1
+    if once:
+        lines[0] = (f"status: {record.status} (evaluation only, method={record.method}: nothing trained; wall time "
+                    f"{fmt(record.wall_time_s)} s)")
     task = (record.config.get("data") or {}).get("metric")
     if task and best:
         try:
@@ -29,17 +33,30 @@ def summary(record) -> str:
         except SllmxError:
             metric = None
         keys = [f"eval_{k}" for k in (metric.keys if metric else ()) if f"eval_{k}" in best]
-        if keys:
+        if keys and once:
+            lines.append(f"task metric {task} on the dev split ({direction(metric.higher_is_better)} is better):")
+            width = max(len(k) for k in keys) - 5
+            lines += [f"  {k[5:]:<{width}}  {fmt(best.get(k))}" for k in keys]
+            shown.update(keys)
+        elif keys:
             lines.append(f"task metric {task} on the dev split ({direction(metric.higher_is_better)} is better), "
                          f"before training -> the selected checkpoint (step {dm.best_step}):")
             width = max(len(k) for k in keys) - 5
             lines += [f"  {k[5:]:<{width}}  {fmt(first.get(k))} -> {fmt(best.get(k))}" for k in keys]
             shown.update(keys)
-    lines.append(f"dev metric {dm.name} ({direction(dm.higher_is_better)} is better; selects the checkpoint): "
-                 f"before {fmt(dm.baseline)} -> best {fmt(dm.best)} (step {dm.best_step}), final {fmt(dm.final)}")
     rest = [k for k in sorted(best) if k.startswith("eval_") and k not in shown
             and not k.endswith(("runtime", "per_second", "preparation_time", "num_tokens"))]
-    if rest:
+    if once:  # an evaluation-only run (a prompting baseline, sllmx.evaluate): one evaluation, nothing selected
+        lines.append(f"dev metric {dm.name} ({direction(dm.higher_is_better)} is better): {fmt(dm.best)}")
+        if rest:
+            lines.append("  also: " + ", ".join(f"{k} {fmt(best[k])}" for k in rest))
+        if record.prompting:
+            lines.append("prompts: " + ", ".join(f"{k}={v}" for k, v in record.prompting.items()
+                                                 if not isinstance(v, dict) and k != "template"))
+    else:
+        lines.append(f"dev metric {dm.name} ({direction(dm.higher_is_better)} is better; selects the checkpoint): "
+                     f"before {fmt(dm.baseline)} -> best {fmt(dm.best)} (step {dm.best_step}), final {fmt(dm.final)}")
+    if rest and not once:
         lines.append("  at the selected step: " + ", ".join(f"{k} {fmt(first.get(k))} -> {fmt(best[k])}"
                                                            for k in rest))
     if record.trainable_params:

@@ -1,5 +1,6 @@
 """A comparison table as people and programs read it: Markdown (tabulate via pandas), CSV, LaTeX
-(booktabs), HTML or JSON, from the rows :func:`sllmx.comparison.build_table` builds."""
+(booktabs), HTML or JSON, from the rows :func:`sllmx.comparison.build_table` builds, with the decision lines
+(:func:`sllmx.comparison.add_verdicts`, ``meta["verdicts"]``) under the table."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str) -> str:
     """The table as Markdown (tabulate via pandas), CSV, LaTeX (booktabs), HTML or JSON.
 
     CSV and JSON keep every number in its own field; Markdown, LaTeX and HTML are for reading:
-    the dev metric as ``mean ± std [95% interval]``, parameters as ``count (%)``.
+    the dev metric as ``mean ± std [95% interval]``, parameters as ``count (%)``.  The verdicts of
+    ``meta["verdicts"]`` (each fine-tuned row against the best baseline) follow the table as one line each: a
+    Markdown list, an HTML list, a note inside LaTeX's table float; JSON has them as the ``verdicts`` list with
+    every number; CSV, one row per group, leaves them out.
     """
     import pandas as pd
 
@@ -26,14 +30,23 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str) -> str:
     if fmt == "csv":  # every number in its own column
         return pd.DataFrame([{**r, "hyperparameters": h} for r, h in zip(rows, hyper)]).to_csv(index=False)
     frame = pd.DataFrame([_readable(r, meta, h) for r, h in zip(rows, hyper)])
+    lines = [v["line"] for v in meta.get("verdicts", [])]
     if fmt == "markdown":
-        return frame.to_markdown(index=False) + "\n"
+        return frame.to_markdown(index=False) + "\n" + "".join(f"\n- {line}" for line in lines) + (
+            "\n" if lines else "")
     if fmt == "html":
-        return frame.to_html(index=False, na_rep="")
+        from html import escape
+
+        notes = "".join(f"<li>{escape(line)}</li>" for line in lines)
+        return frame.to_html(index=False, na_rep="") + (f"\n<ul class=\"verdicts\">{notes}</ul>" if lines else "")
     if fmt == "latex":
         caption = (f"{meta['metric']} ({'higher' if meta['higher_is_better'] else 'lower'} is better); "
                    "mean over seeds with 95\\% t-interval").replace("_", "\\_")
-        return frame.to_latex(index=False, caption=caption, na_rep="--", escape=True).replace("±", "$\\pm$")
+        tex = frame.to_latex(index=False, caption=caption, na_rep="--", escape=True).replace("±", "$\\pm$")
+        if lines:  # a note under the tabular, inside the float, so it stays with the table
+            note = "\\par\\smallskip\n{\\footnotesize\n" + "".join(f"{_latex(line)}\\par\n" for line in lines) + "}\n"
+            tex = tex.replace("\\end{table}", note + "\\end{table}", 1) if "\\end{table}" in tex else tex + note
+        return tex
     raise SllmxError(f"--format {fmt}: unknown; available: {', '.join(FORMATS)}")
 
 
@@ -62,6 +75,13 @@ def _readable(row: dict[str, Any], meta: dict[str, Any], hyper: str) -> dict[str
         out["Pareto front trials"] = row["pareto_front"]
     out["hyperparameters (best)"] = hyper
     return out
+
+
+def _latex(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (and ``×`` as ``$\\times$``)."""
+    special = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
+               "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "×": "$\\times$"}
+    return "".join(special.get(c, c) for c in text)
 
 
 def _short(value: Any) -> str:

@@ -455,8 +455,8 @@ def test_ready_sweeps_compose_and_parse(path):
     assert cfg.hydra.sweeper._target_.endswith("SllmxOptunaSweeper")
     space, _ = parse_search_space([], dict(cfg.hydra.sweeper.params))
     assert space
-    Samplers(OmegaConf.to_container(cfg.hydra.sweeper.sampler), space).check()
-    pruner_from_spec(OmegaConf.to_container(cfg.hydra.sweeper.pruner))
+    Samplers(OmegaConf.to_container(cfg.hydra.sweeper.sampler, resolve=True), space).check()
+    pruner_from_spec(OmegaConf.to_container(cfg.hydra.sweeper.pruner, resolve=True))
 
 
 def test_ready_sweep_ranges_follow_common_practice():

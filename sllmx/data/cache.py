@@ -54,6 +54,7 @@ def cache_splits(splits: Any, cache_dir: str | os.PathLike) -> Any:
     for name in SPLIT_NAMES:
         dataset = getattr(splits, name)
         if dataset is not None:
-            setattr(splits, name, saved_split(dataset, splits.provenance[name]["sha256"], root))
+            facts = splits.provenance[name]  # a split with rewritten prompts (sllmx.prompting) has its own hash
+            setattr(splits, name, saved_split(dataset, facts.get("prompts_sha256") or facts["sha256"], root))
     log.info("data: splits memory-mapped from %s (tokenised results are cached beside them)", root)
     return splits

@@ -73,7 +73,8 @@ def length_report(splits: dict[str, Any], tokenizer: Any, max_length: Optional[i
     Returns:
         ``(report, warnings)``: report ``{"max_length", "suggested_max_length", "truncated",
         "truncated_pct", "p99", "by_split": {split: stats}}``; a warning when ``max_length``
-        truncates more than 1% of train examples (and the suggestion is larger) or exceeds twice their p99.
+        truncates more than 1% of train examples (and the suggestion is larger) or exceeds twice their p99,
+        and one when it truncates any dev or test example.
     """
     by_split = {name: stats(token_lengths(ds, tokenizer), max_length)
                 for name, ds in splits.items() if ds is not None and len(ds)}
@@ -90,6 +91,13 @@ def length_report(splits: dict[str, Any], tokenizer: Any, max_length: Optional[i
     elif max_length and max_length > 2 * train["p99"]:
         warnings.append(f"trainer.max_length={max_length} is more than twice the train p99 ({train['p99']:.0f} "
                         f"tokens); trainer.max_length={suggested} keeps 99% of examples whole")
+    for name in ("dev", "test"):  # e.g. few-shot or RAG prompts (sllmx.prompting), longer than any train example
+        s = by_split.get(name) or {}
+        if max_length and s.get("truncated"):
+            need = int(math.ceil(s["max"] / ROUND_TO) * ROUND_TO)
+            warnings.append(f"trainer.max_length={max_length} truncates {s['truncated']} of {s['examples']} {name} "
+                            f"examples, so their loss covers only what fits (the longest has {s['max']} tokens): "
+                            f"trainer.max_length={need} keeps them whole")
     return report, warnings
 
 
