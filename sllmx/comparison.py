@@ -199,6 +199,8 @@ def build_table(records: list[RunRecord], by: list[str],
         keys = sorted(k for k in set().union(*in_group) if not k.startswith(IGNORED_PREFIXES) and k not in by
                       and len({json.dumps(f.get(k), default=str) for f in in_group}) > 1)
         shown = ["trainer.learning_rate", *[k for k in keys if k != "trainer.learning_rate"]]
+        if first.baseline:  # nothing was trained: the training options are not its hyperparameters
+            shown = [k for k in shown if not k.startswith("trainer.")]
         row["hyperparameters"] = {k: flats[members[0]].get(k) for k in shown}
         rows.append(row)
     rows.sort(key=lambda r: -sign * r[f"{metric}_mean"])
@@ -244,7 +246,43 @@ TEST_GENERATIONS, DEV_GENERATIONS = "generations-test.jsonl", ("generations-eval
 VERDICT_LEVEL = 0.95
 
 
-def add_verdicts(rows: list[dict[str, Any]], meta: dict[str, Any], found: Collected) -> list[dict[str, Any]]:
+def verdict_metric(records: list[RunRecord], meta: dict[str, Any], key: Optional[str] = None) -> tuple[str, bool]:
+    """The per-example metric the verdicts compare, and its direction: ``key`` when given (``eval_`` prefix
+    optional), else the dev metric when it is a generation metric's key, else the data's generation metric
+    (``data.metric``, its first key: ``json_fields``, ``rouge1``, ...), since the loss has no per-example
+    scores.  The direction is the metric plugin's ``higher_is_better`` (the dev metric's for the dev metric).
+
+    Raises:
+        SllmxError: ``key`` names no key of the runs' ``data.metric``.
+    """
+    from sllmx.errors import SllmxError
+    from sllmx.plugins import registry
+
+    dev = meta["metric"].removeprefix("eval_")
+    names = {str((r.config.get("data") or {}).get("metric")) for r in records if (r.config.get("data") or {}).get("metric")}
+    plugins = []
+    for name in sorted(names):
+        try:
+            plugins.append(registry().get("metric", name))
+        except SllmxError:
+            continue
+    keys = {k: p.higher_is_better for p in plugins for k in p.keys}
+    if key is not None:
+        key = key.removeprefix("eval_")
+        if key == dev:
+            return dev, meta["higher_is_better"]
+        if key not in keys:
+            raise SllmxError(f"--verdict-metric {key}: not a per-example metric of these runs (their data.metric "
+                             f"keys: {', '.join(keys) or 'none'})")
+        return key, keys[key]
+    if dev in keys or not keys:
+        return dev, meta["higher_is_better"]
+    first = next(iter(keys))
+    return first, keys[first]
+
+
+def add_verdicts(rows: list[dict[str, Any]], meta: dict[str, Any], found: Collected,
+                 metric: Optional[str] = None) -> list[dict[str, Any]]:
     """Compare every fine-tuned row with the best baseline row on the same examples; put the results in
     ``meta["verdicts"]`` (which the formats print under the table) and return them.
 
@@ -253,8 +291,10 @@ def add_verdicts(rows: list[dict[str, Any]], meta: dict[str, Any], found: Collec
     baseline is the baseline row first in the table (the best mean dev metric in its direction).  Without a
     baseline row or a fine-tuned row nothing is compared and ``meta`` is left as it was.
 
-    Per-example scores are the ``scores`` of each run's generation file, under the dev metric's name without
-    ``eval_`` (``eval_json_fields`` → ``json_fields``): the test split's ``generations-test.jsonl`` when every
+    Per-example scores are the ``scores`` of each run's generation file, under :func:`verdict_metric`'s key
+    (``metric``, or the dev metric without ``eval_``, or the data's generation metric when the dev metric is the
+    loss), and the best baseline is the one with the best mean of that key at its runs' selected dev steps
+    (the table's order when it is the dev metric): the test split's ``generations-test.jsonl`` when every
     run of the two configurations has one, else the dev split's (``generations-eval.jsonl``, else
     ``generations.jsonl``).  With several seeds an example's score is the mean over the configuration's runs.
     Examples pair by position: every file must have as many rows, with equal ``reference`` strings at each
@@ -272,8 +312,19 @@ def add_verdicts(rows: list[dict[str, Any]], meta: dict[str, Any], found: Collec
     tuned = [i for i, members in enumerate(runs) if not any(records[m].baseline for m in members)]
     if not baselines or not tuned:
         return []
-    best = baselines[0]  # the rows are in order of the dev metric, best first
-    verdicts = [_verdict(rows[i], rows[best], runs[i], runs[best], found, meta) for i in tuned]
+    key, higher = verdict_metric([records[m] for members in runs for m in members], meta, metric)
+    if key == meta["metric"].removeprefix("eval_"):
+        best = baselines[0]  # the rows are in order of the dev metric, best first
+    else:
+        def dev_mean(i: int) -> float:
+            values = [_at_best_step(records[m], f"eval_{key}") for m in runs[i]]
+            values = [v for v in values if v is not None]
+            return (sum(values) / len(values)) * (1 if higher else -1) if values else float("-inf")
+
+        best = max(baselines, key=dev_mean)
+    verdicts = [_verdict(rows[i], rows[best], runs[i], runs[best], found, {**meta, "verdict_key": key,
+                                                                             "verdict_higher": higher})
+                for i in tuned]
     meta["verdicts"] = verdicts
     return verdicts
 
@@ -287,12 +338,12 @@ def _verdict(row: dict[str, Any], base_row: dict[str, Any], cand_runs: list[int]
     """One fine-tuned row against the best baseline row: the comparison's numbers and its line."""
     from sllmx.paired import paired_comparison
 
-    by, key = meta["by"], meta["metric"].removeprefix("eval_")
+    by, key, higher = meta["by"], meta["verdict_key"], meta["verdict_higher"]
     folders = {i: found.folders[i] for i in [*cand_runs, *base_runs]}
     split = "test" if all((f / TEST_GENERATIONS).exists() for f in folders.values()) else "dev"
     head = f"{_label(row, by)} vs {_label(base_row, by)} (best baseline), {split} {key}"
     out: dict[str, Any] = {"candidate": {k: row.get(k) for k in by}, "baseline": {k: base_row.get(k) for k in by},
-                           "split": split, "metric": key, "higher_is_better": meta["higher_is_better"],
+                           "split": split, "metric": key, "higher_is_better": higher,
                            "candidate_runs": [str(folders[i]) for i in cand_runs],
                            "baseline_runs": [str(folders[i]) for i in base_runs], "verdict": None, "reason": None}
     try:
@@ -307,9 +358,9 @@ def _verdict(row: dict[str, Any], base_row: dict[str, Any], cand_runs: list[int]
         out["reason"] = str(exc)
         out["line"] = f"{head}: {exc}"
         return out
-    result = paired_comparison(cand[1], base[1], meta["higher_is_better"], level=VERDICT_LEVEL)
+    result = paired_comparison(cand[1], base[1], higher, level=VERDICT_LEVEL)
     out.update(result.to_dict())
-    direction = "" if meta["higher_is_better"] else " (lower is better)"
+    direction = "" if higher else " (lower is better)"
     out["line"] = (f"{head}{direction} over {result.n} paired examples: {result.mean_difference:+.3g} "
                    f"({result.level:.0%} CI {result.ci_low:+.3g} to {result.ci_high:+.3g}, paired bootstrap, "
                    f"{result.interval}), sign test p={result.sign_test_p:.2g} ({result.better} better, "

@@ -40,6 +40,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--metrics", nargs="+", default=[], metavar="KEY",
                         help="further dev metrics to show beside the dev metric, from each run's evaluation at "
                              "its best step (e.g. eval_json_fields eval_mean_token_accuracy)")
+    parser.add_argument("--verdict-metric", metavar="KEY",
+                        help="the per-example metric of the verdicts against the best baseline (e.g. json_exact); "
+                             "default: the dev metric, or the data's generation metric when the dev metric is the "
+                             "loss")
     parser.add_argument("--format", default="markdown", choices=FORMATS)
     parser.add_argument("--out", help="write the table here instead of stdout (an existing file is refused)")
     parser.add_argument("--plots", metavar="DIR", help="write the figures (PNG and SVG) into this folder")
@@ -56,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not rows:
             raise SllmxError("no COMPLETE run found under " + ", ".join(args.paths))
         mark_rows(rows, found.records, run_configs(found.records), args.by, found.sweeps)
-        add_verdicts(rows, meta, found)
+        add_verdicts(rows, meta, found, args.verdict_metric)
         text = render(rows, meta, args.format)
         note = f"skipped: {len(found.skipped)} run(s)" + (" (see the warnings above)" if found.skipped else "")
         for target in (args.out, args.html):

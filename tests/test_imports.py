@@ -74,7 +74,8 @@ def test_no_import_circle():
 
 
 #: the command-line modules (``python -m ...``), which may import the runner and each other
-COMMANDS = {"sllmx.__main__", "sllmx.data.__main__", "sllmx.evaluate", "sllmx.export", "sllmx.chat", "sllmx.report"}
+COMMANDS = {"sllmx.__main__", "sllmx.data.__main__", "sllmx.evaluate", "sllmx.export", "sllmx.chat", "sllmx.report",
+            "sllmx.abtest"}
 
 
 def test_no_library_module_imports_the_runner_or_a_command_line():

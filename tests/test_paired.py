@@ -219,3 +219,32 @@ def test_without_a_baseline_row_nothing_changes(study, capsys):
     assert "verdicts" not in json.loads(capsys.readouterr().out)
     assert main([str(root)]) == 0
     assert " vs " not in capsys.readouterr().out
+
+
+def test_with_the_loss_as_dev_metric_the_verdict_compares_the_datas_generation_metric(tmp_path, capsys):
+    """The loss has no per-example scores: the verdict takes data.metric's first key (json_fields), and the best
+    baseline is the one best by that key on dev, not by the loss (zero_shot here has the lower loss)."""
+    rng = np.random.default_rng(1)
+    few = quarters(rng, N)
+    lora = np.minimum(few + 0.25, 1)
+    for name, method, loss, fields, scores in (("zero", "zero_shot", 1.0, 0.1, few * 0), ("few", "few_shot", 1.5, 0.4, few),
+                                               ("lora", "lora", 0.5, 0.7, lora)):
+        record = write_run(tmp_path / name, method=method, value=loss, metric="eval_loss")
+        record.baseline = method != "lora"
+        record.config["data"] = {"metric": "json_fields"}
+        record.dev_metric.best_step = 0
+        record.dev_metric.history = [{"step": 0, "value": loss, "metrics": {"eval_loss": loss, "eval_json_fields": fields}}]
+        record.write(tmp_path / name)
+        write_generations(tmp_path / name, scores)
+    assert main([str(tmp_path)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if " vs " in x]
+    expected = paired_comparison(lora, few)
+    assert line.startswith("- lora × sft vs few_shot × sft (best baseline), test json_fields over 32 paired examples: "
+                           f"{expected.mean_difference:+.3g}") and line.endswith(": clear gain")
+    assert main([str(tmp_path), "--verdict-metric", "json_valid", "--format", "json"]) == 0
+    (verdict,) = json.loads(capsys.readouterr().out)["verdicts"]
+    assert verdict["metric"] == "json_valid" and verdict["verdict"] == "no clear gain"  # every json_valid is 1
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path), "--verdict-metric", "bleu"])
+    assert stop.value.code == 2
+    assert "--verdict-metric bleu: not a per-example metric of these runs" in capsys.readouterr().err
