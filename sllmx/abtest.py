@@ -10,7 +10,12 @@ elsewhere).  The same runs, ``--n`` and ``--seed`` give the same files, byte for
 ``score DIR JUDGMENTS.csv...`` unblinds the judgments with the key and prints the win / tie / loss counts of
 every pair of systems, the win rate among decided items with its 95% Wilson interval and the sign test, the
 judges' agreement (Cohen's or Fleiss' kappa) and, with more than two systems, a Bradley–Terry ranking with
-bootstrap intervals (:mod:`sllmx.ab_score`, :mod:`sllmx.ab_stats`).  docs/abtest.md has the whole procedure.
+bootstrap intervals (:mod:`sllmx.ab_score`, :mod:`sllmx.ab_stats`).
+
+``judge DIR MODEL...`` lets a local model (a run or model folder, or ``model=...`` overrides) judge the items of
+an export in both orders and writes ``judgments-<name>.csv`` in the page's format (:mod:`sllmx.ab_judge`): a
+demonstration with a small model, whose agreement with people ``score`` reports.  docs/abtest.md has the whole
+procedure.
 """
 
 from __future__ import annotations
@@ -201,7 +206,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Command-line entry point; returns the exit status (2 on bad input)."""
     prog = "python -m sllmx.abtest"
     parser = OneLineParser(prog=prog, description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{export,score}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{export,score,judge}")
     ex = commands.add_parser("export", prog=f"{prog} export", help="write the judges' page, items.csv and the key")
     ex.add_argument("runs", nargs="+", metavar="RUN", help="two or more run folders answered on the same data")
     ex.add_argument("--n", type=int, default=100, help="items to draw (default 100; all rows when fewer)")
@@ -211,6 +216,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ex.add_argument("--key", help="where to write the unblinding key (default OUT/key.json)")
     ex.add_argument("--lang", choices=["en", "ko"], default="en", help="the page's first language (a toggle on it)")
     ex.add_argument("--show-reference", action="store_true", help="show the reference answer beside the question")
+    ju = commands.add_parser("judge", prog=f"{prog} judge",
+                             help="a local model judges the export's items in both orders (a demonstration)")
+    ju.add_argument("folder", metavar="DIR", help="the export folder (its items.csv)")
+    ju.add_argument("model", nargs="+", metavar="MODEL",
+                    help="a run or model folder, or python -m sllmx overrides naming a model (model=smollm2-135m)")
+    ju.add_argument("--name", default="model-judge", help="the judge's name in the CSV (default model-judge)")
+    ju.add_argument("--batch-size", type=int, default=8)
     sc = commands.add_parser("score", prog=f"{prog} score", help="unblind judgments and print the statistics")
     sc.add_argument("folder", metavar="DIR", help="the export folder (its key.json unless --key)")
     sc.add_argument("judgments", nargs="+", metavar="CSV", help="judgments-<judge>.csv files or filled items.csv")
@@ -225,6 +237,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                                       args.show_reference)
             print(f"wrote {folder / 'index.html'} and {folder / 'items.csv'} for the judges, and the key "
                   f"{key_file} (keep it away from the judges)")
+        elif args.command == "judge":
+            from sllmx.ab_judge import judge
+            from sllmx.chat import find_target, load_chatter
+
+            folder = Path(args.folder)
+            if not (folder / "items.csv").is_file():
+                raise SllmxError(f"{folder / 'items.csv'}: not found; give an export folder")
+            paths = [m for m in args.model if "=" not in m]
+            target = find_target(paths, [m for m in args.model if "=" in m])
+            chatter = load_chatter(target)
+            written = judge(chatter.model, chatter.tokenizer, folder, args.name, batch_size=args.batch_size)
+            print(f"wrote {written}: score it with the people's files to see the agreement")
         else:
             if args.bootstrap < 0:
                 raise SllmxError(f"--bootstrap {args.bootstrap}: must be >= 0")

@@ -646,3 +646,55 @@ def test_docs_and_readme_describe_the_command():
                    "Cohen", "Fleiss", "Bradley", "0.49", "0.81"):
         assert needle in doc, needle
     assert "docs/abtest.md" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+# -- a local model as a judge ------------------------------------------------------------------------------------
+
+def test_the_model_judge_asks_both_orders_and_calls_a_flip_a_tie(runs, tmp_path):
+    from sllmx.ab_judge import PROMPT, preference, verdict
+
+    assert main(["export", str(runs[0]), str(runs[1]), "--out", str(tmp_path / "s"), "--n", "4", "--seed", "3"]) == 0
+    from sllmx.ab_judge import read_items
+
+    _, items = read_items(tmp_path / "s" / "items.csv")
+    seen = []
+
+    def longer_first(prompts, replies):
+        """A fake model: log p(reply) is 1 for the letter of the longer answer, 0 for the other; records prompts."""
+        out = []
+        for messages, reply in zip(prompts, replies):
+            seen.append(messages[-1]["content"])
+            text = messages[-1]["content"]
+            first = text.split("Answer A:\n", 1)[1].split("\n\nAnswer B:\n", 1)[0]
+            second = text.split("\n\nAnswer B:\n", 1)[1].split("\n\nWhich answer", 1)[0]
+            better = "A" if len(first) >= len(second) else "B"
+            out.append(1.0 if reply[0]["content"] == better else 0.0)
+        return out
+
+    margins = preference(longer_first, items)
+    for it, (m1, m2) in zip(items, margins):  # a consistent preference: the same answer in both orders
+        assert len(it["answer_A"]) != len(it["answer_B"])
+        assert verdict(m1, m2) == ("A" if len(it["answer_A"]) > len(it["answer_B"]) else "B")
+    # both orders of every item were asked, each with the question and both answers
+    assert len(seen) == 2 * 2 * len(items)
+    it = items[0]
+    assert PROMPT.format(question=it["question"], first=it["answer_A"], second=it["answer_B"]) in seen
+    assert PROMPT.format(question=it["question"], first=it["answer_B"], second=it["answer_A"]) in seen
+    position_biased = preference(lambda p, r: [1.0 if x[0]["content"] == "A" else 0.0 for x in r], items)
+    assert {verdict(*m) for m in position_biased} == {"tie"}  # always "the first one": every item a tie
+
+
+def test_a_tiny_model_judges_an_export_in_the_pages_format(runs, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["export", str(runs[0]), str(runs[1]), "--out", str(out), "--n", "5"]) == 0
+    capsys.readouterr()
+    assert main(["judge", str(out), "model=tiny", f"cache_dir={tmp_path / 'cache'}", "--name", "tiny"]) == 0
+    written = out / "judgments-tiny.csv"
+    key = read_key(out / "key.json")
+    judged = read_judgments(written, key)  # the scorer reads it like a person's file
+    assert [j["item"] for j in judged] == [1, 2, 3, 4, 5] and {j["judge"] for j in judged} == {"tiny"}
+    assert all(j["judgment"] in ("A", "B", "tie") and j["comment"].startswith("margins ") for j in judged)
+    (pair,) = score(key, judged)["pairs"]
+    assert pair["wins"] + pair["losses"] + pair["ties"] + pair["both_bad"] == 5 and pair["both_bad"] == 0
+    with pytest.raises(SystemExit):  # nothing is overwritten
+        main(["judge", str(out), "model=tiny", f"cache_dir={tmp_path / 'cache'}", "--name", "tiny"])
