@@ -89,6 +89,11 @@ class Rag(ZeroShot):
 
         return rag(cfg.corpus, cfg.k, cfg.template, train, field=cfg.field)
 
+    def check(self, trainer: Any, cfg: Any) -> Optional[str]:
+        if cfg.eval.get("rag"):
+            return "method=rag already retrieves; eval.rag would retrieve a second time (set one of them)"
+        return None
+
 
 @hookimpl
 def sllmx_methods() -> list[Method]:

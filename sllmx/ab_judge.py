@@ -46,6 +46,11 @@ def read_items(path: Path) -> tuple[str, list[dict[str, Any]]]:
     need = {"item", "question", "answer_A", "answer_B", "export"}
     if not rows or not need <= set(rows[0]):
         raise SllmxError(f"{path}: line 1: the columns {', '.join(sorted(need))} are expected (an export's items.csv)")
+    from sllmx.ab_page import uncell
+
+    for row in rows:  # the texts as exported, without the apostrophe that keeps a spreadsheet from evaluating them
+        for column in ("question", "answer_A", "answer_B"):
+            row[column] = uncell(row[column])
     return rows[0]["export"], rows
 
 

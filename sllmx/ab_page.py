@@ -315,6 +315,11 @@ def _cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA) else text
 
 
+def uncell(text: str) -> str:
+    """The text :func:`_cell` was given: its leading apostrophe removed where it added one."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA) else text
+
+
 def render_items_csv(items: Sequence[dict[str, Any]], export_id: str) -> str:
     """``items.csv``: ``item,question,answer_A,answer_B,judgment,comment,export``, one row per item with the
     last three columns for the judge (``export`` filled in), UTF-8 with a BOM (so Excel reads Korean) and CRLF

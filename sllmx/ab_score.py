@@ -79,7 +79,7 @@ def read_judgments(path: Path, key: dict[str, Any]) -> list[dict[str, Any]]:
             raise SllmxError(f"{where}: field export: {get('export')!r} is another export's (this key's is "
                              f"{key['export_id']!r})")
         item = get("item")
-        if not item.isdigit() or not 1 <= int(item) <= key["n"]:
+        if not item.isascii() or not item.isdigit() or not 1 <= int(item) <= key["n"]:
             raise SllmxError(f"{where}: field item: {item!r} is not an item of this export (1 to {key['n']})")
         text = get("judgment")
         if not text:

@@ -238,9 +238,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"wrote {folder / 'index.html'} and {folder / 'items.csv'} for the judges, and the key "
                   f"{key_file} (keep it away from the judges)")
         elif args.command == "judge":
+            import re
+
             from sllmx.ab_judge import judge
             from sllmx.chat import find_target, load_chatter
 
+            if args.batch_size < 1:
+                raise SllmxError(f"--batch-size {args.batch_size}: must be >= 1")
+            if not re.fullmatch(r"[\w-][\w.-]*", args.name):
+                raise SllmxError(f"--name {args.name!r}: letters, digits, '_', '-' and '.' only (it names a file)")
             folder = Path(args.folder)
             if not (folder / "items.csv").is_file():
                 raise SllmxError(f"{folder / 'items.csv'}: not found; give an export folder")
@@ -252,6 +258,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         else:
             if args.bootstrap < 0:
                 raise SllmxError(f"--bootstrap {args.bootstrap}: must be >= 0")
+            if args.seed < 0:
+                raise SllmxError(f"--seed {args.seed}: must be >= 0")
             key = read_key(Path(args.key) if args.key else Path(args.folder) / "key.json")
             judgments = [j for name in args.judgments for j in read_judgments(Path(name), key)]
             result = score(key, judgments, seed=args.seed, n_boot=args.bootstrap)

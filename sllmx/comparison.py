@@ -364,7 +364,9 @@ def _verdict(row: dict[str, Any], base_row: dict[str, Any], cand_runs: list[int]
     out["line"] = (f"{head}{direction} over {result.n} paired examples: {result.mean_difference:+.3g} "
                    f"({result.level:.0%} CI {result.ci_low:+.3g} to {result.ci_high:+.3g}, paired bootstrap, "
                    f"{result.interval}), sign test p={result.sign_test_p:.2g} ({result.better} better, "
-                   f"{result.worse} worse, {result.equal} equal): {result.verdict}")
+                   f"{result.worse} worse, {result.equal} equal): {result.verdict}"
+                   + (" (dev: these examples also chose the rows, so optimistic; eval.test=true gives the test "
+                      "split)" if split == "dev" else ""))
     return out
 
 

@@ -48,6 +48,9 @@ def load_config(run_dir: Optional[str], overrides: list[str]) -> Any:
         record = RunRecord.read(path)
     except ValueError as exc:
         raise SllmxError(f"{path}: {exc}") from exc
+    if record.baseline:
+        raise SllmxError(f"{run_dir}: a baseline run (method={record.method}) trained nothing and has no model; run "
+                         f"python -m sllmx method={record.method} ... with the options to change")
     if not (Path(run_dir) / "model").is_dir():
         raise SllmxError(f"{run_dir}/model: not found; the run did not save its model (save_model=false)")
     try:
@@ -83,6 +86,10 @@ def evaluate(run_dir: Optional[str], overrides: list[str], out: str) -> RunRecor
     reg = registry()
     trainer = reg.get("trainer", cfg.trainer.name)
     method = reg.get("method", cfg.method.name) if run_dir else None  # a base model has no method
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("method=")]
+    if run_dir is None and chosen and not reg.get("method", chosen[-1]).trains:
+        raise SllmxError(f"method={chosen[-1]} is a prompting baseline: run it with python -m sllmx method={chosen[-1]} "
+                         "(python -m sllmx.evaluate scores a base model with the data's prompts, or a finished run)")
     dev = dev_metric_of(cfg, trainer, reg)
     splits = load_splits(cfg.data, reg, trainer)
     prompting = prompting_of(cfg, method, reg, splits)  # eval.rag=...: the model evaluated with retrieval

@@ -12,9 +12,11 @@ some hard for both) cancels out.  Two views of the same differences:
   how many are better and how many worse, ties left out; it assumes nothing about the size of the
   differences (Dror et al., 2018, recommend it among the non-parametric tests for paired samples).
 
-The verdict is ``"clear gain"`` when the whole interval lies on the better side of 0 (above 0 when higher is
-better, below when lower is better), else ``"no clear gain"``; at level 0.95 that is a two-sided 95%
-interval, so a one-sided test at 2.5%.  The sign test is reported beside it and does not change it.
+The verdict is ``"clear gain"`` when both say so: the whole interval lies on the better side of 0 (above 0
+when higher is better, below when lower is better; at level 0.95 a two-sided 95% interval) and the sign test
+finds more better than worse examples at p < 1 − level; else ``"no clear gain"``.  The interval alone is
+not enough for pass/fail metrics: 3 better, 0 worse and 29 tied examples give an interval above 0 but a sign
+test p of 0.25 (and one example, or any constant difference, gives an interval of width 0).
 
 Sources:
     Philipp Koehn. 2004. Statistical Significance Tests for Machine Translation Evaluation. EMNLP 2004.
@@ -51,7 +53,8 @@ class PairedResult:
         better, worse, equal: examples where the candidate is better, worse or tied, in the metric's direction.
         sign_test_p: two-sided sign test p-value on the ``better + worse`` untied examples (1.0 when all tie).
         level: the interval's confidence level.
-        verdict: ``"clear gain"`` when the interval lies wholly on the better side of 0, else ``"no clear gain"``.
+        verdict: ``"clear gain"`` when the interval lies wholly on the better side of 0 and the sign test's p is
+            below ``1 - level`` with more better than worse examples, else ``"no clear gain"``.
         higher_is_better: the metric's direction.
         interval: how the interval was made: ``"BCa"``; ``"percentile"`` where BCa is undefined
             (a NaN bound); ``"none (all differences equal)"``, where it is that one value.
@@ -128,7 +131,9 @@ def paired_comparison(candidate: Sequence[float], baseline: Sequence[float], hig
             low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
             how = "percentile"
     p = float(stats.binomtest(better, better + worse, 0.5).pvalue) if better + worse else 1.0
-    gain = low > 0 if higher_is_better else high < 0
+    # both tests must say so: the interval of the mean difference, and the sign test on the untied pairs (a few
+    # better examples among many ties give a narrow interval above 0 but no evidence, e.g. 3-0-29: p = 0.25)
+    gain = (low > 0 if higher_is_better else high < 0) and better > worse and p < 1 - level
     return PairedResult(n=len(diff), mean_difference=mean, ci_low=low, ci_high=high, better=better, worse=worse,
                         equal=equal, sign_test_p=p, level=level, verdict=CLEAR_GAIN if gain else NO_CLEAR_GAIN,
                         higher_is_better=higher_is_better, interval=how)

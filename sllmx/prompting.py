@@ -16,6 +16,7 @@ generation, Lewis et al., 2020.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -23,6 +24,9 @@ from sllmx.errors import SllmxError
 
 #: the default RAG template: ``{passages}`` is "[1] ...\\n[2] ..." (best first), ``{question}`` the user's message
 RAG_TEMPLATE = "Reference passages (use them if they help):\n{passages}\n\nQuestion: {question}"
+
+#: the RAG template's placeholders
+PLACEHOLDER = re.compile(r"\{(passages|question)\}")
 
 Messages = list  # a chat prompt: [{"role": ..., "content": ...}, ...] (or a plain string prompt)
 
@@ -173,7 +177,7 @@ def rag(corpus: str, k: int, template: str, train: Any, field: str = "text") -> 
         corpus: ``train`` (the train split's answers), a folder of .txt/.md files (one passage per paragraph),
             or a .jsonl file (one passage per line, from ``field``).
         k: passages per prompt.
-        template: must hold ``{passages}`` and ``{question}``.
+        template: must hold ``{passages}`` and ``{question}``; both are filled in one pass.
 
     Raises:
         SllmxError: k < 1, a template without both placeholders, or a corpus :func:`sllmx.retrieval.load_corpus`
@@ -192,8 +196,10 @@ def rag(corpus: str, k: int, template: str, train: Any, field: str = "text") -> 
     def rewrite(prompt: Any) -> Any:
         question = last_user_text(prompt)
         hits = index.search(question, k)
-        text = "\n".join(f"[{n}] {passages[i].text}" for n, (i, _) in enumerate(hits, 1))
-        filled = template.replace("{passages}", text).replace("{question}", question)
+        values = {"passages": "\n".join(f"[{n}] {passages[i].text}" for n, (i, _) in enumerate(hits, 1)),
+                  "question": question}
+        # one pass: a passage or question that holds the text "{question}" stays as it is
+        filled = PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
         if isinstance(prompt, str):
             return filled
         out = [dict(m) for m in prompt]
@@ -210,6 +216,23 @@ def rag(corpus: str, k: int, template: str, train: Any, field: str = "text") -> 
 
 
 # -- applying it ------------------------------------------------------------------------------------------
+
+def leaked(original: Any, rewritten: Any) -> list[int]:
+    """Rows of a split whose rewritten prompt contains the row's own reference answer verbatim (whitespace
+    collapsed) when its original prompt did not: retrieval or examples that show the model the answer it is
+    scored against.  Both are datasets of the same rows in a prompt layout; [] for other layouts."""
+    from sllmx.generation import dev_prompts_and_references
+
+    before, refs = dev_prompts_and_references(original)
+    after, _ = dev_prompts_and_references(rewritten)
+    flat = lambda prompt: " ".join(" ".join(str(m.get("content") or "") for m in prompt).split())  # noqa: E731
+    out = []
+    for i, (p0, p1, ref) in enumerate(zip(before, after, refs)):
+        answer = " ".join(str(ref).split())
+        if len(answer) >= 8 and answer in flat(p1) and answer not in flat(p0):
+            out.append(i)
+    return out
+
 
 def rewrite_split(dataset: Any, prompting: Prompting) -> Any:
     """``dataset`` with every prompt rewritten (the ``prompt`` column, or the turns before the last in a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Optional
@@ -19,7 +20,9 @@ from sllmx.records import RunRecord
 from sllmx.runtime import Runtime, detect_runtime
 from sllmx.training import train
 
-__all__ = ["run", "check_combination", "check_sharded_evaluation"]
+__all__ = ["run", "check_combination", "check_sharded_evaluation", "prompting_of"]
+
+log = logging.getLogger("sllmx.prompting")
 
 
 def check_combination(method: Method, trainer: Trainer, cfg: DictConfig, reg: Registry) -> None:
@@ -134,7 +137,7 @@ def prompting_of(cfg: DictConfig, method: Optional[Method], reg: Registry, split
         SllmxError: a bad option or corpus (one line, before any model is loaded).
     """
     from sllmx.data.pipeline import sha256_of
-    from sllmx.prompting import chain, rag, rewrite_split
+    from sllmx.prompting import chain, leaked, rag, rewrite_split
 
     own = None if method is None else method.prompting(typed(cfg.method, "method", reg), splits.train, int(cfg.seed))
     retrieval = None
@@ -148,8 +151,14 @@ def prompting_of(cfg: DictConfig, method: Optional[Method], reg: Registry, split
     if prompting is None:
         return None
     for name in ("dev", "test"):  # train stays as it is
-        dataset = rewrite_split(getattr(splits, name), prompting)
+        original = getattr(splits, name)
+        dataset = rewrite_split(original, prompting)
         setattr(splits, name, dataset)
+        rows = leaked(original, dataset) if dataset is not None and len(dataset) else []
+        if rows:
+            log.warning("prompts (%s): %d of %d %s prompts now contain their own reference answer (first: row "
+                        "%d); the model is shown the answer it is scored against: check the corpus",
+                        prompting.kind, len(rows), len(dataset), name, rows[0])
         if dataset is not None and name in splits.provenance:
             # the data's own hash stays (the same examples as a run with the data's prompts); the split as
             # evaluated has its own, which keys the tokenised-data cache (sllmx.data.cache)

@@ -24,7 +24,8 @@ def summary(record) -> str:
     shown = {dm.name}
     once = record.global_steps == 0 and len(dm.history) <= 1
     if once:
-        lines[0] = (f"status: {record.status} (evaluation only, method={record.method}: nothing trained; wall time "
+        what = "nothing trained" if record.baseline else "a trained model evaluated again"
+        lines[0] = (f"status: {record.status} (evaluation only, method={record.method}: {what}; wall time "
                     f"{fmt(record.wall_time_s)} s)")
     task = (record.config.get("data") or {}).get("metric")
     if task and best:

@@ -694,7 +694,21 @@ def test_a_tiny_model_judges_an_export_in_the_pages_format(runs, tmp_path, capsy
     judged = read_judgments(written, key)  # the scorer reads it like a person's file
     assert [j["item"] for j in judged] == [1, 2, 3, 4, 5] and {j["judge"] for j in judged} == {"tiny"}
     assert all(j["judgment"] in ("A", "B", "tie") and j["comment"].startswith("margins ") for j in judged)
-    (pair,) = score(key, judged)["pairs"]
-    assert pair["wins"] + pair["losses"] + pair["ties"] + pair["both_bad"] == 5 and pair["both_bad"] == 0
-    with pytest.raises(SystemExit):  # nothing is overwritten
+    # the tiny test model prefers whichever answer comes first, in both orders: every item a tie (docs/abtest.md)
+    assert {j["judgment"] for j in judged} == {"tie"}
+    before = written.read_bytes()
+    with pytest.raises(SystemExit) as stop:  # nothing is overwritten
         main(["judge", str(out), "model=tiny", f"cache_dir={tmp_path / 'cache'}", "--name", "tiny"])
+    assert stop.value.code == 2 and written.read_bytes() == before
+    assert "judgments-tiny.csv: the file exists" in capsys.readouterr().err
+
+
+def test_the_judge_reads_the_answers_as_exported_not_as_spreadsheet_cells(tmp_path):
+    from sllmx.ab_judge import read_items
+    from sllmx.ab_page import render_items_csv
+
+    items = [{"item": 1, "question": "=1+1?", "answer_A": "- 환불 가능", "answer_B": "'quoted'", "reference": None}]
+    (tmp_path / "items.csv").write_text(render_items_csv(items, "x"), encoding="utf-8")
+    assert "'- 환불 가능" in (tmp_path / "items.csv").read_text(encoding="utf-8-sig")  # the spreadsheet's cell
+    (_, (row,)) = read_items(tmp_path / "items.csv")
+    assert (row["question"], row["answer_A"], row["answer_B"]) == ("=1+1?", "- 환불 가능", "'quoted'")

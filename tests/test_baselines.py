@@ -171,3 +171,24 @@ def test_a_bad_corpus_is_one_line_before_anything_loads(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().startswith("sllmx: error: ") and str(tmp_path / "nope") in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "run.json").exists()
+
+
+def test_rag_fills_its_template_in_one_pass_and_a_leak_is_found():
+    pytest.importorskip("bm25s")
+    from sllmx.prompting import leaked
+
+    train = _rows(["환불 문의"], ['see {question} and {passages} here'])
+    out = rag("train", 1, "P: {passages} | Q: {question}", train).rewrite("환불 {passages} 문의")
+    assert out == "P: [1] see {question} and {passages} here | Q: 환불 {passages} 문의"  # nothing filled twice
+    dev = _rows(["주문 취소해 주세요", "배송 언제 와요"], ['{"intent": "cancel"}', '{"intent": "delivery_delay"}'])
+    leaky = rag("train", 1, "{passages}\n{question}", _rows(["주문 취소"], ['{"intent": "cancel"}']))
+    assert leaked(dev, rewrite_split(dev, leaky)) == [0]  # row 0 is now shown its own answer
+    assert leaked(dev, dev) == []
+
+
+def test_method_rag_with_eval_rag_is_refused_in_one_line(tmp_path):
+    from sllmx.run import run
+
+    with pytest.raises(SllmxError, match="method=rag already retrieves; eval.rag would retrieve a second time"):
+        run(compose_config([*FAST, "method=rag", "eval.rag=train"], tmp_path / "run", tmp_path / "cache"))
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -88,8 +88,12 @@ def test_all_ties_and_a_constant_difference_have_the_value_as_interval():
     assert (tie.mean_difference, tie.ci_low, tie.ci_high, tie.sign_test_p) == (0.0, 0.0, 0.0, 1.0)
     assert tie.verdict == "no clear gain" and tie.interval.startswith("none")
     assert (shifted.ci_low, shifted.ci_high) == pytest.approx((0.25, 0.25))
-    assert shifted.verdict == "clear gain" and shifted.better == 5
-    assert shifted.sign_test_p == pytest.approx(stats.binomtest(5, 5).pvalue)  # 0.0625: few examples, still 1/16
+    assert shifted.better == 5 and shifted.sign_test_p == pytest.approx(stats.binomtest(5, 5).pvalue)  # 0.0625
+    assert shifted.verdict == "no clear gain"  # an interval of width 0 over 5 examples is no evidence
+    few = paired_comparison([1.0] * 3 + [0.5] * 29, [0.0] * 3 + [0.5] * 29)  # 3 better, 29 tied: pass/fail metrics
+    assert few.ci_low > 0 and few.sign_test_p == pytest.approx(0.25) and few.verdict == "no clear gain"
+    many = paired_comparison([1.0] * 9 + [0.5] * 23, [0.0] * 9 + [0.5] * 23)
+    assert many.sign_test_p < 0.05 and many.verdict == "clear gain"
     # a mean over seeds such as (0.1 + 0.7) / 2 is a tie with 0.4, not a loss by 5.6e-17
     assert paired_comparison([(0.1 + 0.7) / 2], [0.4]).equal == 1
 
