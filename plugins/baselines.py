@@ -76,6 +76,8 @@ class RagMethodConfig(MethodConfig):
     field: str = option("the passage field of a .jsonl corpus", "text")
     k: int = option("passages retrieved per prompt", 3, ge=1)
     template: str = option("how passages enter the user's message: {passages} and {question}", RAG_TEMPLATE)
+    embedding_model: Optional[str] = option("a local embedding model folder: dense retrieval (cosine of mean-pooled "
+                                            "states) instead of BM25; nothing is downloaded", None)
 
 
 class Rag(ZeroShot):
@@ -87,7 +89,7 @@ class Rag(ZeroShot):
     def prompting(self, cfg: Any, train: Any, seed: int) -> Any:
         from sllmx.prompting import rag
 
-        return rag(cfg.corpus, cfg.k, cfg.template, train, field=cfg.field)
+        return rag(cfg.corpus, cfg.k, cfg.template, train, field=cfg.field, embedding_model=cfg.embedding_model)
 
     def check(self, trainer: Any, cfg: Any) -> Optional[str]:
         if cfg.eval.get("rag"):

@@ -219,6 +219,8 @@ class EvalConfig:
         "(train: the train split's answers; a folder of .txt/.md files; a .jsonl file with a 'text' field); "
         "training data is unchanged; null: off (docs/baselines.md)", None)
     rag_k: int = option("passages retrieved per prompt (BM25, Korean morphemes by Kiwi)", 3, ge=1)
+    rag_embedding_model: Optional[str] = option("a local embedding model folder: dense retrieval instead of BM25 "
+                                                "(nothing is downloaded)", None)
     rag_template: str = option("how passages enter the user's message: {passages} ([1] ..., best first) and "
                                "{question}", "Reference passages (use them if they help):\n{passages}\n\n"
                                "Question: {question}")

@@ -168,7 +168,8 @@ def train_answers(train: Any) -> list[str]:
     return ["".join(str(m.get("content") or "") for m in answer) for _, answer in examples_of(train)]
 
 
-def rag(corpus: str, k: int, template: str, train: Any, field: str = "text") -> Prompting:
+def rag(corpus: str, k: int, template: str, train: Any, field: str = "text",
+        embedding_model: Optional[str] = None) -> Prompting:
     """The top-k passages of ``corpus`` for each prompt's last user message, put into that message with
     ``template`` (``{passages}``: the passages numbered "[1] ...", best first, one per line; ``{question}``:
     the message).  BM25 over Kiwi morphemes for Korean and words otherwise (:mod:`sllmx.retrieval`).
@@ -178,6 +179,8 @@ def rag(corpus: str, k: int, template: str, train: Any, field: str = "text") -> 
             or a .jsonl file (one passage per line, from ``field``).
         k: passages per prompt.
         template: must hold ``{passages}`` and ``{question}``; both are filled in one pass.
+        embedding_model: a local model folder: dense retrieval (:class:`sllmx.retrieval.DenseRetriever`)
+            instead of BM25.
 
     Raises:
         SllmxError: k < 1, a template without both placeholders, or a corpus :func:`sllmx.retrieval.load_corpus`
@@ -191,7 +194,12 @@ def rag(corpus: str, k: int, template: str, train: Any, field: str = "text") -> 
     from sllmx.retrieval import BM25Retriever, load_corpus
 
     passages = load_corpus(corpus, train_answers(train) if corpus == "train" else None, field=field)
-    index = BM25Retriever(passages)
+    if embedding_model:
+        from sllmx.retrieval import DenseRetriever
+
+        index = DenseRetriever(passages, embedding_model)
+    else:
+        index = BM25Retriever(passages)
 
     def rewrite(prompt: Any) -> Any:
         question = last_user_text(prompt)
@@ -212,7 +220,8 @@ def rag(corpus: str, k: int, template: str, train: Any, field: str = "text") -> 
         return out
 
     return Prompting("rag", rewrite, {"corpus": corpus, "k": k, "template": template, "passages": len(passages),
-                                      "retriever": "bm25"})
+                                      "retriever": "dense" if embedding_model else "bm25",
+                                      **({"embedding_model": embedding_model} if embedding_model else {})})
 
 
 # -- applying it ------------------------------------------------------------------------------------------

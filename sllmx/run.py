@@ -146,7 +146,8 @@ def prompting_of(cfg: DictConfig, method: Optional[Method], reg: Registry, split
 
         default = EvalConfig()  # a finished run's config (sllmx.evaluate RUN_DIR) may predate these keys
         retrieval = rag(str(cfg.eval.rag), int(cfg.eval.get("rag_k", default.rag_k)),
-                        str(cfg.eval.get("rag_template", default.rag_template)), splits.train)
+                        str(cfg.eval.get("rag_template", default.rag_template)), splits.train,
+                        embedding_model=cfg.eval.get("rag_embedding_model"))
     prompting = chain(own, retrieval)
     if prompting is None:
         return None

@@ -192,3 +192,26 @@ def test_method_rag_with_eval_rag_is_refused_in_one_line(tmp_path):
     with pytest.raises(SllmxError, match="method=rag already retrieves; eval.rag would retrieve a second time"):
         run(compose_config([*FAST, "method=rag", "eval.rag=train"], tmp_path / "run", tmp_path / "cache"))
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_dense_retrieval_with_a_local_model_finds_the_same_text_first(tmp_path):
+    """Dense retrieval embeds with a model folder on disk (here the tiny test model: its states are random, but
+    a text is always closest to itself); a missing folder is one line."""
+    import os
+
+    from sllmx.compose import compose
+    from sllmx.plugins import registry, typed
+    from sllmx.retrieval import DenseRetriever, Passage
+
+    cfg = compose(["model=tiny", f"cache_dir={tmp_path / 'cache'}"])
+    path = registry().get("model", "tiny").resolve(typed(cfg.model, "model"), os.path.expanduser(cfg.cache_dir))
+    texts = ["환불은 7일 이내", "배송 지연 안내", "주소 변경 방법", "교환 정책"]
+    index = DenseRetriever([Passage(t, f"p{i}") for i, t in enumerate(texts)], path)
+    for i, text in enumerate(texts):
+        (best, score), *_ = index.search(text, 2)
+        assert best == i and score == pytest.approx(1.0, abs=1e-4)
+    prompting = rag("train", 1, "{passages}|{question}", _rows(["a", "b"], ["환불은 7일 이내", "교환 정책"]),
+                    embedding_model=path)
+    assert prompting.record()["retriever"] == "dense" and prompting.rewrite("교환 정책").startswith("[1] 교환 정책|")
+    with pytest.raises(SllmxError, match="embedding model /nope: no such folder"):
+        DenseRetriever([Passage("x", "p0")], "/nope")
