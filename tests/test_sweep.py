@@ -659,7 +659,8 @@ def postgres_url():
 
 def test_a_study_in_postgresql_storage(tmp_path, postgres_url):
     args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=3",
-            "hydra.sweeper.pruner.n_startup_trials=1", f"hydra.sweeper.storage={postgres_url}",
+            "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+            f"hydra.sweeper.storage={postgres_url}",
             "hydra.sweeper.study_name=pg-study"]
     proc = sllmx_multirun(tmp_path, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
