@@ -2,7 +2,7 @@
 
     python benchmarks/sweeps.py --model tiny                       # 16 trials of sweep=sft_lora, 40 steps each
     python benchmarks/sweeps.py --model smollm2                    # 8 trials on SmolLM2-135M, 16 steps each
-    python benchmarks/sweeps.py --model tiny --pruners nop median successive_halving --seeds 1 2 3
+    python benchmarks/sweeps.py --model tiny --pruners nop median successive_halving --seeds 1 101 201
 
 Each sweep is ``python -m sllmx --multirun sweep=sft_lora`` (LoRA SFT, learning rate 1e-5–2e-3 log x rank
 4–64, TPE) on the built-in support_ko task with ``eval_loss`` as the dev metric (``data.metric=null``: a
@@ -47,15 +47,28 @@ def pruner_overrides(spec: str) -> list[str]:
     return out
 
 
+def finished(folder: Path, n_trials: int) -> bool:
+    """Whether ``folder`` holds a sweep whose ``n_trials`` trials all ended (a sweep of an earlier call)."""
+    path = folder / "sweep.json"
+    if not path.exists():
+        return False
+    doc = json.loads(path.read_text())
+    return sum(doc["counts"].get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL")) >= n_trials
+
+
 def run_sweep(model: str, seed: int, pruner: str, work: Path) -> dict:
-    """One sweep in a fresh folder; its sweep.json summarised."""
+    """One sweep in its own folder (a finished one of an earlier call in the same ``work`` folder is read, not
+    run again: its process wall time is then unknown); its sweep.json summarised."""
     n_trials, overrides = WORKLOADS[model]
     folder = work / f"{model}-{pruner.replace(':', '_').replace(',', '_').replace('=', '')}-seed{seed}"
-    shutil.rmtree(folder, ignore_errors=True)
     cmd = [sys.executable, "-m", "sllmx", "--multirun", *COMMON, *overrides, *pruner_overrides(pruner),
            f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.sampler.seed={seed}",
            "hydra.sweeper.study_name=bench", f"hydra.sweep.dir={folder}"]
-    cost = measured(cmd, work / f"{folder.name}.log", cwd=work)
+    if finished(folder, n_trials):
+        cost = {"wall_s": None, "peak_rss_bytes": None}
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        cost = measured(cmd, work / f"{folder.name}.log", cwd=work)
     doc = json.loads((folder / "sweep.json").read_text())
     best = doc["best_trial"]
     return {"model": model, "seed": seed, "pruner": pruner, "n_trials": len(doc["trials"]),
@@ -63,6 +76,7 @@ def run_sweep(model: str, seed: int, pruner: str, work: Path) -> dict:
             "best_value": best["value"] if best else None, "best_trial": best["number"] if best else None,
             "best_params": best["params"] if best else None, "metric": doc["metric"],
             "steps": [t["global_steps"] for t in doc["trials"]], "states": [t["state"] for t in doc["trials"]],
+            "trial_s": round(sum(t["duration_s"] or 0 for t in doc["trials"]), 1),
             "wall_s": cost["wall_s"], "peak_rss_bytes": cost["peak_rss_bytes"], "command": cmd[1:]}
 
 
@@ -74,7 +88,7 @@ def compare(rows: list[dict]) -> list[dict]:
         if base is None or r["pruner"] == "nop":
             continue
         r["steps_ratio"] = r["total_train_steps"] / base["total_train_steps"]
-        r["wall_ratio"] = r["wall_s"] / base["wall_s"]
+        r["trial_time_ratio"] = r["trial_s"] / base["trial_s"]
         if r["best_value"] is not None and base["best_value"]:
             # eval_loss is lower-is-better: positive = the pruned sweep's best is worse
             r["best_rel_diff"] = (r["best_value"] - base["best_value"]) / abs(base["best_value"])
@@ -85,19 +99,24 @@ def compare(rows: list[dict]) -> list[dict]:
 COLUMNS = [("pruner", "pruner", "{}"), ("seed", "seed", "{}"), ("total_train_steps", "steps", "{}"),
            ("steps_ratio", "steps / unpruned", "{:.2f}"), ("best_value", "best eval_loss", "{:.4f}"),
            ("best_rel_diff", "best vs unpruned", "{:+.2%}"), ("pruned", "pruned trials", "{}"),
-           ("wall_s", "wall s", "{:.0f}"), ("meets_target", "target met", "{}")]
+           ("trial_s", "trial s", "{:.0f}"), ("meets_target", "target met", "{}")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=sorted(WORKLOADS), default="tiny")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    # trial n of a study is sampled with seed + n (sllmx.sweep.study.Samplers), so seeds closer than n_trials
+    # would share most of their trials: 1, 101, 201 give three studies with no trial seed in common
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 101, 201])
     ap.add_argument("--pruners", nargs="+", default=["nop", "median", "successive_halving"],
                     help="hydra/sweeper/pruner names, optionally name:key=value,... ('nop' is the reference)")
     ap.add_argument("--name", default=None, help="results file name (default sweeps-<model>)")
+    ap.add_argument("--work", default=None, help="the folder of the sweeps (default: a new temporary one); "
+                                                 "finished sweeps of an earlier call there are read, not re-run")
     args = ap.parse_args()
     pruners = ["nop", *[p for p in args.pruners if p != "nop"]]
-    work = Path(tempfile.mkdtemp(prefix="sllmx-bench-sweeps-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="sllmx-bench-sweeps-"))
+    work.mkdir(parents=True, exist_ok=True)
     rows = []
     for seed in args.seeds:
         for pruner in pruners:
@@ -105,7 +124,7 @@ def main() -> None:
             row["pruned"] = row["counts"].get("PRUNED", 0)
             rows.append(row)
             print(f"{args.model} seed {seed} {pruner}: {row['total_train_steps']} steps, best "
-                  f"{row['best_value']}, {row['wall_s']:.0f} s", flush=True)
+                  f"{row['best_value']}, trials {row['trial_s']:.0f} s", flush=True)
     compare(rows)
     path = save(args.name or f"sweeps-{args.model}", {
         "machine": machine(), "model": args.model, "workload": [*COMMON, *WORKLOADS[args.model][1]],
