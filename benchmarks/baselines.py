@@ -36,28 +36,43 @@ ROWS = [
 ]
 
 
+def done(folder: Path) -> bool:
+    """Whether ``folder`` holds a COMPLETE run with its measured cost (``cost.json``)."""
+    try:
+        return (json.loads((folder / "run.json").read_text())["status"] == "COMPLETE"
+                and (folder / "cost.json").is_file())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", choices=sorted(DATA), default="support_ko")
-    ap.add_argument("--out", default=None, help="folder for the runs and the report (must not exist)")
+    ap.add_argument("--out", default=None, help="folder for the runs and the report; the finished rows of an "
+                                                "interrupted benchmark there are kept")
     args = ap.parse_args()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"sllmx-bench-baselines-{args.data}-"))
     out.mkdir(parents=True, exist_ok=True)
     common = ["logger=none", "eval.test=true", *DATA[args.data]]
     costs = {}
-    for name, overrides in ROWS:
-        cmd = [sys.executable, "-m", "sllmx", *overrides, *common, f"hydra.run.dir={out / name}"]
-        costs[name] = measured(cmd, out / f"{name}.log")
+    runs = [(name, [sys.executable, "-m", "sllmx", *overrides, *common, f"hydra.run.dir={out / name}"])
+            for name, overrides in ROWS]
+    runs.append(("lora_sft_rag", [sys.executable, "-m", "sllmx.evaluate", str(out / "lora_sft"), "eval.rag=train",
+                                  "eval.rag_k=3", "eval.test=true", "--out", str(out / "lora_sft_rag")]))
+    for name, cmd in runs:
+        if done(out / name):  # --out of an earlier, interrupted benchmark: its finished rows are kept
+            costs[name] = json.loads((out / name / "cost.json").read_text())
+        else:
+            costs[name] = measured(cmd, out / f"{name}.log")
+            (out / name / "cost.json").write_text(json.dumps(costs[name]))
         print(f"{name}: {costs[name]['wall_s']:.0f} s", flush=True)
-    cmd = [sys.executable, "-m", "sllmx.evaluate", str(out / "lora_sft"), "eval.rag=train", "eval.rag_k=3",
-           "eval.test=true", "--out", str(out / "lora_sft_rag")]
-    costs["lora_sft_rag"] = measured(cmd, out / "lora_sft_rag.log")
-    folders = [str(out / n) for n in [*(n for n, _ in ROWS), "lora_sft_rag"]]
-    report = subprocess.run([sys.executable, "-m", "sllmx.report", *folders, "--metrics", "test_prompt_tokens",
-                             "test_latency_s"], capture_output=True, text=True, env={**ENV},
-                            check=True).stdout
+    folders = [str(out / n) for n, _ in runs]
+    # one row per run: few-shot's two selections apart, and the baselines beside each other
+    by = ["--by", "method", "trainer", "method.selection"]
+    report = subprocess.run([sys.executable, "-m", "sllmx.report", *folders, *by], capture_output=True, text=True,
+                            env={**ENV}, check=True).stdout
     (out / "report.md").write_text(report, encoding="utf-8")
-    doc = json.loads(subprocess.run([sys.executable, "-m", "sllmx.report", *folders, "--format", "json"],
+    doc = json.loads(subprocess.run([sys.executable, "-m", "sllmx.report", *folders, *by, "--format", "json"],
                                     capture_output=True, text=True, env={**ENV}, check=True).stdout)
     rows = []
     for name in [*(n for n, _ in ROWS), "lora_sft_rag"]:

@@ -1,4 +1,4 @@
-"""Built-in fine-tuning methods: lora, qlora, dora, prompt_tuning, full.
+"""Built-in fine-tuning methods: lora, qlora, dora, prompt_tuning, prefix_tuning, full.
 
 Each method owns how the base model is loaded (QLoRA loads it 4-bit) and how it
 is wrapped (a PEFT config and ``peft.get_peft_model``).  Field names are PEFT's.
@@ -29,7 +29,16 @@ def _lora_kwargs(cfg: Any) -> dict[str, Any]:
         target_modules=target,
         bias=cfg.bias,
         use_rslora=cfg.use_rslora,
+        init_lora_weights=cfg.init_lora_weights,
     )
+
+
+#: ``peft.LoraConfig.init_lora_weights`` values sllmx passes on.  eva, corda and loftq need data or a quantised
+#: copy that a method option cannot give; pissa_niter_<n> (randomised SVD) would differ each time PEFT redoes it
+#: when the adapter is loaded
+INIT_LORA_WEIGHTS = (True, False, "gaussian", "pissa", "olora", "orthogonal")
+#: the inits that move part of each base weight into the adapter (the base is changed in place)
+RESIDUAL_INITS = ("pissa", "olora")
 
 
 @dataclass
@@ -45,7 +54,30 @@ class LoraMethodConfig(MethodConfig):
                                 "all-linear")
     bias: str = option("which biases train: none, all or lora_only (peft.LoraConfig)", "none",
                       choices=("none", "all", "lora_only"))
-    use_rslora: bool = option("scale by lora_alpha / sqrt(r) (Kalajdzievski, 2023)", False)
+    use_rslora: bool = option("scale by lora_alpha / sqrt(r) instead of lora_alpha / r (rsLoRA: Kalajdzievski, "
+                             "2023, \"A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA\")", False)
+    init_lora_weights: Any = option(
+        "peft.LoraConfig.init_lora_weights: true (A random, B zero: the update starts at 0), false (both random: "
+        "for tests), gaussian, pissa (the principal singular vectors of each weight: Meng et al., 2024, "
+        "\"PiSSA\"), olora (QR of each weight: Buyukakyuz, "
+        "2024, \"OLoRA\"), orthogonal.  pissa and olora move the principal part of each base weight into the "
+        "adapter; the saved adapter records it and PEFT redoes it (deterministically) when the adapter is loaded "
+        "on the base; not with DPO or KTO (their reference model, the base with the adapter off, would be the "
+        "residual) nor QLoRA", True)
+    loraplus_lr_ratio: Optional[float] = option(
+        "LoRA+ (Hayou et al., 2024, \"LoRA+: Efficient Low Rank Adaptation of Large Models\"): the B matrices "
+        "learn this many times trainer.learning_rate (the paper suggests 16 and a learning rate about half "
+        "plain LoRA's), through peft.optimizers.create_loraplus_optimizer; null: off", None, ge=1)
+
+    def check(self, key: str) -> Optional[str]:
+        """``init_lora_weights`` is one of :data:`INIT_LORA_WEIGHTS`; ``orthogonal`` needs an even ``r``."""
+        init = self.init_lora_weights
+        if init not in INIT_LORA_WEIGHTS or isinstance(init, (int, float)) and not isinstance(init, bool):
+            shown = ", ".join(str(v).lower() for v in INIT_LORA_WEIGHTS)
+            return f"{key}.init_lora_weights={init}: use one of {shown}"
+        if init == "orthogonal" and self.r % 2:
+            return f"{key}.init_lora_weights=orthogonal needs an even {key}.r (got {self.r})"
+        return None
 
 
 class LoRA(Method):
@@ -53,9 +85,7 @@ class LoRA(Method):
 
     name = "lora"
     config = LoraMethodConfig
-    # SFT of SmolLM2-135M on the built-in task, 32 steps: json_exact 0 at 2e-4, 0.31 at 1e-3 (benchmarks/RESULTS.md
-    # §10); 2e-4 is the QLoRA paper's rate for 7B-13B models (Dettmers et al., 2023), small models take more
-    sft_learning_rate = 1e-3
+    peft_type = "LORA"
     use_dora = False
 
     def wrap(self, model: Any, cfg: Any, runtime: Runtime, tokenizer: Any = None) -> Any:
@@ -63,6 +93,35 @@ class LoRA(Method):
         from peft import LoraConfig, get_peft_model
 
         return get_peft_model(model, LoraConfig(**_lora_kwargs(cfg), use_dora=self.use_dora))
+
+    def check(self, trainer: Any, cfg: Any) -> Optional[str]:
+        """PiSSA / OLoRA change the base weights in place, so an objective whose reference model is the base with
+        the adapter switched off (DPO, KTO: ``Trainer.reference_model``) would compare against the residual."""
+        init = cfg.method.get("init_lora_weights")
+        if init in RESIDUAL_INITS and getattr(trainer, "reference_model", False):
+            return (f"method.init_lora_weights={init} moves part of each base weight into the adapter, so "
+                    f"trainer={trainer.name}'s reference model (the base with the adapter off) would be the residual; "
+                    f"use the default init, or a reference-free objective (orpo, cpo, simpo)")
+        return None
+
+    def optimizer(self, model: Any, cfg: Any, args: Any) -> Any:
+        """With ``loraplus_lr_ratio``: ``peft.optimizers.create_loraplus_optimizer`` with the optimizer class
+        and options ``args`` selects (``transformers.Trainer.get_optimizer_cls_and_kwargs``), the A matrices at
+        ``args.learning_rate`` and the B matrices at that times the ratio (weight decay ``args.weight_decay``).
+        None otherwise (the trainer's own AdamW)."""
+        if cfg.loraplus_lr_ratio is None:
+            return None
+        from peft.optimizers import create_loraplus_optimizer
+        from transformers import Trainer
+
+        optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        if {"params", "model", "optimizer_dict"} & set(kwargs) or not isinstance(optimizer_cls, type):
+            raise SllmxError(f"method.loraplus_lr_ratio needs an optimizer built from parameter groups (AdamW, "
+                             f"Adam8bit, ...); trainer optim={args.optim} builds its own")
+        kwargs = {k: v for k, v in kwargs.items() if k != "lr"}
+        return create_loraplus_optimizer(model, optimizer_cls, lr=args.learning_rate,
+                                         loraplus_lr_ratio=float(cfg.loraplus_lr_ratio),
+                                         loraplus_weight_decay=args.weight_decay, **kwargs)
 
 
 @dataclass
@@ -90,6 +149,13 @@ class QloraMethodConfig(LoraMethodConfig):
     bnb_4bit_compute_dtype: Optional[str] = option(
         "dtype of the matmuls: bfloat16, float16 or float32; null: bfloat16 where the GPU has it, else float32", None,
         choices=("bfloat16", "float16", "float32"))
+
+    def check(self, key: str) -> Optional[str]:
+        """LoRA's checks; the inits that decompose the base weights cannot read 4-bit ones."""
+        if self.init_lora_weights in (*RESIDUAL_INITS, "orthogonal"):
+            return (f"{key}.init_lora_weights={self.init_lora_weights} decomposes the base weights, which QLoRA "
+                    f"holds in 4 bits; use it with method=lora")
+        return super().check(key)
 
 
 class QLoRA(LoRA):
@@ -132,6 +198,13 @@ class QLoRA(LoRA):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return super().wrap(model, cfg, runtime, tokenizer)
 
+    def continue_adapter(self, model: Any, adapter_dir: str, cfg: Any, runtime: Runtime) -> Any:
+        """``peft.prepare_model_for_kbit_training``, then the saved LoRA adapter, trainable."""
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return super().continue_adapter(model, adapter_dir, cfg, runtime)
+
 
 @dataclass
 class PromptTuningMethodConfig(MethodConfig):
@@ -158,6 +231,8 @@ class PromptTuning(Method):
 
     name = "prompt_tuning"
     config = PromptTuningMethodConfig
+    family = "prompt"
+    peft_type = "PROMPT_TUNING"
 
     def num_virtual_tokens(self, cfg: Any) -> int:
         """``method.num_virtual_tokens``: the soft prompt's length."""
@@ -198,6 +273,50 @@ class PromptTuning(Method):
 
 
 @dataclass
+class PrefixTuningMethodConfig(MethodConfig):
+    """Options of ``peft.PrefixTuningConfig`` (Li & Liang, 2021, "Prefix-Tuning: Optimizing Continuous Prompts
+    for Generation"): trainable key/value vectors prepended at every layer.  Like prompt tuning, it needs a much
+    higher learning rate than LoRA."""
+
+    name: str = "prefix_tuning"
+    num_virtual_tokens: int = option("length of the trainable prefix (key/value positions at every layer)", 20, ge=1)
+    prefix_projection: bool = option("reparametrise the prefix through a two-layer MLP (the paper's, for stability; "
+                                    "more parameters while training)", False)
+    encoder_hidden_size: Optional[int] = option("hidden size of that MLP (null: the model's hidden size)", None,
+                                               ge=1)
+
+
+class PrefixTuning(Method):
+    """Prefix tuning: trainable key/value prefixes at every layer (peft.PrefixTuningConfig)."""
+
+    name = "prefix_tuning"
+    config = PrefixTuningMethodConfig
+    family = "prompt"
+    peft_type = "PREFIX_TUNING"
+    gradient_checkpointing = False  # checkpointed layers drop the attention cache that holds the prefix
+
+    def check(self, trainer: Any, cfg: Any) -> Optional[str]:
+        """Neither gradient checkpointing (the prefix lives in the attention cache, which checkpointed layers drop)
+        nor packing (padding-free rows carry no attention mask for the prefix)."""
+        if cfg.trainer.get("gradient_checkpointing"):
+            return "method=prefix_tuning cannot train with trainer.gradient_checkpointing=true (set it to null or false)"
+        if cfg.trainer.get("packing"):
+            return "method=prefix_tuning cannot train with trainer.packing=true"
+        return None
+    # the prefix lives in the attention cache: the logits are as long as the input (num_virtual_tokens stays 0)
+
+    def wrap(self, model: Any, cfg: Any, runtime: Runtime, tokenizer: Any = None) -> Any:
+        """``peft.get_peft_model`` with a ``PrefixTuningConfig`` of the method's options."""
+        from peft import PrefixTuningConfig, get_peft_model
+
+        kwargs: dict[str, Any] = dict(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens,
+                                      prefix_projection=cfg.prefix_projection)
+        if cfg.encoder_hidden_size:
+            kwargs["encoder_hidden_size"] = cfg.encoder_hidden_size
+        return get_peft_model(model, PrefixTuningConfig(**kwargs))
+
+
+@dataclass
 class FullMethodConfig(MethodConfig):
     """Full fine-tuning: every parameter trains.  No options."""
 
@@ -209,6 +328,7 @@ class Full(Method):
 
     name = "full"
     config = FullMethodConfig
+    family = "full"
 
     def load_model(self, path: str, cfg: Any, runtime: Runtime, **kwargs: Any) -> Any:
         """The weights in float32 whatever ``trainer.precision``: with bf16 / fp16 they are the master
@@ -226,5 +346,5 @@ class Full(Method):
 
 @hookimpl
 def sllmx_methods() -> list[Method]:
-    """Register lora, qlora, dora, prompt_tuning and full."""
-    return [LoRA(), QLoRA(), DoRA(), PromptTuning(), Full()]
+    """Register lora, qlora, dora, prompt_tuning, prefix_tuning and full."""
+    return [LoRA(), QLoRA(), DoRA(), PromptTuning(), PrefixTuning(), Full()]

@@ -1,4 +1,4 @@
-"""Built-in training objectives on TRL: sft, dpo, orpo, kto.
+"""Built-in training objectives on TRL: sft, dpo, orpo, kto, cpo, simpo.
 
 Each objective is a config dataclass beside its trainer, with TRL's field names.
 sllmx decides the run-level arguments (output_dir, seed, evaluation, precision,
@@ -20,10 +20,17 @@ from sllmx.interfaces import (LAYOUT_MESSAGES, LAYOUT_PREFERENCE, LAYOUT_PROMPT_
                               LAYOUT_UNPAIRED, Trainer)
 from sllmx.trl import GlobalBatchOrder, TRLObjective, config_fields, trl_config
 
-__all__ = ["DPO", "KTO", "ORPO", "SFT", "label_positions_loss"]
+__all__ = ["CPO", "DPO", "KTO", "ORPO", "SFT", "SimPO", "label_positions_loss"]
 
 log = logging.getLogger("sllmx")
 
+
+#: the help of every trainer's ``learning_rate`` (its default is ``sllmx.defaults``' interpolation)
+LEARNING_RATE_HELP = ("peak learning rate of AdamW; default: by method family (adapter, prompt, full) and objective, "
+                      "from published practice (docs/defaults.md; run.json's defaults says which applied)")
+#: LoRA's best learning rate is about 10x full fine-tuning's, across SFT and RL (Schulman et al., 2025, "LoRA
+#: Without Regret", Thinking Machines Lab); the adapter rows of the preference objectives use it
+LORA_WITHOUT_REGRET = "10x the full fine-tuning rate (Schulman et al., 2025, \"LoRA Without Regret\")"
 
 # ----------------------------------------------------------------------------- SFT
 
@@ -33,9 +40,7 @@ class SFTTrainerConfig(TrainerConfig):
     """Supervised fine-tuning (``trl.SFTConfig``): next-token loss on the completion / assistant turns."""
 
     name: str = "sft"
-    learning_rate: float = option(
-        "peak learning rate of AdamW; default: the method's own for SFT (lora, dora, qlora: 1e-3, measured on the "
-        "built-in task, benchmarks/RESULTS.md section 10), else 2e-4", "${sllmx_sft_learning_rate:${oc.select:method.name,null}}")
+    learning_rate: float = option(LEARNING_RATE_HELP, "${sllmx_learning_rate:${oc.select:method.name,null},sft,2e-4}")
     completion_only_loss: Optional[bool] = option(
         "loss on the completion only for prompt/completion data (null: TRL's default, on)", None)
     packing: bool = option("pack several examples into one row (TRL's bfd packing, padding-free: each example keeps "
@@ -117,6 +122,14 @@ def label_positions_loss(model: Any, inputs: dict[str, Any], num_items_in_batch:
                            shift_labels=targets[keep])
 
 
+def _adds_to_model_loss(model: Any) -> bool:
+    """Whether ``model``'s forward adds a training term of its own to the loss it computes from labels (a
+    trainable PEFT AdaLoRA model: the orthogonality regulariser), which :func:`label_positions_loss` would leave
+    out.  (A loaded AdaLoRA adapter, in inference mode, adds nothing: PEFT cannot even compute it then.)"""
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", "default"))
+    return str(getattr(config, "peft_type", "")).endswith("ADALORA") and not getattr(config, "inference_mode", True)
+
+
 class SFT(TRLObjective):
     """Supervised fine-tuning with trl.SFTTrainer.
 
@@ -129,6 +142,15 @@ class SFT(TRLObjective):
 
     name = "sft"
     config = SFTTrainerConfig
+    learning_rates = {
+        "adapter": (1e-3, "measured on SmolLM2-135M and the built-in task: json_exact 0 at 2e-4, 0.31 at 1e-3 "
+                          "(benchmarks/RESULTS.md section 10); the QLoRA paper's 2e-4 is for 7B-65B (Dettmers et al., "
+                          "2023)"),
+        "full": (1e-4, "a tenth of the adapter rate (Schulman et al., 2025, \"LoRA Without Regret\"); between "
+                       "Zephyr-7B's 2e-5 (Tunstall et al., 2023; TRL's SFTConfig default) and the SmolLM2-135M/360M "
+                       "recipe's 1e-3 (alignment-handbook recipes/smollm2)"),
+        "prompt": (3e-2, "PEFT's prompt-tuning causal-LM example; Lester et al. (2021) trained at 0.3 with Adafactor"),
+    }
     layouts = (LAYOUT_PROMPT_COMPLETION, LAYOUT_MESSAGES, LAYOUT_TEXT)
     loss_is_token_nll = True  # SFTTrainer's loss: mean cross-entropy over the completion tokens
 
@@ -146,6 +168,11 @@ class SFT(TRLObjective):
 
         token_metrics = bool(cfg.token_metrics)
         label_positions_only = bool(cfg.label_positions_only)
+        # AdaLoRA adds its orthogonality regulariser to the model's loss when the forward gets labels (TRL's
+        # SFTTrainer without token metrics); label_positions_loss calls it without: train on the model's own loss
+        # for it.  eval_loss stays the plain NLL (as a reloaded adapter gives it); with token_metrics, TRL's fused
+        # head computes the loss itself and the regulariser is left out, as in TRL
+        regularised = _adds_to_model_loss(model)
 
         class SllmxSFTTrainer(GlobalBatchOrder, SFTTrainer):
             # label_positions_loss is used (until it returns None once: a model it cannot serve)
@@ -156,11 +183,12 @@ class SFT(TRLObjective):
                 if (token_metrics or self.args.loss_type != "nll" or self.aux_loss_enabled or return_outputs
                         or self.label_smoother is not None or self.compute_loss_func is not None):
                     return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                compact = self.sllmx_compact_head and not (regularised and model.training)
                 loss = (label_positions_loss(model, inputs, num_items_in_batch,
                                              self.accelerator.unwrap_model(model).get_output_embeddings())
-                        if self.sllmx_compact_head else None)
+                        if compact else None)
                 if loss is None:  # a model whose output head cannot be applied to the label positions alone
-                    if self.sllmx_compact_head:
+                    if compact:
                         log.warning("sft: %s does not call its output head once on its hidden states; the "
                                     "loss uses the full logits", type(model).__name__)
                         self.sllmx_compact_head = False
@@ -195,7 +223,7 @@ class DPOTrainerConfig(TrainerConfig):
     """Direct Preference Optimization (Rafailov et al., 2023; ``trl.DPOConfig``)."""
 
     name: str = "dpo"
-    learning_rate: float = option("peak learning rate (DPO wants far less than SFT)", 5e-6)
+    learning_rate: float = option(LEARNING_RATE_HELP, "${sllmx_learning_rate:${oc.select:method.name,null},dpo,5e-6}")
     beta: float = option("strength of the KL penalty towards the reference model", 0.1, gt=0)
     loss_type: list[str] = option("TRL loss names, combined by loss_weights: [sigmoid] (DPO), [ipo] (Azar et al., "
                                  "2023), [hinge], [robust], ...; e.g. trainer.loss_type=[ipo]", ["sigmoid"],
@@ -215,6 +243,15 @@ class DPO(TRLObjective):
 
     name = "dpo"
     config = DPOTrainerConfig
+    reference_model = True
+    learning_rates = {
+        "adapter": (5e-5, "measured: 16 LoRA steps on HH-RLHF move eval_loss and preference accuracy "
+                          "(benchmarks/RESULTS.md section 13), where Zephyr's QLoRA recipe rate 5e-6 barely does; "
+                          + LORA_WITHOUT_REGRET + " gives 1e-5"),
+        "full": (1e-6, "TRL's DPOConfig default and the SmolLM2 DPO recipe (alignment-handbook recipes/smollm2); "
+                       "Zephyr-7B used 5e-7 (Tunstall et al., 2023)"),
+        "prompt": (1.5e-3, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
+    }
     layouts = (LAYOUT_PREFERENCE,)
 
     def trl_classes(self):
@@ -232,23 +269,72 @@ class ORPOTrainerConfig(TrainerConfig):
     SFT and preference in one loss, no reference model."""
 
     name: str = "orpo"
-    learning_rate: float = option("peak learning rate", 8e-6)
+    learning_rate: float = option(LEARNING_RATE_HELP, "${sllmx_learning_rate:${oc.select:method.name,null},orpo,5e-6}")
     beta: float = option("weight of the odds-ratio term (lambda in the paper)", 0.1, gt=0)
 
 
-class ORPO(TRLObjective):
-    """Odds Ratio Preference Optimization with trl.experimental.orpo.ORPOTrainer."""
+def _reference_free_pair_trainer(base: type) -> type:
+    """``base`` (TRL's ORPOTrainer or CPOTrainer, which share their batch layout) made to count the tokens it
+    trains on (its batches carry ``chosen_*`` / ``rejected_*`` tensors but no ``input_ids``, which
+    ``Trainer`` needs to count them) and to work with prompt tuning: a prompt-learning PEFT model returns
+    logits for its ``sllmx_virtual_tokens`` virtual tokens too (the method says how many), which these
+    losses (unlike DPO's) do not strip."""
 
-    name = "orpo"
-    config = ORPOTrainerConfig
+    class Counting(base):
+        sllmx_virtual_tokens = 0
+
+        def concatenated_forward(self, model, batch):
+            n = self.sllmx_virtual_tokens
+            if not n:
+                return super().concatenated_forward(model, batch)
+            forward = model.forward
+
+            def without_virtual_tokens(*args, **kwargs):
+                out = forward(*args, **kwargs)
+                out.logits = out.logits[:, n:, :]
+                return out
+
+            model.forward = without_virtual_tokens
+            try:
+                return super().concatenated_forward(model, batch)
+            finally:
+                del model.forward
+
+        def _track_num_input_tokens(self, inputs):
+            masks = [inputs[k] for k in ("chosen_attention_mask", "rejected_attention_mask") if k in inputs]
+            if masks:
+                self.state.num_input_tokens_seen += int(sum(int(m.sum()) for m in masks))
+            else:
+                super()._track_num_input_tokens(inputs)
+
+    Counting.__name__ = Counting.__qualname__ = f"Counting{base.__name__}"
+    return Counting
+
+
+class _ReferenceFree(TRLObjective):
+    """A preference objective with no reference model on a TRL trainer built by
+    :func:`_reference_free_pair_trainer`."""
+
     layouts = (LAYOUT_PREFERENCE,)
 
     def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
         """:class:`TRLObjective`'s build; with prompt learning (``virtual_tokens``, the method's answer) the
-        logits of the virtual tokens are left out of ORPO's loss."""
+        logits of the virtual tokens are left out of the loss."""
         hf_trainer = super().build(model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks)
         hf_trainer.sllmx_virtual_tokens = int(virtual_tokens)
         return hf_trainer
+
+
+class ORPO(_ReferenceFree):
+    """Odds Ratio Preference Optimization with trl.experimental.orpo.ORPOTrainer."""
+
+    name = "orpo"
+    config = ORPOTrainerConfig
+    learning_rates = {
+        "adapter": (5e-5, LORA_WITHOUT_REGRET),
+        "full": (5e-6, "Mistral-ORPO (Hong et al., 2024) and the alignment-handbook's reproduction of it"),
+        "prompt": (1.5e-3, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
+    }
 
     def trl_classes(self):
         import os
@@ -256,40 +342,79 @@ class ORPO(TRLObjective):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-        class CountingORPOTrainer(ORPOTrainer):
-            """ORPOTrainer that counts the tokens it trains on (its batches carry ``chosen_*`` /
-            ``rejected_*`` tensors but no ``input_ids``, which ``Trainer`` needs to count them),
-            and that works with prompt tuning: a prompt-learning PEFT model returns logits for its
-            ``sllmx_virtual_tokens`` virtual tokens too (the method says how many), which ORPO's loss
-            (unlike DPO's) does not strip."""
+        return _reference_free_pair_trainer(ORPOTrainer), ORPOConfig
 
-            sllmx_virtual_tokens = 0
 
-            def concatenated_forward(self, model, batch):
-                n = self.sllmx_virtual_tokens
-                if not n:
-                    return super().concatenated_forward(model, batch)
-                forward = model.forward
+# ----------------------------------------------------------------------------- CPO, SimPO
 
-                def without_virtual_tokens(*args, **kwargs):
-                    out = forward(*args, **kwargs)
-                    out.logits = out.logits[:, n:, :]
-                    return out
 
-                model.forward = without_virtual_tokens
-                try:
-                    return super().concatenated_forward(model, batch)
-                finally:
-                    del model.forward
+@dataclass
+class CPOTrainerConfig(TrainerConfig):
+    """Contrastive Preference Optimization (Xu et al., 2024, "Contrastive Preference Optimization: Pushing the
+    Boundaries of LLM Performance in Machine Translation"; ``trl.experimental.cpo.CPOConfig``): a preference
+    loss on the policy's own log-probabilities (no reference model) plus ``cpo_alpha`` times the chosen answers'
+    NLL.  ``loss_type=simpo`` with ``cpo_alpha=0`` is SimPO (``trainer=simpo``)."""
 
-            def _track_num_input_tokens(self, inputs):
-                masks = [inputs[k] for k in ("chosen_attention_mask", "rejected_attention_mask") if k in inputs]
-                if masks:
-                    self.state.num_input_tokens_seen += int(sum(int(m.sum()) for m in masks))
-                else:
-                    super()._track_num_input_tokens(inputs)
+    name: str = "cpo"
+    learning_rate: float = option(LEARNING_RATE_HELP, "${sllmx_learning_rate:${oc.select:method.name,null},cpo,1e-6}")
+    beta: float = option("temperature of the preference loss", 0.1, gt=0)
+    loss_type: str = option("sigmoid (CPO), hinge, ipo (Azar et al., 2023) or simpo (Meng et al., 2024; length-"
+                           "normalised log-probabilities with a target margin simpo_gamma)", "sigmoid",
+                           choices=("sigmoid", "hinge", "ipo", "simpo"))
+    cpo_alpha: float = option("weight of the NLL of the chosen answers (CPO's behaviour-cloning term); 0: none",
+                             1.0, ge=0)
+    simpo_gamma: float = option("SimPO's target reward margin (loss_type=simpo)", 0.5, ge=0)
+    label_smoothing: float = option("probability that a pair's label is flipped (conservative loss)", 0.0, ge=0,
+                                   lt=0.5)
 
-        return CountingORPOTrainer, ORPOConfig
+
+class CPO(_ReferenceFree):
+    """Contrastive Preference Optimization with trl.experimental.cpo.CPOTrainer (loss_type=ipo, hinge, simpo)."""
+
+    name = "cpo"
+    config = CPOTrainerConfig
+    learning_rates = {
+        "adapter": (1e-5, LORA_WITHOUT_REGRET),
+        "full": (1e-6, "TRL's CPOConfig default"),
+        "prompt": (3e-4, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
+    }
+
+    def trl_classes(self):
+        import os
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        return _reference_free_pair_trainer(CPOTrainer), CPOConfig
+
+
+@dataclass
+class SimPOTrainerConfig(CPOTrainerConfig):
+    """Simple Preference Optimization (Meng et al., 2024, "SimPO: Simple Preference Optimization with a
+    Reference-Free Reward"): the average log-probability of an answer as its reward, a target margin
+    ``simpo_gamma``, no reference model and no NLL term; TRL's CPOTrainer with ``loss_type=simpo`` and
+    ``cpo_alpha=0``.  The paper's beta is 2.0-2.5 with gamma/beta about 0.5."""
+
+    name: str = "simpo"
+    learning_rate: float = option(LEARNING_RATE_HELP,
+                                  "${sllmx_learning_rate:${oc.select:method.name,null},simpo,1e-6}")
+    beta: float = option("reward scale (the paper: 2.0-2.5)", 2.0, gt=0)
+    loss_type: str = option("simpo (the other CPO losses are trainer=cpo's)", "simpo", choices=("simpo",))
+    cpo_alpha: float = option("weight of the chosen answers' NLL (0 in SimPO; CPO-SimPO adds it)", 0.0, ge=0)
+    simpo_gamma: float = option("target reward margin (the paper: gamma/beta about 0.5)", 1.0, ge=0)
+
+
+class SimPO(CPO):
+    """SimPO with trl.experimental.cpo.CPOTrainer (loss_type=simpo, cpo_alpha=0)."""
+
+    name = "simpo"
+    config = SimPOTrainerConfig
+    learning_rates = {
+        "adapter": (1e-5, LORA_WITHOUT_REGRET),
+        "full": (1e-6, "SimPO's 7B-8B runs trained at 3e-7 to 1e-6 (Meng et al., 2024); TRL's CPOConfig "
+                       "default 1e-6"),
+        "prompt": (3e-4, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
+    }
 
 
 # ----------------------------------------------------------------------------- KTO
@@ -300,7 +425,7 @@ class KTOTrainerConfig(TrainerConfig):
     """Kahneman-Tversky Optimization (Ethayarajh et al., 2024; ``trl.KTOConfig``): unpaired good/bad labels."""
 
     name: str = "kto"
-    learning_rate: float = option("peak learning rate", 5e-6)
+    learning_rate: float = option(LEARNING_RATE_HELP, "${sllmx_learning_rate:${oc.select:method.name,null},kto,1e-6}")
     beta: float = option("strength of the KL penalty towards the reference model", 0.1, gt=0)
     desirable_weight: float = option("loss weight of desirable (label true) examples", 1.0, ge=0)
     undesirable_weight: float = option("loss weight of undesirable (label false) examples", 1.0, ge=0)
@@ -311,6 +436,12 @@ class KTO(TRLObjective):
 
     name = "kto"
     config = KTOTrainerConfig
+    reference_model = True
+    learning_rates = {
+        "adapter": (1e-5, LORA_WITHOUT_REGRET),
+        "full": (1e-6, "TRL's KTOConfig default"),
+        "prompt": (3e-4, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
+    }
     layouts = (LAYOUT_UNPAIRED,)
 
     def trl_classes(self):
@@ -321,5 +452,5 @@ class KTO(TRLObjective):
 
 @hookimpl
 def sllmx_trainers() -> list[Trainer]:
-    """Register sft, dpo, orpo and kto."""
-    return [SFT(), DPO(), ORPO(), KTO()]
+    """Register sft, dpo, orpo, kto, cpo and simpo."""
+    return [SFT(), DPO(), ORPO(), KTO(), CPO(), SimPO()]

@@ -91,11 +91,21 @@ def method_label(record: RunRecord) -> str:
     return f"{record.method}+rag" if "rag" in kinds and record.method != "rag" else record.method
 
 
+def trainer_label(record: RunRecord) -> str:
+    """The objective a report shows: the trainer's name, preceded by those of the runs it was started from
+    (``model=run``; run.json ``model_facts.lineage``), oldest first: ``sft→dpo``, ``cpt→sft→dpo``."""
+    chain, lineage = [], (record.model_facts or {}).get("lineage")
+    while lineage:
+        chain.append(str(lineage.get("trainer")))
+        lineage = lineage.get("parent")
+    return "→".join([*reversed(chain), record.trainer])
+
+
 def run_configs(records: list[RunRecord]) -> list[dict[str, Any]]:
-    """Each run's config flattened to dotted keys, with ``method`` (:func:`method_label`) and ``trainer`` as
-    plugin names."""
+    """Each run's config flattened to dotted keys, with ``method`` (:func:`method_label`) and ``trainer``
+    (:func:`trainer_label`) as plugin names."""
     return [{**{k: v for k, v in flatten(r.config).items() if k not in ("method.name", "trainer.name")},
-             "method": method_label(r), "trainer": r.trainer} for r in records]
+             "method": method_label(r), "trainer": trainer_label(r)} for r in records]
 
 
 def summarize(values: list[float], confidence: float = 0.95) -> dict[str, Optional[float]]:
@@ -330,7 +340,7 @@ def add_verdicts(rows: list[dict[str, Any]], meta: dict[str, Any], found: Collec
 
 
 def _label(row: dict[str, Any], by: list[str]) -> str:
-    return " × ".join(str(row.get(k)) for k in by)
+    return " × ".join(str(row.get(k)) for k in by if row.get(k) is not None)
 
 
 def _verdict(row: dict[str, Any], base_row: dict[str, Any], cand_runs: list[int], base_runs: list[int],

@@ -15,7 +15,7 @@ from sllmx.plugins import register_configs, registry
 def setup() -> None:
     """Load plugins and store every config schema (top level, methods, trainers, sources); register the
     config tree's resolvers (:mod:`sllmx.validate`)."""
-    import sllmx.validate  # noqa: F401  (the sllmx_help_config and sllmx_sft_learning_rate resolvers)
+    import sllmx.validate  # noqa: F401  (the sllmx_help_config and sllmx_learning_rate resolvers)
 
     try:
         register_configs(registry())

@@ -115,12 +115,20 @@ class DataConfig:
                                         "else a column named label, category, intent or class", None)
     lengths: bool = option("token-length statistics with the model's tokenizer and chat template, and a "
                           "suggested trainer.max_length", True)
+    augment_k: int = option("instruction-template augmentation: copies of each train example whose request is "
+                           "rephrased by one of data.augment_templates (a different one each; train only, seeded "
+                           "by split_seed; sllmx.data.augment); 0: off", 0, ge=0)
+    augment_templates: Any = option("the templates of data.augment_k: a list of strings each holding "
+                                   "{instruction}, or ko (a built-in Korean list of 6)", None)
 
     def check(self, key: str) -> Optional[str]:
         """The dev and test hold-outs leave rows in train (their fractions sum to below 1)."""
         if self.dev_fraction + self.test_fraction >= 1:
             return (f"{key}.dev_fraction={self.dev_fraction} with {key}.test_fraction={self.test_fraction}: "
                     f"their sum must be < 1 (the rest is train)")
+        if self.augment_k and self.augment_templates is None:
+            return (f"{key}.augment_k={self.augment_k} needs {key}.augment_templates (a list of templates with "
+                    f"{{instruction}}, or ko for the built-in one)")
         return None
 
 

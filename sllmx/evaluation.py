@@ -5,6 +5,7 @@ through the same record lifecycle as a training run (:func:`sllmx.lifecycle.life
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,10 +14,12 @@ from typing import Any, Optional
 from sllmx.arguments import training_args
 from sllmx.context import GenerationSettings, RunContext
 from sllmx.data.checks import DATA_CHECK_FILE
-from sllmx.data.lengths import check_lengths
+from sllmx.data.lengths import ROUND_TO, check_lengths, token_lengths
 from sllmx.errors import SllmxError
 from sllmx.plugins import typed
 from sllmx.runtime import main_first, on_main, wait_for_everyone
+
+log = logging.getLogger(__name__)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -39,10 +42,10 @@ def virtual_tokens(ctx: RunContext) -> dict[str, int]:
     return {"virtual_tokens": n} if n else {}
 
 
-def load_tokenizer(ctx: RunContext) -> tuple[str, dict[str, Any]]:
+def load_tokenizer(ctx: RunContext, trains: bool = True) -> tuple[str, dict[str, Any]]:
     """Resolve the run's model source (the main process first: it builds caches the others then read; the
     data splits are saved by content beside them), set ``ctx.tokenizer`` and check the splits' token
-    lengths with it.  Returns the model's local path (or hub id) and its ``from_pretrained`` options."""
+    lengths with it (``trains`` False: an evaluation-only run, see :func:`fit_rewritten_prompts`).  Returns the model's local path (or hub id) and its ``from_pretrained`` options."""
     from transformers import AutoTokenizer
 
     from sllmx.data.cache import cache_splits
@@ -57,8 +60,13 @@ def load_tokenizer(ctx: RunContext) -> tuple[str, dict[str, Any]]:
 
     path = main_first(build_caches, runtime)
     record.model_facts = source.facts(path)
+    lineage = source.lineage(model_cfg)
+    if lineage:  # a finished run as the base (model=run): the chain of stages
+        record.model_facts["lineage"] = lineage
     kwargs = source.from_pretrained_kwargs(model_cfg)
     ctx.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    if record.prompting:
+        fit_rewritten_prompts(ctx, trains)
     options = ctx.splits.options
     if options is not None and options.checks and options.lengths:
         check_lengths(ctx.splits, ctx.tokenizer, cfg.trainer.get("max_length"))
@@ -67,6 +75,40 @@ def load_tokenizer(ctx: RunContext) -> tuple[str, dict[str, Any]]:
             ctx.splits.report.write(ctx.output_dir / DATA_CHECK_FILE)
             record.write(ctx.output_dir)
     return path, kwargs
+
+
+def fit_rewritten_prompts(ctx: RunContext, trains: bool) -> None:
+    """Make ``trainer.max_length`` hold the longest dev/test example whose prompt sllmx rewrote (few-shot
+    examples, retrieved passages: :func:`sllmx.run.prompting_of`), so that no answer is cut off the end (TRL then
+    drops an example with no completion token left as fully masked, and a split of them has no ``eval_loss``).
+
+    An evaluation-only run (``trains`` False: a prompting baseline, ``sllmx.evaluate RUN eval.rag=...``) trains nothing, so the
+    limit is raised to that length rounded up to a multiple of 16 and ``run.json``'s ``prompting`` records
+    ``max_length`` ``{"from", "to"}``.  A training run keeps the limit it trains with (the same as the run
+    without retrieval) and is refused instead.
+
+    Raises:
+        SllmxError: a training run whose rewritten dev/test prompts do not fit ``trainer.max_length``, with
+            the value that fits (one line, before the model loads).
+    """
+    cfg = ctx.cfg
+    max_length = cfg.trainer.get("max_length")
+    if not max_length:
+        return
+    longest = {name: max(token_lengths(ds, ctx.tokenizer)) for name in ("dev", "test")
+               if (ds := getattr(ctx.splits, name)) is not None and len(ds)}
+    if not longest or max(longest.values()) <= max_length:
+        return
+    name = max(longest, key=longest.get)
+    need = -(-longest[name] // ROUND_TO) * ROUND_TO
+    if trains:
+        raise SllmxError(f"trainer.max_length={max_length} cuts the rewritten {ctx.record.prompting.get('kind')} "
+                         f"prompts of the {name} split (the longest has {longest[name]} tokens), which would drop "
+                         f"their answers from eval_loss; give trainer.max_length={need}, or a smaller eval.rag_k")
+    log.info("trainer.max_length %d -> %d for this evaluation: the rewritten %s prompts' longest %s example has %d "
+             "tokens", max_length, need, ctx.record.prompting.get("kind"), name, longest[name])
+    cfg.trainer.max_length = need
+    ctx.record.prompting["max_length"] = {"from": int(max_length), "to": int(need)}
 
 
 def evaluate_only(ctx: RunContext, run_dir: Optional[Path] = None) -> str:
@@ -84,7 +126,7 @@ def evaluate_only(ctx: RunContext, run_dir: Optional[Path] = None) -> str:
 
     cfg, record, runtime = ctx.cfg, ctx.record, ctx.runtime
     record.global_steps = 0  # an evaluation trains nothing, whatever happens
-    path, kwargs = load_tokenizer(ctx)
+    path, kwargs = load_tokenizer(ctx, trains=False)
     saved = None if run_dir is None else Path(run_dir) / "model"
     if saved is not None and (saved / "tokenizer_config.json").exists():
         ctx.tokenizer = AutoTokenizer.from_pretrained(saved, **kwargs)

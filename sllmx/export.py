@@ -81,6 +81,11 @@ def plan_export(info: RunInfo, merged: bool = False, adapter_only: bool = False,
                              f"base, so there are no weights of its own to quantize")
         return "adapter"
     if adapter_only:
+        init = info.adapter.get("init_lora_weights")
+        if init in ("pissa", "olora"):
+            raise SllmxError(f"--adapter-only: the run's LoRA was initialised with {init}, which moved part of each "
+                             f"base weight into the adapter; an engine that puts the adapter on the original base "
+                             f"would serve another model; export it merged (drop --adapter-only)")
         if quantize:
             raise SllmxError(f"--quantize {quantize} with --adapter-only: the adapter stays in the precision it "
                              f"was trained in; quantize a merged export (drop --adapter-only)")

@@ -60,9 +60,19 @@ class Method(Plugin):
     """
 
     kind = "method"
-    #: the learning rate ``trainer=sft`` uses with this method unless ``trainer.learning_rate`` is given
-    #: (None: the trainer's own default, 2e-4); read through the ``sllmx_sft_learning_rate`` resolver
-    sft_learning_rate: float | None = None
+    #: what trains, which picks this method's default ``trainer.learning_rate`` from the trainer's table
+    #: (:attr:`Trainer.learning_rates`; :mod:`sllmx.defaults`): ``adapter`` (LoRA and the other weight
+    #: adapters), ``prompt`` (soft prompts and prefixes), ``full`` (every weight)
+    family: str = "adapter"
+    #: ``(factor, source)``: the default learning rate is the family's times ``factor`` (e.g. a method whose
+    #: paper trains at several times LoRA's rate); the source is shown with it
+    learning_rate_scale: tuple[float, str] = (1.0, "")
+    #: the ``peft_type`` of the adapter :meth:`wrap` adds (``LORA``, ``PROMPT_TUNING``, ...; None: no adapter),
+    #: which a saved adapter must have to be trained further (:meth:`continue_adapter`)
+    peft_type: str | None = None
+    #: False for a method that cannot train under gradient checkpointing (prefix tuning: its prefix lives in the
+    #: attention cache, which checkpointed layers drop); the memory estimate then never turns it on
+    gradient_checkpointing: bool = True
     #: False for an evaluation-only baseline (``zero_shot``, ``few_shot``, ``rag``): the runner loads the base
     #: model with :meth:`load_model`, trains nothing, scores dev (and test) once and records ``baseline: true``
     trains: bool = True
@@ -98,6 +108,37 @@ class Method(Plugin):
         """
         raise NotImplementedError
 
+    def continue_adapter(self, model: Any, adapter_dir: str, cfg: Any, runtime: Runtime) -> Any:
+        """The model to train when the run trains a saved PEFT adapter further (``model=run
+        model.adapter=continue``) instead of :meth:`wrap`: ``peft.PeftModel.from_pretrained(model, adapter_dir,
+        is_trainable=True)`` on the base ``model`` from :meth:`load_model`.  The adapter's saved options apply,
+        not ``cfg``'s.
+
+        Raises:
+            SllmxError: the adapter is not of :attr:`peft_type`.
+        """
+        import json
+        import os
+
+        from peft import PeftModel
+
+        from sllmx.errors import SllmxError
+
+        with open(os.path.join(adapter_dir, "adapter_config.json"), encoding="utf-8") as f:
+            saved = json.load(f).get("peft_type")
+        if self.peft_type is None or saved != self.peft_type:
+            raise SllmxError(f"model.adapter=continue: {adapter_dir} holds a {saved} adapter; method={self.name} "
+                             f"trains {self.peft_type or 'no PEFT adapter'}: choose the method that made it, or "
+                             f"model.adapter=merge")
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+
+    def optimizer(self, model: Any, cfg: Any, args: Any) -> Any:
+        """The optimizer for ``model`` (the wrapped model) under ``args`` (the built trainer's
+        ``TrainingArguments``: ``learning_rate``, ``weight_decay``, ``optim``), or None (default) for the
+        trainer's own (transformers' ``Trainer.create_optimizer``).  E.g. LoRA+ gives the B matrices a higher
+        learning rate (``peft.optimizers.create_loraplus_optimizer``).  The scheduler is the trainer's."""
+        return None
+
     def num_virtual_tokens(self, cfg: Any) -> int:
         """How many virtual tokens the wrapped model prepends to every input (prompt learning: its
         logits and hidden states are that much longer than ``input_ids``); the trainers ask this
@@ -128,6 +169,13 @@ class Trainer(Plugin):
     #: computed from the loss (``needs = "loss"``: exp(eval_loss), logged as ``eval_perplexity``) apply
     loss_is_token_nll: bool = False
     loss_metrics: Sequence[str] = ("perplexity",)
+    #: the default ``learning_rate`` per method family (:attr:`Method.family`): ``{family: (rate, source)}``,
+    #: the source a paper, recipe or measurement (:mod:`sllmx.defaults`; docs/defaults.md); a family missing
+    #: here takes the trainer config's own fallback
+    learning_rates: dict[str, tuple[float, str]] = {}
+    #: True where the objective compares the policy with a reference model that, for a PEFT model, is the base
+    #: with the adapter switched off (DPO, KTO), so a method that changes the base weights cannot be used
+    reference_model: bool = False
 
     def build(
         self,
@@ -177,6 +225,16 @@ class ModelSource(Plugin):
     def from_pretrained_kwargs(self, cfg: Any) -> dict[str, Any]:
         """Options for ``from_pretrained`` of the model and tokenizer at the resolved path
         (e.g. ``{"trust_remote_code": False}``).  Default: none."""
+        return {}
+
+    def adapter(self, cfg: Any) -> str | None:
+        """A saved PEFT adapter folder that the run trains further on the resolved base (``Method.continue_adapter``)
+        instead of wrapping it anew; None (default) for a plain base model."""
+        return None
+
+    def lineage(self, cfg: Any) -> dict[str, Any]:
+        """Where this model comes from when it is itself a product of sllmx (a finished run: its folder, method,
+        trainer, and its own lineage), recorded in run.json ``model_facts.lineage``; ``{}`` (default) otherwise."""
         return {}
 
     def facts(self, path: str) -> dict[str, Any]:

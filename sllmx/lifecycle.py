@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sllmx.context import RunContext
 from sllmx.data.checks import DATA_CHECK_FILE
+from sllmx.defaults import applied as applied_defaults
 from sllmx.errors import Interrupted, RunStopped, SllmxError
 from sllmx.loggers import finish_logger, start_logger
 from sllmx.memory import peak_memory, reset_peak_memory
@@ -72,7 +73,8 @@ def new_record(cfg: DictConfig, out: Path, method: str, trainer: str, splits: An
               "splits": splits.provenance},
         seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out), started_at=now(),
         device=runtime.device, world_size=runtime.world_size, backend=runtime.backend, precision=runtime.record(),
-        hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(), git_commit=git_commit(os.getcwd()))
+        hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(), git_commit=git_commit(os.getcwd()),
+        defaults=applied_defaults(cfg))
     if splits.options is not None and splits.options.checks:
         record.data_checks = splits.report.summary()
         if runtime.is_main:

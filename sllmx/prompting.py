@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from sllmx.data.rows import last_user_text, with_user_text
 from sllmx.errors import SllmxError
 
 #: the default RAG template: ``{passages}`` is "[1] ...\\n[2] ..." (best first), ``{question}`` the user's message
@@ -67,16 +68,6 @@ def chain(*parts: Optional[Prompting]) -> Optional[Prompting]:
 
 
 # -- the train split as examples ------------------------------------------------------------------------
-
-def last_user_text(prompt: Any) -> str:
-    """The text of the prompt's last user message (the whole prompt when it is a string)."""
-    if isinstance(prompt, str):
-        return prompt
-    for message in reversed(prompt):
-        if message.get("role") == "user":
-            return str(message.get("content") or "")
-    return ""
-
 
 def _as_messages(value: Any, role: str) -> list[dict[str, Any]]:
     return [{"role": role, "content": value}] if isinstance(value, str) else [dict(m) for m in value]
@@ -207,17 +198,7 @@ def rag(corpus: str, k: int, template: str, train: Any, field: str = "text",
         values = {"passages": "\n".join(f"[{n}] {passages[i].text}" for n, (i, _) in enumerate(hits, 1)),
                   "question": question}
         # one pass: a passage or question that holds the text "{question}" stays as it is
-        filled = PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-        if isinstance(prompt, str):
-            return filled
-        out = [dict(m) for m in prompt]
-        for message in reversed(out):
-            if message.get("role") == "user":
-                message["content"] = filled
-                break
-        else:
-            out.append({"role": "user", "content": filled})
-        return out
+        return with_user_text(prompt, PLACEHOLDER.sub(lambda m: values[m.group(1)], template))
 
     return Prompting("rag", rewrite, {"corpus": corpus, "k": k, "template": template, "passages": len(passages),
                                       "retriever": "dense" if embedding_model else "bm25",

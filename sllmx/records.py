@@ -22,9 +22,10 @@ from sllmx.atomic import write_json_atomic
 
 #: 2 (issue 15): ``resumed`` and the ``INTERRUPTED`` status; a version-1 record reads as one that was never resumed
 #: 3 (issue 18): ``baseline`` and ``prompting``; an older record reads as a trained run with the data's own prompts
-SCHEMA_VERSION = 3
+#: 4 (issue 19): ``defaults``, the method-aware defaults that applied; an older record reads as one with none
+SCHEMA_VERSION = 4
 #: the versions :meth:`RunRecord.read` accepts
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 RUN_FILE = "run.json"
 #: statuses of a run that did not finish and may be continued with ``resume=``
 UNFINISHED = ("RUNNING", "INTERRUPTED", "FAIL")
@@ -100,6 +101,8 @@ class RunRecord:
     ``few_shot``, ``rag``; a base model under ``python -m sllmx.evaluate``): the rows a fine-tuned run must
     beat.  ``prompting`` says how the dev/test prompts were built when not as the data has them
     (``{"kind": "few_shot", "k", "selection", "seed"}``, ``{"kind": "rag", "corpus", "k", "template", ...}``).
+    ``defaults`` lists the options whose value sllmx chose by method and objective because none was given
+    (``{"trainer.learning_rate": {"value", "source"}}``: :func:`sllmx.defaults.applied`).
     ``status`` is ``RUNNING``, ``COMPLETE``, ``PRUNED``, ``FAIL`` (``error`` says why) or
     ``INTERRUPTED`` (SIGINT / SIGTERM; ``error`` names the signal and the step; the checkpoints are
     kept for ``resume=``).
@@ -149,6 +152,7 @@ class RunRecord:
     artifacts: dict[str, str] = field(default_factory=dict)
     baseline: bool = False
     prompting: dict[str, Any] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-able data (the content of ``run.json``)."""

@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> RunRecord:
                              f"another eval.metric")
         if metric.needs == NEEDS_PAIR_LOGPROBS and tuple(splits.layout) != LAYOUT_PREFERENCE:
             raise SllmxError(f"data.metric={metric.name} scores preference pairs, but trainer={trainer.name} reads "
-                             f"the data as {'/'.join(splits.layout)}; use it with trainer=dpo or trainer=orpo")
+                             f"the data as {'/'.join(splits.layout)}; use it with a preference objective (trainer=dpo, orpo, cpo or simpo)")
         if metric.needs not in BUILTIN_NEEDS and type(metric).inputs is Metric.inputs:
             raise SllmxError(f"data.metric={metric.name} needs {metric.needs!r}, which sllmx does not compute "
                              f"({', '.join(BUILTIN_NEEDS)}), and the metric has no inputs() method")
@@ -139,14 +139,16 @@ def prompting_of(cfg: DictConfig, method: Optional[Method], reg: Registry, split
     from sllmx.data.pipeline import sha256_of
     from sllmx.prompting import chain, leaked, rag, rewrite_split
 
-    own = None if method is None else method.prompting(typed(cfg.method, "method", reg), splits.train, int(cfg.seed))
+    # few-shot examples and retrieved answers come from train as the data has it (not its augmented copies)
+    train = splits.train if getattr(splits, "train_original", None) is None else splits.train_original
+    own = None if method is None else method.prompting(typed(cfg.method, "method", reg), train, int(cfg.seed))
     retrieval = None
     if cfg.eval.get("rag"):
         from sllmx.config import EvalConfig
 
         default = EvalConfig()  # a finished run's config (sllmx.evaluate RUN_DIR) may predate these keys
         retrieval = rag(str(cfg.eval.rag), int(cfg.eval.get("rag_k", default.rag_k)),
-                        str(cfg.eval.get("rag_template", default.rag_template)), splits.train,
+                        str(cfg.eval.get("rag_template", default.rag_template)), train,
                         embedding_model=cfg.eval.get("rag_embedding_model"))
     prompting = chain(own, retrieval)
     if prompting is None:

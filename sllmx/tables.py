@@ -53,7 +53,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str) -> str:
 def _readable(row: dict[str, Any], meta: dict[str, Any], hyper: str) -> dict[str, Any]:
     """A row for people: the metric as ``mean ± std [low, high]``, parameters as ``count (%)``."""
     metric = meta["metric"]
-    out = {k: row[k] for k in meta["by"]}
+    out = {k: "" if row.get(k) is None else row[k] for k in meta["by"]}  # a key some runs lack: blank, not nan
     out["n"] = row["n"]
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     ci = (f" [{row[f'{metric}_ci_low']:.4f}, {row[f'{metric}_ci_high']:.4f}]" if std is not None else "")

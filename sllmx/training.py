@@ -41,7 +41,11 @@ def train(ctx: RunContext) -> str:
     set_seed(cfg.seed)
     method_cfg = typed(cfg.method, "method", ctx.registry)  # the plugins get their own config dataclass
     model = ctx.method.load_model(path, method_cfg, ctx.runtime, **kwargs)
-    ctx.model = ctx.method.wrap(model, method_cfg, ctx.runtime, tokenizer=ctx.tokenizer)
+    adapter = ctx.registry.get("model", cfg.model.source).adapter(typed(cfg.model, "model", ctx.registry))
+    if adapter:  # a finished run's adapter, trained further (model=run model.adapter=continue)
+        ctx.model = ctx.method.continue_adapter(model, adapter, method_cfg, ctx.runtime)
+    else:
+        ctx.model = ctx.method.wrap(model, method_cfg, ctx.runtime, tokenizer=ctx.tokenizer)
     record.trainable_params, record.total_params = count_parameters(ctx.model)
 
     callbacks: list[Any] = []
@@ -73,6 +77,9 @@ def train(ctx: RunContext) -> str:
                                        typed(cfg.trainer, "trainer", ctx.registry), args, callbacks,
                                        **virtual_tokens(ctx))
     ctx.hf_trainer.remove_callback(PrinterCallback)  # it prints each log as a raw dict: ConsoleProgress instead
+    optimizer = ctx.method.optimizer(ctx.model, method_cfg, ctx.hf_trainer.args)
+    if optimizer is not None:  # the method's own (e.g. LoRA+); Trainer.create_optimizer keeps a set one
+        ctx.hf_trainer.optimizer = optimizer
     built = ctx.hf_trainer.args  # trainer.args may have set the batch or the accumulation
     record.global_batch_size = (built.per_device_train_batch_size * built.gradient_accumulation_steps
                                 * runtime.world_size)
@@ -200,6 +207,9 @@ def _checkpointing(ctx: RunContext) -> bool:
     if cfg.gradient_checkpointing is not None:
         decision["gradient_checkpointing"] = bool(cfg.gradient_checkpointing)
         decision["set_by"] = "trainer.gradient_checkpointing"
+    elif not ctx.method.gradient_checkpointing:
+        decision["gradient_checkpointing"] = False
+        decision["set_by"] = f"method={ctx.method.name} cannot train with it"
     else:
         decision["set_by"] = "memory estimate"
     ctx.record.memory = decision

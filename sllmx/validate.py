@@ -265,25 +265,16 @@ def annotated_yaml(cfg: DictConfig, skip: tuple[str, ...] = ("hydra",), width: i
 # The resolvers the config tree uses; registered when this module is imported (sllmx.__main__ and the
 # built-in trainers import it), so sllmx.config itself depends on nothing above it.
 
-#: the SFT learning rate of a method that declares none (:attr:`sllmx.interfaces.Method.sft_learning_rate`)
-SFT_LEARNING_RATE = 2e-4
+def default_learning_rate(method: Optional[str], trainer: str, fallback: float) -> float:
+    """The ``sllmx_learning_rate`` resolver: ``trainer``'s default learning rate with the method plugin named
+    ``method`` (its family and factor; :func:`sllmx.defaults.learning_rate`), ``fallback`` where the trainer has
+    no row for the family."""
+    from sllmx.defaults import learning_rate
+
+    return learning_rate(method, str(trainer), float(fallback))[0]
 
 
-def sft_learning_rate(method: Optional[str]) -> float:
-    """The ``sllmx_sft_learning_rate`` resolver: the SFT learning rate of the method plugin named ``method``
-    (its ``sft_learning_rate``), else :data:`SFT_LEARNING_RATE` (also for a trainer config used on its own,
-    with no ``method`` in the config)."""
-    if method:
-        from sllmx.plugins import registry
-
-        entry = registry().entries["method"].get(str(method))
-        rate = getattr(entry.obj, "sft_learning_rate", None) if entry is not None else None
-        if rate is not None:
-            return float(rate)
-    return SFT_LEARNING_RATE
-
-
-OmegaConf.register_new_resolver("sllmx_sft_learning_rate", sft_learning_rate, replace=True)
+OmegaConf.register_new_resolver("sllmx_learning_rate", default_learning_rate, replace=True)
 
 
 def _help_config(*, _root_: Any) -> str:

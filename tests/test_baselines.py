@@ -163,6 +163,26 @@ def test_a_trained_run_evaluated_with_retrieval_records_it(tmp_path, cache_dir):
     assert question.startswith("Reference passages (use them if they help):\n[1] {") and "\n[2] {" in question
 
 
+def test_rewritten_prompts_longer_than_max_length_are_evaluated_whole(tmp_path, cache_dir):
+    """A few-shot prompt longer than trainer.max_length would lose its answer (TRL then drops the example and the
+    dev split has no eval_loss: SmolLM2's 3-shot prompts at 512): an evaluation-only run raises the limit and says
+    so in run.json; a training run with eval.rag is refused in one line with the value that fits."""
+    from sllmx.run import run
+
+    record = run(compose_config([*FAST, "method=few_shot", "trainer.max_length=128"], tmp_path / "few", cache_dir))
+    assert record.status == "COMPLETE" and record.dev_metric.baseline is not None
+    raised = record.prompting["max_length"]
+    longest = max(r["prompt_tokens"] for r in _generations(tmp_path / "few" / "generations-eval.jsonl"))
+    assert raised["from"] == 128 and raised["to"] % 16 == 0 and raised["to"] > longest > 128
+    assert "eval_loss" in record.dev_metric.history[0]["metrics"]
+
+    pytest.importorskip("bm25s")
+    with pytest.raises(SllmxError, match=r"trainer.max_length=24 cuts the rewritten rag prompts of the (dev|test) "
+                                         r"split .*give trainer.max_length=\d+"):
+        run(compose_config([*FAST, "eval.rag=train", "trainer.max_length=24"], tmp_path / "lora", cache_dir))
+    assert not (tmp_path / "lora" / "model").exists()
+
+
 def test_a_bad_corpus_is_one_line_before_anything_loads(tmp_path):
     pytest.importorskip("bm25s")
     proc = subprocess.run([sys.executable, "-m", "sllmx", "model=tiny", "logger=none", "method=rag",

@@ -10,6 +10,7 @@ import csv
 import gzip
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +28,7 @@ from sllmx.interfaces import (
     FieldError,
 )
 from sllmx.plugins import registry
+from tests.common import FAST, compose_config
 from sllmx.data.readers import read_file
 from sllmx_plugins.files import FilesDataConfig, FilesSource
 
@@ -811,3 +813,56 @@ def test_permission_denied_is_one_line(tmp_path, reg, monkeypatch):
     monkeypatch.setattr(readers, "open", refuse, raising=False)  # shadows the builtin inside the module
     with pytest.raises(SllmxError, match=rf"^cannot read {path}: Permission denied$"):
         load_splits(cfg(path), reg, SFT)
+
+
+# -- instruction-template augmentation (issue 19) ---------------------------------------------------------------
+
+
+def _splits(tmp_path, *overrides):
+    from sllmx.data.pipeline import load_splits
+    from sllmx.plugins import registry
+
+    cfg = compose_config([*FAST, *overrides], tmp_path / "out", tmp_path / "cache")
+    reg = registry()
+    return load_splits(cfg.data, reg, reg.get("trainer", cfg.trainer.name))
+
+
+def test_augmentation_adds_k_rephrased_copies_to_train_only_seeded(tmp_path):
+    from sllmx.data.augment import BUILTIN
+    from sllmx.data.rows import last_user_text
+
+    plain = _splits(tmp_path)
+    aug = _splits(tmp_path, "data.augment_k=2", "data.augment_templates=ko")
+    again = _splits(tmp_path, "data.augment_k=2", "data.augment_templates=ko")
+    n = len(plain.train)
+    assert len(aug.train) == 3 * n and aug.provenance["train"]["augmented"] == {"k": 2, "templates": 6, "examples": n}
+    assert list(aug.dev) == list(plain.dev) and list(aug.test) == list(plain.test)  # dev and test untouched
+    assert list(aug.train) == list(again.train)  # seeded
+    questions = [last_user_text(r["prompt"]) for r in plain.train]
+    copies = [last_user_text(r["prompt"]) for r in aug.train if last_user_text(r["prompt"]) not in questions]
+    assert len(copies) == 2 * n
+    filled = {t.replace("{instruction}", q) for t in BUILTIN["ko"] for q in questions}
+    assert set(copies) <= filled
+    # the two copies of one example use two different templates; the answers are the original's
+    first = [r for r in aug.train if questions[0] in last_user_text(r["prompt"])]
+    assert len(first) == 3 and len({last_user_text(r["prompt"]) for r in first}) == 3
+    assert len({str(r["completion"]) for r in first}) == 1
+    assert aug.provenance["train"]["sha256"] != plain.provenance["train"]["sha256"]
+
+
+def test_augmentation_of_preference_pairs_rephrases_the_shared_prompt(tmp_path):
+    aug = _splits(tmp_path, "trainer=dpo", "data.augment_k=1",
+                  "data.augment_templates=[\"Q: {instruction}\",\"Request -> {instruction}\"]")
+    prompts = [r["prompt"][-1]["content"] for r in aug.train]
+    assert sum(p.startswith(("Q: ", "Request -> ")) for p in prompts) == len(prompts) // 2
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.augment_k=2"], "data.augment_k=2 needs data.augment_templates"),
+    (["data.augment_k=7", "data.augment_templates=ko"], "data.augment_k=7 is more than the 6 templates"),
+    (["data.augment_k=1", "data.augment_templates=[no placeholder]"], "data.augment_templates[0]='no placeholder': has no"),
+    (["data.augment_k=1", "data.augment_templates=fr"], "data.augment_templates=fr: not a built-in list"),
+])
+def test_bad_augmentation_options_are_one_line(tmp_path, overrides, message):
+    with pytest.raises(SllmxError, match=re.escape(message)):
+        _splits(tmp_path, *overrides)

@@ -137,18 +137,35 @@ def test_a_plugin_with_only_lifecycle_hooks_is_listed_with_its_hooks(tmp_path):
     assert row == ["hooks", "obs_mod", "obs-plugin", "0.1", "sllmx_after_run, sllmx_callbacks"]
 
 
-def test_sft_learning_rate_is_the_methods_own():
-    """trainer=sft takes its default learning rate from the method plugin (Method.sft_learning_rate); a method
-    that declares none, another trainer, or an explicit trainer.learning_rate keeps its own."""
+def test_default_learning_rate_is_chosen_by_method_family_and_objective():
+    """trainer.learning_rate's default comes from the trainer's table for the method's family (times the method's
+    factor); an explicit value, a sweep's included, wins; docs/defaults.md shows the same table."""
+    import re
+
     from sllmx.compose import compose
+    from sllmx.defaults import applied
+    from sllmx.plugins import registry
 
     def rate(*overrides):
         return compose(list(overrides)).trainer.learning_rate
 
-    assert rate() == rate("method=dora") == rate("method=qlora") == 1e-3
-    assert rate("method=full") == rate("method=prompt_tuning") == 2e-4
-    assert rate("trainer=dpo") == 5e-6
-    assert rate("trainer.learning_rate=3e-4") == 3e-4
+    assert rate() == rate("method=dora") == rate("method=qlora") == rate("method=adalora") == 1e-3
+    assert rate("method=full") == 1e-4 and rate("method=prompt_tuning") == rate("method=prefix_tuning") == 3e-2
+    assert rate("trainer=dpo") == 5e-5 and rate("method=full", "trainer=dpo") == 1e-6
+    assert rate("method=ia3") == pytest.approx(3e-3) and rate("method=vera", "trainer=kto") == pytest.approx(1e-4)
+    assert rate("trainer.learning_rate=3e-4") == 3e-4 and rate("method=full", "trainer.learning_rate=3e-4") == 3e-4
+
+    used = applied(compose(["method=full", "trainer=orpo"]))["trainer.learning_rate"]
+    assert used["value"] == 5e-6 and used["source"].startswith("orpo × full: Mistral-ORPO")
+    assert applied(compose(["trainer.learning_rate=3e-4"])) == {}
+
+    reg = registry()
+    doc = (ROOT / "docs" / "defaults.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| (\w+) \| ([^|]+\|[^|]+\|[^|]+)\|$", doc, flags=re.M))
+    for name in ("sft", "dpo", "orpo", "kto", "cpo", "simpo"):
+        table = reg.get("trainer", name).learning_rates
+        shown = [float(x) for x in rows[name].split("|")]
+        assert shown == [table[f][0] for f in ("adapter", "prompt", "full")], name
 
 
 def test_a_failing_logger_or_observer_is_one_warning_line_naming_the_plugin(capsys):

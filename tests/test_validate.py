@@ -318,8 +318,8 @@ def test_help_shows_each_options_range():
                  "  dev_fraction: 0.1  # in [0, 1)", "  early_stopping_patience: 3  # >= 1, or null",
                  "output_dir: ${hydra:runtime.output_dir}", "  columns: {}",
                  # each option's help text (metadata={"help": ...}) above it, a resolver's value beside it
-                 "  # rank of the update matrices", "  learning_rate: ${sllmx_sft_learning_rate:${oc.select:method.name,null}}  "
-                                            "# > 0 (now 0.001)"]:
+                 "  # rank of the update matrices", "  learning_rate: ${sllmx_learning_rate:${oc.select:method.name,null},sft,2e-4}"
+                                            "  # > 0 (now 0.001)"]:
         assert line + "\n" in proc.stdout, line
 
 
@@ -352,6 +352,12 @@ def test_choices_are_the_libraries_own():
     assert set(LR_SCHEDULER_TYPES) == {s.value for s in SchedulerType}
     handled = set(re.findall(r'loss_type == "(\w+)"', inspect.getsource(DPOTrainer)))
     assert choices(DPOTrainerConfig, "loss_type") == handled
+    from trl.experimental.cpo import CPOConfig
+
+    from sllmx_plugins.trainers import CPOTrainerConfig
+
+    cpo = {f.name: f for f in dataclasses.fields(CPOConfig)}["loss_type"].metadata["choices"]
+    assert choices(CPOTrainerConfig, "loss_type") == set(cpo) - {"alphapo"}  # AlphaPO is TRL's alpha != 0 instead
     sampling = {f.name: f for f in dataclasses.fields(TrainingArguments)}["train_sampling_strategy"]
     assert choices(SFTTrainerConfig, "train_sampling_strategy") == set(sampling.metadata["choices"])
     from peft import PromptTuningInit

@@ -1,8 +1,8 @@
 """An example third-party sllmx plugin, built on sllmx's public API only (``sllmx``, ``sllmx.interfaces``,
 ``sllmx.config``, ``sllmx.generation``): see docs/plugins.md.
 
-- ``method=ia3``: IA3 (Liu et al., 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than
-  In-Context Learning") through ``peft.IA3Config``.  It needs the tokenizer: a tokenizer with more tokens than
+- ``method=ln_tuning``: LN tuning (Zhao et al., 2023, "Tuning LayerNorm in Attention: Towards Efficient
+  Multi-Modal LLM Finetuning") through ``peft.LNTuningConfig``.  It needs the tokenizer: a tokenizer with more tokens than
   the model has embeddings (added special tokens) gets the embeddings resized before wrapping.
 - ``data.metric=answer_logprob``: the mean log-probability per token of the reference answers of the dev split
   under the model (nats; higher is better).  Its input is its own (``needs = "answer_logprobs"``), computed by
@@ -29,37 +29,34 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class IA3Config(MethodConfig):
-    """Options of ``peft.IA3Config``; each field's help text is shown by ``python -m sllmx --help``."""
+class LNTuningConfig(MethodConfig):
+    """Options of ``peft.LNTuningConfig``; each field's help text is shown by ``python -m sllmx --help``."""
 
-    name: str = "ia3"
-    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"],
-                                      metadata={"help": "modules whose activations are rescaled"})
-    feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"],
-                                           metadata={"help": "the subset of target_modules that are feed-forward"})
+    name: str = "ln_tuning"
+    target_modules: list[str] = field(default_factory=lambda: ["input_layernorm", "post_attention_layernorm"],
+                                      metadata={"help": "the LayerNorm (RMSNorm) modules that train"})
 
 
-class IA3(Method):
-    """IA3: learned rescaling vectors on keys, values and feed-forward activations (peft.IA3Config)."""
+class LNTuning(Method):
+    """LN tuning: only the LayerNorm weights train (peft.LNTuningConfig)."""
 
-    name = "ia3"
-    config = IA3Config
-    sft_learning_rate = 1e-2  # IA3's vectors start at 1 and need a larger step than LoRA
+    name = "ln_tuning"
+    config = LNTuningConfig
 
     def wrap(self, model: Any, cfg: Any, runtime: Any, tokenizer: Any = None) -> Any:
         """Resize the embeddings to the tokenizer when it has more tokens, then ``peft.get_peft_model``."""
-        from peft import IA3Config as PeftIA3Config
+        from peft import LNTuningConfig as PeftLNTuningConfig
         from peft import get_peft_model
 
         if tokenizer is None:
-            raise ValueError("method=ia3 needs the tokenizer")
+            raise ValueError("method=ln_tuning needs the tokenizer")
         embeddings = model.get_input_embeddings().num_embeddings
         if len(tokenizer) > embeddings:
             model.resize_token_embeddings(len(tokenizer))
-        log.info("ia3: tokenizer %s with %d tokens, %d embeddings", type(tokenizer).__name__, len(tokenizer),
+        log.info("ln_tuning: tokenizer %s with %d tokens, %d embeddings", type(tokenizer).__name__, len(tokenizer),
                  embeddings)
-        return get_peft_model(model, PeftIA3Config(task_type="CAUSAL_LM", target_modules=list(cfg.target_modules),
-                                                   feedforward_modules=list(cfg.feedforward_modules)))
+        return get_peft_model(model, PeftLNTuningConfig(task_type="CAUSAL_LM",
+                                                        target_modules=list(cfg.target_modules)))
 
 
 # ----------------------------------------------------------------------------- a metric with its own needs
@@ -132,8 +129,8 @@ class JsonlLogger(Logger):
 
 @hookimpl
 def sllmx_methods() -> list[Method]:
-    """Register ia3."""
-    return [IA3()]
+    """Register ln_tuning."""
+    return [LNTuning()]
 
 
 @hookimpl

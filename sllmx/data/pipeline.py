@@ -25,6 +25,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+from sllmx.data.augment import augment_row, check_augmentation
 from sllmx.data.checks import (DataReport, check_duplicates, check_leakage, check_options, check_pii,
                                duplicate_groups, label_balance, row_text)
 from sllmx.data.detect import choose_layout, columns_of, detect_format, fitting_formats, layout_name, rename_columns
@@ -58,6 +59,8 @@ class Splits:
         report: what the data-quality checks found (:class:`sllmx.data.checks.DataReport`).
         options: the ``data`` config the splits were made with (a :class:`~sllmx.config.DataConfig`
             instance: ``options.checks``, ``options.lengths``, ...).
+        train_original: the train split before instruction-template augmentation (``data.augment_k``), the
+            pool of few-shot examples and of retrieval over the train answers; None when train is not augmented.
     """
 
     train: Any
@@ -68,6 +71,7 @@ class Splits:
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: Optional[DataReport] = None
     options: Any = None
+    train_original: Any = None
 
     def summary(self) -> str:
         """One line for logs, e.g. ``format prompt_completion → prompt/completion: train 800, dev 100, test 100``."""
@@ -280,6 +284,14 @@ def prepare_splits(raw: dict[str, Optional[RawSplit]], data: Any, registry: Any,
     if held:
         plan["train"] = ("train", train_idx, f"{train_split.origin} (without the {' and '.join(held)} rows)")
 
+    # 4b. instruction-template augmentation of train (its copies ride in their row, so a leaking row goes with them)
+    augment_k = int(getattr(data, "augment_k", 0) or 0)
+    templates = check_augmentation(augment_k, getattr(data, "augment_templates", None), layout)
+    if templates:
+        for i in plan["train"][1]:
+            if converted["train"].get(i):
+                converted["train"][i] = augment_row(converted["train"][i], templates, augment_k, seed, i)
+
     if opts.checks:  # 5. leakage between the final splits, 6. label balance
         if opts.leakage != "off":
             kept = {name: [i for i in idx if converted[src].get(i) is not None] for name, (src, idx, _) in plan.items()}
@@ -310,9 +322,16 @@ def prepare_splits(raw: dict[str, Optional[RawSplit]], data: Any, registry: Any,
         out[name] = _dataset(examples)
         provenance[name] = {"origin": origin, "rows": len(examples), "sha256": sha256_of(examples),
                             "skipped": skipped}
+        if name == "train" and templates:
+            provenance[name]["augmented"] = {"k": augment_k, "templates": len(templates),
+                                             "examples": len(examples) // (augment_k + 1)}
+            original = [ex for exs in done if exs is not None for ex in exs[:len(exs) // (augment_k + 1)]]
+            log.info("data: train augmented with %d rephrased copies of each of %d examples (%d templates)",
+                     augment_k, len(examples) // (augment_k + 1), len(templates))
         report.splits[name] = {"origin": origin, "rows": len(examples), "format": fmt_name,
                                "layout": "/".join(layout)}
     splits_out = Splits(train=out["train"], dev=out["dev"], test=out.get("test"), layout=layout,
-                        format=fmt_name, provenance=provenance, report=report, options=opts)
+                        format=fmt_name, provenance=provenance, report=report, options=opts,
+                        train_original=_dataset(original) if templates else None)
     log.info("data: %s", splits_out.summary())
     return splits_out

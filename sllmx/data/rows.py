@@ -193,3 +193,26 @@ class PairFormat(DataFormat):
         if layout == LAYOUT_PROMPT_COMPLETION:
             return [{"prompt": prompt, "completion": chosen}]
         raise unsupported(self, layout)
+
+
+def last_user_text(prompt: Any) -> str:
+    """The text of a prompt's last user message (the whole prompt when it is a string)."""
+    if isinstance(prompt, str):
+        return prompt
+    for message in reversed(prompt):
+        if message.get("role") == "user":
+            return str(message.get("content") or "")
+    return ""
+
+
+def with_user_text(prompt: Any, text: str) -> Any:
+    """``prompt`` with its last user message's text replaced by ``text`` (a string prompt becomes ``text``; a
+    prompt with no user message gains one at the end); ``prompt`` itself is not changed."""
+    if isinstance(prompt, str):
+        return text
+    out = [dict(m) for m in prompt]
+    for message in reversed(out):
+        if message.get("role") == "user":
+            message["content"] = text
+            return out
+    return [*out, {"role": "user", "content": text}]
