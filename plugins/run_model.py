@@ -42,7 +42,10 @@ class RunModelConfig(ModelConfig):
 def _read(cfg: RunModelConfig) -> Any:
     from sllmx.run_folder import read_run
 
-    info = read_run(os.path.expanduser(str(cfg.run_dir)))
+    try:
+        info = read_run(os.path.expanduser(str(cfg.run_dir)))
+    except SllmxError as exc:
+        raise SllmxError(f"model.run_dir: {exc}") from None
     if info.is_adapter and not info.mergeable:
         raise SllmxError(f"model.run_dir={cfg.run_dir}: its {info.adapter_label} adapter (virtual tokens) can neither "
                          f"be merged into the weights nor trained further by PEFT; start the next stage from its base "
