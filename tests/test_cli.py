@@ -78,7 +78,10 @@ def test_a_run_from_the_command_line_writes_run_json(tmp_path):
     assert "{'loss'" not in proc.stdout and "{'eval_loss'" not in proc.stdout  # no raw dicts
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "COMPLETE" and record["seed"] == 3
-    assert record["schema_version"] == 3 and record["baseline"] is False and record["prompting"] == {}
+    assert record["schema_version"] == 4 and record["baseline"] is False and record["prompting"] == {}
+    assert record["defaults"]["trainer.learning_rate"] == {"value": 1e-3, "source": record["defaults"][
+        "trainer.learning_rate"]["source"]} and record["defaults"]["trainer.learning_rate"]["source"].startswith(
+        "sft × adapter: measured on SmolLM2-135M")  # method-aware default, recorded with its source
     assert record["dev_metric"]["best"] is not None
     assert record["data"]["splits"]["train"]["sha256"]
     assert record["versions"]["trl"] and record["config"]["method"]["name"] == "lora"

@@ -21,7 +21,7 @@ PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")
 def _grid():
     for method, trainer in itertools.product(METHODS + MORE_METHODS, TRAINERS + MORE_TRAINERS):
         if trainer in MORE_TRAINERS:
-            slow = method not in ("lora", "prompt_tuning")
+            slow = method != "lora"
         else:
             slow = method in MORE_METHODS and trainer != "sft"
         yield pytest.param(method, trainer, marks=[pytest.mark.slow] if slow else [])
@@ -60,9 +60,10 @@ def test_combination_trains_evaluates_and_records(method, trainer, tmp_path, cac
 # -- LoRA's options (issue 19): each shows in the saved adapter's config, and the saved adapter reloads -------------
 
 
-@pytest.mark.parametrize("option,expected", [("use_rslora=true", ("use_rslora", True)),
-                                             ("init_lora_weights=pissa", ("init_lora_weights", "pissa")),
-                                             ("init_lora_weights=olora", ("init_lora_weights", "olora"))])
+@pytest.mark.parametrize("option,expected", [
+    pytest.param("use_rslora=true", ("use_rslora", True), marks=pytest.mark.slow),
+    ("init_lora_weights=pissa", ("init_lora_weights", "pissa")),
+    pytest.param("init_lora_weights=olora", ("init_lora_weights", "olora"), marks=pytest.mark.slow)])
 def test_lora_option_shows_in_adapter_config_and_the_adapter_reloads(option, expected, tmp_path, cache_dir):
     """The option reaches peft.LoraConfig (adapter_config.json); the saved adapter loaded on the base model by
     sllmx.evaluate scores the dev split as the run's last evaluation did (PiSSA and OLoRA move part of each base
