@@ -123,10 +123,6 @@ class RunSource(ModelSource):
         info = _read(cfg)
         return str(info.model_dir.resolve()) if cfg.adapter == "continue" and info.is_adapter else None
 
-    def facts(self, path: str) -> dict[str, Any]:
-        """Nothing beyond :meth:`lineage` (the run's link, recorded by the runner)."""
-        return {}
-
     def lineage(self, cfg: RunModelConfig) -> dict[str, Any]:
         """The run this model comes from: ``{"run_dir", "method", "trainer", "adapter", "dev_metric", "parent"}``,
         where ``parent`` is that run's own lineage (a chain of stages reads back to its first base)."""
