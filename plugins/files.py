@@ -1,7 +1,9 @@
-"""Built-in data source ``files``: local JSONL / JSON / CSV / Parquet files, or a Hugging Face ``datasets``
-id when ``data.path`` is not a local path::
+"""Built-in data sources ``files``: local JSONL / JSON / CSV / Parquet files, or a Hugging Face ``datasets``
+id when ``data.path`` is not a local path; and ``text_files``: a folder of plain .txt / .md files, one ``text``
+row per file or paragraph, for continued pre-training (``trainer=cpt``)::
 
     python -m sllmx data=files data.path=train.jsonl data.dev=dev.jsonl
+    python -m sllmx data=text_files data.path=my_corpus/ trainer=cpt
 
 The rows are read by :mod:`sllmx.data.readers`; the format (``data.format``, detected from the columns by
 default) comes from the format plugins.  Registered through the ``sllmx`` entry-point group like any
@@ -15,7 +17,7 @@ from typing import Optional
 
 from sllmx import hookimpl
 from sllmx.config import DataConfig, option
-from sllmx.data.readers import is_local, read_file, read_hub
+from sllmx.data.readers import is_local, read_file, read_hub, read_text_files
 from sllmx.errors import SllmxError
 from sllmx.interfaces import DataSource, RawSplit
 
@@ -74,7 +76,41 @@ class FilesSource(DataSource):
         return out
 
 
+@dataclass
+class TextFilesDataConfig(DataConfig):
+    """Plain-text documents (.txt / .md files) as ``text`` rows, for continued pre-training."""
+
+    source: str = option("data source plugin that reads or generates the rows", "text_files")
+    path: str = option("a folder of .txt / .md files (read recursively, in path order) or one such file")
+    unit: str = option("a row per file (a document; dev and test hold out whole files) or per paragraph (split at "
+                       "blank lines; dev and test hold out paragraphs)", "file", choices=("file", "paragraph"))
+    sample_seed: Optional[int] = option("with max_rows: a seeded random sample of N rows instead of the first N",
+                                        None, ge=0)
+
+
+class TextFilesSource(DataSource):
+    """Rows ``{"text": ...}`` from a folder of .txt / .md files: the ``text`` format, for ``trainer=cpt``."""
+
+    name = "text_files"
+    config = TextFilesDataConfig
+
+    def load(self, cfg: TextFilesDataConfig) -> dict[str, Optional[RawSplit]]:
+        """Read ``cfg.path`` with :func:`sllmx.data.readers.read_text_files`.
+
+        Returns:
+            ``{"train": RawSplit, "dev": None, "test": None}`` (dev and test are held out of train by the
+            pipeline); ``line_of`` names the file (and the paragraph), relative to the folder.
+
+        Raises:
+            SllmxError: ``path`` not set, missing, without .txt / .md files, not UTF-8, or holding no text.
+        """
+        if not cfg.path:
+            raise SllmxError("data.path is not set: give data.path=FOLDER (of .txt / .md files) or a .txt file")
+        return {"train": read_text_files(str(cfg.path), cfg.unit, cfg.max_rows, cfg.sample_seed),
+                "dev": None, "test": None}
+
+
 @hookimpl
 def sllmx_data_sources() -> list[DataSource]:
-    """Register the files data source."""
-    return [FilesSource()]
+    """Register the files and text_files data sources."""
+    return [FilesSource(), TextFilesSource()]

@@ -38,7 +38,7 @@ from typing import Any, Optional
 from sllmx import hookimpl
 from sllmx.config import DataConfig, option
 from sllmx.errors import SllmxError
-from sllmx.interfaces import DataSource, Metric, RawSplit
+from sllmx.interfaces import DataSource, Metric, RawSplit, Reward
 
 #: The answer's keys, in order.
 KEYS = ("intent", "order_id", "product", "quantity")
@@ -333,22 +333,55 @@ class JsonFieldsMetric(Metric):
     def compute(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         if len(predictions) != len(references):
             raise ValueError(f"json_fields: {len(predictions)} predictions but {len(references)} references")
-        fields = exact = valid = 0.0
-        for i, (pred, ref) in enumerate(zip(predictions, references)):
-            want = first_json_object(ref)
-            if not want:
-                raise ValueError(f"json_fields: reference {i} is not a non-empty JSON object: {ref!r}")
-            got = first_json_object(pred)
-            if got is None:
-                continue
-            valid += 1
-            right = sum(1 for k, v in want.items() if k in got and _same(got[k], v))
-            fields += right / len(want)
-            exact += float(right == len(want) and len(got) == len(want))
-        n = len(predictions)
+        scores = [json_scores(pred, ref, i) for i, (pred, ref) in enumerate(zip(predictions, references))]
+        n = len(scores)
         if n == 0:
             return {"json_fields": 0.0, "json_exact": 0.0, "json_valid": 0.0}
-        return {"json_fields": fields / n, "json_exact": exact / n, "json_valid": valid / n}
+        return {key: sum(s[key] for s in scores) / n for key in self.keys}
+
+
+def json_scores(prediction: Any, reference: Any, i: int = 0) -> dict[str, float]:
+    """One example's ``json_fields`` (fraction of the reference's fields right), ``json_exact`` and ``json_valid``
+    (each 0 or 1), as :class:`JsonFieldsMetric` defines them.
+
+    Raises:
+        ValueError: the reference (example ``i``) is not a non-empty JSON object.
+    """
+    want = first_json_object(reference)
+    if not want:
+        raise ValueError(f"json_fields: reference {i} is not a non-empty JSON object: {reference!r}")
+    got = first_json_object(prediction)
+    if got is None:
+        return {"json_fields": 0.0, "json_exact": 0.0, "json_valid": 0.0}
+    right = sum(1 for k, v in want.items() if k in got and _same(got[k], v))
+    return {"json_fields": right / len(want), "json_exact": float(right == len(want) and len(got) == len(want)),
+            "json_valid": 1.0}
+
+
+# ---------------------------------------------------------------------------
+# Rewards (trainer=grpo): the metric's per-example scores
+# ---------------------------------------------------------------------------
+
+
+class JsonValidReward(Reward):
+    """1 when the completion holds a JSON object (the first ``{...}`` that parses), else 0."""
+
+    name = "json_valid"
+    reads = ("completion",)
+
+    def score(self, completions, references, prompts):
+        return [float(first_json_object(c) is not None) for c in completions]
+
+
+class JsonFieldsReward(Reward):
+    """The fraction of the reference object's fields the completion's first JSON object gets right (0 to 1;
+    :class:`JsonFieldsMetric`'s ``json_fields`` for one example)."""
+
+    name = "json_fields"
+    reads = ("completion", "reference")
+
+    def score(self, completions, references, prompts):
+        return [json_scores(c, r, i)["json_fields"] for i, (c, r) in enumerate(zip(completions, references))]
 
 
 @hookimpl
@@ -361,3 +394,9 @@ def sllmx_data_sources() -> list[DataSource]:
 def sllmx_metrics() -> list[Metric]:
     """Register the json_fields metric."""
     return [JsonFieldsMetric()]
+
+
+@hookimpl
+def sllmx_rewards() -> list[Reward]:
+    """Register the json_valid and json_fields rewards."""
+    return [JsonValidReward(), JsonFieldsReward()]

@@ -1,4 +1,4 @@
-"""Built-in training objectives on TRL: sft, dpo, orpo, kto, cpo, simpo.
+"""Built-in training objectives on TRL: sft, cpt, dpo, orpo, kto, cpo, simpo, grpo.
 
 Each objective is a config dataclass beside its trainer, with TRL's field names.
 sllmx decides the run-level arguments (output_dir, seed, evaluation, precision,
@@ -18,9 +18,9 @@ from sllmx import hookimpl
 from sllmx.config import TrainerConfig, option
 from sllmx.interfaces import (LAYOUT_MESSAGES, LAYOUT_PREFERENCE, LAYOUT_PROMPT_COMPLETION, LAYOUT_TEXT,
                               LAYOUT_UNPAIRED, Trainer)
-from sllmx.trl import GlobalBatchOrder, TRLObjective, config_fields, trl_config
+from sllmx.trl import GlobalBatchOrder, TRLObjective, config_fields, label_positions_head, trl_config
 
-__all__ = ["CPO", "DPO", "KTO", "ORPO", "SFT", "SimPO", "label_positions_loss"]
+__all__ = ["CPO", "CPT", "DPO", "GRPO", "KTO", "ORPO", "SFT", "SimPO", "label_positions_loss", "reward_functions"]
 
 log = logging.getLogger("sllmx")
 
@@ -46,6 +46,11 @@ class SFTTrainerConfig(TrainerConfig):
     packing: bool = option("pack several examples into one row (TRL's bfd packing, padding-free: each example keeps "
                           "its own attention and positions). Faster with flash-attention on a GPU; on CPU it is "
                           "slower than group_by_length (benchmarks/RESULTS.md)", False)
+    packing_strategy: str = option(
+        "with packing (TRL's option): bfd (best-fit decreasing; an example longer than max_length is truncated), "
+        "bfd_split (such an example is split over rows) or wrapped (the examples concatenated, each ending in EOS, "
+        "and cut every max_length tokens: continued pre-training's blocks)", "bfd",
+        choices=("bfd", "bfd_split", "wrapped"))
     train_sampling_strategy: str = option(
         "order of the training examples (transformers' option): group_by_length (batches of similar length, "
         "little padding; the measured fastest on CPU), random, sequential or batch_rebalance", "group_by_length",
@@ -154,6 +159,13 @@ class SFT(TRLObjective):
     layouts = (LAYOUT_PROMPT_COMPLETION, LAYOUT_MESSAGES, LAYOUT_TEXT)
     loss_is_token_nll = True  # SFTTrainer's loss: mean cross-entropy over the completion tokens
 
+    def truncation_length(self, cfg):
+        """None with ``packing_strategy`` bfd_split or wrapped (a long example is split over rows, nothing is
+        cut), else ``max_length``."""
+        if cfg.get("packing") and cfg.get("packing_strategy") in ("bfd_split", "wrapped"):
+            return None
+        return super().truncation_length(cfg)
+
     def trl_classes(self):
         from trl import SFTConfig, SFTTrainer
 
@@ -168,6 +180,7 @@ class SFT(TRLObjective):
 
         token_metrics = bool(cfg.token_metrics)
         label_positions_only = bool(cfg.label_positions_only)
+        label_positions_head()  # TRL's fused head, used with token_metrics
         # AdaLoRA adds its orthogonality regulariser to the model's loss when the forward gets labels (TRL's
         # SFTTrainer without token metrics); label_positions_loss calls it without: train on the model's own loss
         # for it.  eval_loss stays the plain NLL (as a reloaded adapter gives it); with token_metrics, TRL's fused
@@ -213,6 +226,50 @@ class SFT(TRLObjective):
             fields.pop(key, None)
         return SllmxSFTTrainer(model=model, args=trl_config(SFTConfig, fields, args), processing_class=tokenizer,
                                train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+
+
+# ----------------------------------------------------------------------------- CPT
+
+
+@dataclass
+class CPTTrainerConfig(SFTTrainerConfig):
+    """Continued pre-training (``trl.SFTConfig`` on plain text): the documents joined, each ending in EOS, cut
+    into ``max_length``-token blocks (TRL's wrapped packing, no padding but in the last block), next-token loss
+    on every token; ``eval_perplexity`` on the dev blocks."""
+
+    name: str = "cpt"
+    learning_rate: float = option(LEARNING_RATE_HELP, "${sllmx_learning_rate:${oc.select:method.name,null},cpt,1e-4}")
+    max_length: Optional[int] = option("block size: tokens per training row, cut from the concatenated documents",
+                                       512, ge=2)
+    packing: bool = option("cut the concatenated documents into blocks (required: without it each document would "
+                           "be truncated to max_length)", True)
+    packing_strategy: str = option("wrapped: concatenate and cut every max_length tokens (run_clm's group_texts); "
+                                   "bfd_split: pack whole documents, splitting the long ones", "wrapped",
+                                   choices=("wrapped", "bfd_split"))
+    train_sampling_strategy: str = option("order of the blocks (transformers' option)", "random",
+                                          choices=("random", "sequential", "group_by_length", "batch_rebalance"))
+
+    def check(self, key: str) -> Optional[str]:
+        """Packing on."""
+        return super().check(key) or (f"{key}.packing=false: continued pre-training cuts the documents into "
+                                      f"blocks; use trainer=sft for text rows truncated to max_length"
+                                      if not self.packing else None)
+
+
+class CPT(SFT):
+    """Continued pre-training (domain-adaptive pre-training, Gururangan et al., 2020, "Don't Stop Pretraining")
+    with trl.SFTTrainer on ``text`` rows: TRL appends EOS to each document and its wrapped packing concatenates
+    and cuts them into ``max_length`` blocks (as transformers' ``run_clm.py`` ``group_texts``).  The dev split
+    is packed the same way, so ``eval_loss`` is the mean NLL per dev token and ``eval_perplexity`` its exp."""
+
+    name = "cpt"
+    config = CPTTrainerConfig
+    learning_rates = {
+        "adapter": (1e-4, "LLaMA-Factory's LoRA pre-training example (examples/train_lora/llama3_lora_pretrain.yaml)"),
+        "full": (1e-5, "a tenth of the adapter rate (Schulman et al., 2025, \"LoRA Without Regret\")"),
+        "prompt": (3e-3, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
+    }
+    layouts = (LAYOUT_TEXT,)
 
 
 # ----------------------------------------------------------------------------- DPO
@@ -451,7 +508,140 @@ class KTO(TRLObjective):
         return KTOTrainer, KTOConfig
 
 
+# ----------------------------------------------------------------------------- GRPO
+
+
+@dataclass
+class GRPOTrainerConfig(TrainerConfig):
+    """Group Relative Policy Optimization (Shao et al., 2024, "DeepSeekMath"; ``trl.GRPOConfig``): for each prompt
+    ``num_generations`` sampled completions, scored by reward plugins; each completion's advantage is its reward
+    minus its group's mean (over the group's standard deviation)."""
+
+    name: str = "grpo"
+    learning_rate: float = option(LEARNING_RATE_HELP, "${sllmx_learning_rate:${oc.select:method.name,null},grpo,1e-6}")
+    rewards: list[str] = option("reward plugins whose weighted sum GRPO maximises (python -m sllmx.plugins lists the "
+                                "kind reward), e.g. [json_valid,json_fields] for the built-in task", [],
+                                plugin="reward")
+    reward_weights: Optional[list[float]] = option(
+        "weight of each of rewards, in order (null: 1 each); a reward whose lower is better is negated as well", None)
+    num_generations: int = option("completions sampled per prompt (the group; TRL's default is 8); "
+                                  "per_device_train_batch_size must be a multiple of it", 4, ge=2)
+    max_completion_length: int = option("tokens generated per completion at most (TRL's default is 512)", 64, ge=1)
+    temperature: float = option("sampling temperature of the completions", 1.0, gt=0)
+    beta: float = option("KL penalty towards the reference model (the base with the adapter off); TRL's default 0 "
+                         "keeps no reference", 0.0, ge=0)
+    loss_type: str = option("TRL's loss: dapo (tokens of the whole batch), grpo (per sequence), dr_grpo, bnpo, "
+                            "cispo, sapo, luspo, vespo", "dapo",
+                            choices=("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"))
+    per_device_train_batch_size: int = option("completions per device per step: prompts x num_generations", 8, ge=1)
+    per_device_eval_batch_size: int = option("completions per device per dev step: prompts x num_generations", 8,
+                                             ge=1)
+
+    def check(self, key: str) -> Optional[str]:
+        """At least one reward, weights matching them, batches of whole groups."""
+        reason = super().check(key)
+        if reason:
+            return reason
+        if not self.rewards:
+            return (f"{key}.rewards is empty: name the reward plugins to maximise, e.g. "
+                    f"'{key}.rewards=[json_valid,json_fields]' (python -m sllmx.plugins lists them)")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            return (f"{key}.reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards "
+                    f"({', '.join(self.rewards)})")
+        for batch in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, batch) % self.num_generations:
+                return (f"{key}.{batch}={getattr(self, batch)} is not a multiple of {key}.num_generations="
+                        f"{self.num_generations} (each batch holds whole groups of completions)")
+        return None
+
+
+def reward_functions(names: list[str], weights: Optional[list[float]] = None) -> tuple[list[Any], list[float]]:
+    """TRL reward functions and weights for the reward plugins ``names`` (``GRPOTrainer(reward_funcs=...)``,
+    ``GRPOConfig(reward_weights=...)``).
+
+    Each function is named after its plugin (TRL logs ``rewards/<name>/mean``), takes TRL's ``prompts``,
+    ``completions`` (text, or chat messages whose last content is the answer) and the dataset's ``reference``
+    column, and returns the plugin's :meth:`~sllmx.interfaces.Reward.score`.  A weight is the user's (1 by
+    default) times -1 for a reward whose lower is better, so the weighted sum is always maximised.
+
+    Raises:
+        SllmxError: an unknown reward name (listing those installed).
+    """
+    from sllmx.plugins import registry
+
+    reg = registry()
+    funcs, signed = [], []
+    for i, name in enumerate(names):
+        reward = reg.get("reward", name)
+
+        def fn(prompts, completions, reference=None, _reward=reward, **_):
+            texts = [c[-1].get("content", "") if isinstance(c, list) and c else c for c in completions]
+            refs = list(reference) if "reference" in _reward.reads and reference is not None else None
+            return _reward.score(texts, refs, list(prompts))
+
+        fn.__name__ = fn.__qualname__ = name
+        funcs.append(fn)
+        weight = float(weights[i]) if weights else 1.0
+        signed.append(weight if reward.higher_is_better else -weight)
+    return funcs, signed
+
+
+def _with_reference(dataset: Any) -> Any:
+    """prompt/completion rows as GRPO reads them: the prompt, and the completion's text as ``reference`` (TRL does
+    not pass a column named ``completion`` to reward functions)."""
+    if dataset is None or "completion" not in dataset.column_names:
+        return dataset
+
+    def text(row):
+        c = row["completion"]
+        return {"reference": c[-1]["content"] if isinstance(c, list) and c else c}
+
+    return dataset.map(text, remove_columns=["completion"])
+
+
+class GRPO(TRLObjective):
+    """Group Relative Policy Optimization with trl.GRPOTrainer and rewards from reward plugins
+    (``trainer.rewards``); its dev metric is ``eval_reward``, the weighted reward of ``num_generations`` sampled
+    completions per dev prompt.  Generation runs in the training process (transformers' ``generate``, KV cache)."""
+
+    name = "grpo"
+    config = GRPOTrainerConfig
+    reference_model = True  # with beta > 0: the base with the adapter off
+    dev_metric = "eval_reward"
+    higher_is_better = True
+    learning_rates = {
+        "adapter": (1e-5, LORA_WITHOUT_REGRET + ", whose RL runs found the same ratio as SFT's"),
+        "full": (1e-6, "TRL's GRPOConfig default and DeepSeekMath's GRPO (Shao et al., 2024)"),
+        "prompt": (3e-4, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
+    }
+    layouts = (LAYOUT_PROMPT_COMPLETION,)
+
+    def truncation_length(self, cfg):
+        """None: GRPO does not truncate prompts (completions stop at ``max_completion_length``)."""
+        return None
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
+        """``trl.GRPOTrainer`` with :func:`reward_functions`; ``max_length`` is not GRPO's (prompts are not
+        truncated).  The tokens it counts are the prompts' and the generated completions' (TRL's
+        ``num_input_tokens_seen``)."""
+        from trl import GRPOConfig, GRPOTrainer
+
+        label_positions_head()
+        fields = config_fields(cfg)
+        funcs, weights = reward_functions(list(fields.pop("rewards")), fields.pop("reward_weights"))
+        fields.pop("max_length", None)
+        fields["reward_weights"] = weights
+
+        class SllmxGRPOTrainer(GlobalBatchOrder, GRPOTrainer):
+            def _track_num_input_tokens(self, inputs):
+                pass  # GRPOTrainer counts the prompt and completion tokens it generates
+
+        return SllmxGRPOTrainer(model=model, reward_funcs=funcs, args=trl_config(GRPOConfig, fields, args),
+                                processing_class=tokenizer, train_dataset=_with_reference(train_dataset),
+                                eval_dataset=_with_reference(eval_dataset), callbacks=callbacks)
+
+
 @hookimpl
 def sllmx_trainers() -> list[Trainer]:
-    """Register sft, dpo, orpo, kto, cpo and simpo."""
-    return [SFT(), DPO(), ORPO(), KTO(), CPO(), SimPO()]
+    """Register sft, cpt, dpo, orpo, kto, cpo, simpo and grpo."""
+    return [SFT(), CPT(), DPO(), ORPO(), KTO(), CPO(), SimPO(), GRPO()]

@@ -69,7 +69,7 @@ def load_tokenizer(ctx: RunContext, trains: bool = True) -> tuple[str, dict[str,
         fit_rewritten_prompts(ctx, trains)
     options = ctx.splits.options
     if options is not None and options.checks and options.lengths:
-        check_lengths(ctx.splits, ctx.tokenizer, cfg.trainer.get("max_length"))
+        check_lengths(ctx.splits, ctx.tokenizer, ctx.trainer.truncation_length(cfg.trainer))
         record.data_checks = ctx.splits.report.summary()
         if runtime.is_main:
             ctx.splits.report.write(ctx.output_dir / DATA_CHECK_FILE)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from sllmx.interfaces import DataFormat, DataSource, Logger, Method, Metric, ModelSource, Trainer
+    from sllmx.interfaces import DataFormat, DataSource, Logger, Method, Metric, ModelSource, Reward, Trainer
     from sllmx.records import RunRecord
     from sllmx.context import RunContext
 
@@ -84,6 +84,12 @@ def sllmx_metrics() -> list[Metric]:
     """Return the dev/test metrics (``data.metric=<name>``) this plugin provides, each with
     ``higher_is_better`` and ``needs`` (what it is computed from: generations, preference pairs'
     log-probabilities, the loss, or its own :meth:`~sllmx.interfaces.Metric.inputs`)."""
+
+
+@hookspec
+def sllmx_rewards() -> list[Reward]:
+    """Return the reward functions (``trainer=grpo trainer.rewards=[<name>, ...]``) this plugin provides, each with
+    ``higher_is_better`` and ``reads`` (the completion, the reference answer, the prompt)."""
 
 
 @hookspec

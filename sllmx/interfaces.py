@@ -16,7 +16,7 @@ imports belong inside the methods below.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 from sllmx.runtime import Runtime  # noqa: F401  (part of the plugin interface: Method.load_model / wrap receive it)
 
@@ -176,6 +176,15 @@ class Trainer(Plugin):
     #: True where the objective compares the policy with a reference model that, for a PEFT model, is the base
     #: with the adapter switched off (DPO, KTO), so a method that changes the base weights cannot be used
     reference_model: bool = False
+
+    def truncation_length(self, cfg: Any) -> Optional[int]:
+        """Tokens beyond which a train or dev example is cut (the data-length check warns about them): this
+        trainer config's ``max_length`` by default; None when nothing is cut (examples split over packed rows).
+
+        Args:
+            cfg: this trainer's config (an OmegaConf node shaped like ``config``).
+        """
+        return cfg.get("max_length")
 
     def build(
         self,
@@ -392,6 +401,45 @@ class Metric(Plugin):
         """Return ``{key: value, ...}`` for ``keys``; the arguments are those ``needs`` names
         (predictions and references, chosen and rejected log-probabilities, ``[loss]``, or
         :attr:`MetricInputs.args` from :meth:`inputs`)."""
+        raise NotImplementedError
+
+
+#: what a :class:`Reward` may read besides the completion
+REWARD_READS = ("completion", "reference", "prompt")
+
+
+class Reward(Plugin):
+    """A reward function for an online objective (``trainer=grpo``): a score for each generated completion.
+
+    sllmx hands TRL one function per reward named in ``trainer.rewards`` (``GRPOTrainer(reward_funcs=...)``,
+    TRL's name for it is this plugin's ``name``), weighted by ``trainer.reward_weights`` times +1 or -1 for
+    :attr:`higher_is_better`, so the objective always maximises.  TRL logs each reward's mean and standard
+    deviation (``rewards/<name>/mean``), and the weighted sum's mean as ``reward`` (``eval_reward`` on dev,
+    GRPO's dev metric).
+
+    Attributes:
+        higher_is_better: the direction of the scores.
+        reads: what :meth:`score` reads: ``"completion"`` (always), ``"reference"`` (the split's reference
+            answer: the completion of prompt/completion data; a reward that reads it needs such data) and
+            ``"prompt"``.
+    """
+
+    kind = "reward"
+    higher_is_better: bool = True
+    reads: Sequence[str] = ("completion",)
+
+    def score(self, completions: list[str], references: list[str] | None, prompts: list[Any]) -> list[float | None]:
+        """One score per completion.
+
+        Args:
+            completions: the generated answers' text (of a chat completion, the assistant message's content).
+            references: the reference answers, aligned with ``completions`` (each prompt's reference repeated for
+                its generations), when :attr:`reads` has ``"reference"``; else None.
+            prompts: the prompts as the dataset holds them (a string, or a list of chat messages).
+
+        Returns:
+            One float per completion (None: this reward does not apply to it; TRL leaves it out of the sum).
+        """
         raise NotImplementedError
 
 

@@ -27,6 +27,7 @@ REGISTRATION_HOOKS = {
     "sllmx_data_sources": "data",
     "sllmx_data_formats": "format",
     "sllmx_metrics": "metric",
+    "sllmx_rewards": "reward",
     "sllmx_loggers": "logger",
 }
 #: the kinds whose config dataclass is stored in the ConfigStore group of the same name

@@ -59,6 +59,18 @@ def quiet_console() -> None:
             handler.setLevel(logging.WARNING)
 
 
+#: TRL's per-step statistics of GRPO's clipping and completion lengths, and standard deviations
+_DETAIL_GROUPS = ("clip_ratio/", "completions/")
+
+
+def is_detail(key: str) -> bool:
+    """Whether a logged metric is a detail left out of the console lines (still in run.json and the logger): GRPO's
+    ``eval_clip_ratio/low_min``, ``eval_completions/max_length``, ``eval_rewards/json_fields/std``; DPO's
+    ``eval_rewards/accuracies`` and GRPO's ``eval_rewards/json_fields/mean`` are shown."""
+    bare = key.removeprefix("eval_").removeprefix("test_")
+    return bare.startswith(_DETAIL_GROUPS) or ("/" in bare and bare.endswith("/std"))
+
+
 def fmt(value: Any) -> str:
     """A metric value for people: 4 significant digits, integers as integers, None as n/a."""
     if value is None:
@@ -84,7 +96,7 @@ def evaluation_line(step: int, max_steps: int, metrics: dict[str, float], dev: A
     head = f"{dev.name} {fmt(metrics.get(dev.name))} ({direction} is better"
     head += f"; best {fmt(dev.best)} at step {dev.best_step})" if step and dev.best is not None else ")"
     rest = [f"{k} {fmt(v)}" for k, v in sorted(metrics.items())
-            if k != dev.name and not k.endswith(_NOISE) and isinstance(v, (int, float))]
+            if k != dev.name and not k.endswith(_NOISE) and not is_detail(k) and isinstance(v, (int, float))]
     return f"eval {where}: " + " | ".join([head, *rest])
 
 

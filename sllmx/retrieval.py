@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from sllmx.data.readers import TEXT_SUFFIXES, paragraphs, read_text, text_files
 from sllmx.errors import SllmxError
 
 __all__ = ["Passage", "tokenize", "load_corpus", "BM25Retriever"]
@@ -40,10 +41,6 @@ CONTENT_TAGS = frozenset({"NNG", "NNP", "NNB", "VV", "VA", "XR", "SL", "SN", "SH
 #: Kiwi's tags for things it recognises whole (URL, e-mail, hashtag, mention, serial such as 2024-01-05): their
 #: letters and digits are kept, split like non-Korean text
 WHOLE_TAGS = frozenset({"W_URL", "W_EMAIL", "W_HASHTAG", "W_MENTION", "W_SERIAL"})
-#: file names a corpus folder contributes (case-insensitive)
-TEXT_SUFFIXES = (".txt", ".md")
-#: a paragraph break: a line that is empty or only white space
-BLANK_LINE = re.compile(r"\n[ \t\f\v]*\n")
 
 _kiwi_lock = threading.Lock()
 _kiwi_instance: Any = None
@@ -114,28 +111,13 @@ def tokenize(text: str) -> list[str]:
 
 # -- corpora ----------------------------------------------------------------------------------------------
 
-def _paragraphs(text: str) -> list[str]:
-    """``text`` split at blank lines, each paragraph stripped, empty ones dropped."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return [p.strip() for p in BLANK_LINE.split(text) if p.strip()]
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SllmxError(f"corpus file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise SllmxError(f"corpus file {path}: cannot be read ({e.strerror or e})") from None
-
-
 def _text_file_passages(path: Path, name: str) -> list[Passage]:
-    return [Passage(p, f"{name}#{n}") for n, p in enumerate(_paragraphs(_read_text(path)), 1)]
+    return [Passage(p, f"{name}#{n}") for n, p in enumerate(paragraphs(read_text(path, "corpus file")), 1)]
 
 
 def _jsonl_passages(path: Path, field: str) -> list[Passage]:
     passages = []
-    for number, line in enumerate(_read_text(path).splitlines(), 1):
+    for number, line in enumerate(read_text(path, "corpus file").splitlines(), 1):
         if not line.strip():
             continue
         where = f"corpus file {path} line {number}"
@@ -201,11 +183,8 @@ def load_corpus(source: str, train_answers: Optional[list[str]] = None, field: s
         raise SllmxError(f"corpus {source}: no such file or folder (give 'train', a folder of .txt/.md files or a "
                          f".jsonl file)")
     if path.is_dir():
-        files = sorted((p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES),
-                       key=lambda p: p.relative_to(path).as_posix())
-        if not files:
-            raise SllmxError(f"corpus folder {source}: no .txt or .md files in it")
-        passages = [q for p in files for q in _text_file_passages(p, p.relative_to(path).as_posix())]
+        files = text_files(source, "corpus folder")
+        passages = [q for p, name in files for q in _text_file_passages(p, name)]
         if not passages:
             raise SllmxError(f"corpus folder {source}: its {len(files)} .txt/.md files hold no text (empty corpus)")
         return passages

@@ -12,7 +12,7 @@ def summary(record) -> str:
     """The lines printed at the end of a run: the task metric before → after (the data's generation metric,
     e.g. json_exact, when it has one), the dev metric that selected the checkpoint, the cost, where
     run.json is."""
-    from sllmx.progress import fmt
+    from sllmx.progress import fmt, is_detail
 
     dm = record.dev_metric
     direction = lambda higher: "higher" if higher else "lower"  # noqa: E731
@@ -45,7 +45,7 @@ def summary(record) -> str:
             width = max(len(k) for k in keys) - 5
             lines += [f"  {k[5:]:<{width}}  {fmt(first.get(k))} -> {fmt(best.get(k))}" for k in keys]
             shown.update(keys)
-    rest = [k for k in sorted(best) if k.startswith("eval_") and k not in shown
+    rest = [k for k in sorted(best) if k.startswith("eval_") and k not in shown and not is_detail(k)
             and not k.endswith(("runtime", "per_second", "preparation_time", "num_tokens"))]
     if once:  # an evaluation-only run (a prompting baseline, sllmx.evaluate): one evaluation, nothing selected
         lines.append(f"dev metric {dm.name} ({direction(dm.higher_is_better)} is better): {fmt(dm.best)}")

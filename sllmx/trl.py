@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from sllmx.errors import SllmxError
 from sllmx.interfaces import Trainer
 
-__all__ = ["GlobalBatchOrder", "TRLObjective", "trl_config"]
+__all__ = ["GlobalBatchOrder", "TRLObjective", "label_positions_head", "trl_config"]
 
 
 def config_fields(cfg: Any) -> dict[str, Any]:
@@ -66,6 +66,38 @@ def trl_config(config_cls: type, cfg: Any, args: dict[str, Any]) -> Any:
         return config_cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise SllmxError(f"trainer={name}: {config_cls.__name__} rejected the options: {exc}") from exc
+
+
+def label_positions_head() -> bool:
+    """Make TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``: DPO, KTO, GRPO and SFT's token metrics)
+    project only the positions that have a label on a CPU too.
+
+    TRL scores only the labelled positions (the completion tokens) on Triton devices (CUDA, XPU) and every position
+    elsewhere, so that compilers with static shapes (Neuron) do not recompile for each batch; on a CPU, in eager
+    PyTorch, that means the ``(positions, vocabulary)`` projection, log-softmax and entropy of every prompt token too,
+    only to be masked out.  The returned log-probabilities are the same (each labelled position's value is computed
+    by the same chunked kernel; the sums may differ in the last bits).  Idempotent.
+
+    Returns:
+        True when TRL has the switch this sets (``trl.trainer.utils._use_triton``, TRL 1.x), else False (nothing
+        changed).
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        return False
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None:
+        return False
+    if getattr(decide, "sllmx_cpu", False):
+        return True
+
+    def compact_on_cpu(device):
+        return device.type == "cpu" or decide(device)
+
+    compact_on_cpu.sllmx_cpu = True
+    trl_utils._use_triton = compact_on_cpu
+    return True
 
 
 class GlobalBatchOrder:
@@ -108,6 +140,7 @@ class TRLObjective(Trainer):
         :class:`GlobalBatchOrder` training order; see :func:`trl_config`.  ``virtual_tokens`` (prompt
         learning, :meth:`~sllmx.interfaces.Method.num_virtual_tokens`) is the subclass's to use."""
         trainer_cls, config_cls = self.trl_classes()
+        label_positions_head()
         trainer_cls = type(trainer_cls.__name__, (GlobalBatchOrder, trainer_cls), {})
         return trainer_cls(model=model, args=trl_config(config_cls, cfg, args), processing_class=tokenizer,
                            train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)

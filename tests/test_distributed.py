@@ -115,6 +115,7 @@ def test_two_processes_are_one_run_equal_to_one_process(tmp_path, probe_site, tr
         assert match and torch.equal(match[0], value), key
 
 
+@pytest.mark.slow  # a 2-process trial (~20 s); two processes as one run stays in the default suite
 def test_a_pruned_trial_stops_every_rank_at_the_same_step(tmp_path, probe_site):
     import optuna
 

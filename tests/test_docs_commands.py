@@ -37,7 +37,7 @@ from tests.common import ROOT
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHARED = Path(os.environ.get("SLLMX_SHARED_DATA") or ROOT.parent / "shared" / "data").resolve()
 #: data presets that read ../shared/data
-SHARED_PRESETS = ("ko_chatbot", "dialogsum", "hh_rlhf", "alpaca_en_demo", "dpo_en_demo", "kto_en_demo")
+SHARED_PRESETS = ("ko_chatbot", "dialogsum", "hh_rlhf", "alpaca_en_demo", "dpo_en_demo", "kto_en_demo", "ko_text")
 #: Hydra's sweep functions (an override whose value is one, or a comma-separated list, is not one run's value)
 SWEEP_VALUE = re.compile(r"^(choice|range|interval|tag|glob)\(")
 

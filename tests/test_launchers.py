@@ -17,7 +17,9 @@ import pytest
 
 from test_sweep import TINY, run_json, sweep_json
 
-pytestmark = pytest.mark.multiprocess
+# a sweep per test, each trial its own process (2 minutes together on 2 cores): under -m slow to keep the default
+# suite short; the joblib launcher (tests/test_sweep.py) keeps a multi-process sweep in it
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 #: a seeded grid of 6 learning rates, 2 trials at a time: the seeded grid gives the first batch 1e-2 and 3e-2,
 #: which set the bar, and the percentile pruner at 0 (with 2 start-up trials) stops the tiny rates that

@@ -162,7 +162,7 @@ def test_default_learning_rate_is_chosen_by_method_family_and_objective():
     reg = registry()
     doc = (ROOT / "docs" / "defaults.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| (\w+) \| ([^|]+\|[^|]+\|[^|]+)\|$", doc, flags=re.M))
-    for name in ("sft", "dpo", "orpo", "kto", "cpo", "simpo"):
+    for name in ("sft", "cpt", "dpo", "orpo", "kto", "cpo", "simpo", "grpo"):
         table = reg.get("trainer", name).learning_rates
         shown = [float(x) for x in rows[name].split("|")]
         assert shown == [table[f][0] for f in ("adapter", "prompt", "full")], name

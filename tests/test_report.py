@@ -214,6 +214,7 @@ def test_the_report_goes_to_wandb_as_a_table_and_images(runs, tmp_path, monkeypa
 
 # -- sweep=compare: from a finished sweep to the paper table ---------------------------------------------
 
+@pytest.mark.slow  # a sweep and its retraining on seeds (~1 minute)
 def test_compare_retrains_each_groups_best_on_seeds_and_writes_the_report(tmp_path):
     import subprocess
     import sys

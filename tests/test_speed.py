@@ -165,6 +165,41 @@ def test_label_positions_loss_equals_the_models_own_loss_and_gradients(tiny, lay
             assert torch.allclose(grad, our_grads[name], atol=1e-5), name
 
 
+def test_trls_fused_head_on_label_positions_gives_the_same_log_probs_and_gradients(tiny, monkeypatch):
+    """sllmx.trl.label_positions_head: TRL's fused LM head (DPO, KTO, GRPO) scores only the labelled positions on a
+    CPU; the per-token log-probabilities, entropies and gradients equal those of its every-position path (1e-5)."""
+    import trl.trainer.utils as trl_utils
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sllmx.trl import label_positions_head
+
+    path, tok, _ = tiny
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_utils._use_triton)  # restored after the test
+    model = AutoModelForCausalLM.from_pretrained(path).train()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in _ids(tok)], batch_first=True,
+                                          padding_value=tok.pad_token_id)
+    labels = ids.masked_fill(torch.arange(ids.shape[1]) < 12, -100).masked_fill(ids == tok.pad_token_id, -100)
+
+    def scored():
+        model.zero_grad()
+        out = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels, fused_lm_head=True)
+        out.log_probs.sum().backward()
+        return out.log_probs.detach(), out.entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    every, every_entropy, every_grads = scored()
+    assert label_positions_head() and label_positions_head()  # idempotent
+    assert trl_utils._use_triton(torch.device("cpu"))
+    compact, compact_entropy, compact_grads = scored()
+    mask = labels[:, 1:] != -100
+    assert 0 < int(mask.sum()) < 0.8 * mask.numel()
+    torch.testing.assert_close(compact, every, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compact_entropy[mask], every_entropy[mask], atol=1e-5, rtol=1e-5)
+    for name, grad in every_grads.items():
+        torch.testing.assert_close(compact_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+
 def test_label_positions_loss_falls_back_to_the_full_logits(tiny, tmp_path, caplog):
     """A model whose output head does not see its hidden states (here: ``get_output_embeddings`` names a
     module the forward never calls) gets None, and the SFT trainer then uses the model's own loss, with

@@ -566,6 +566,7 @@ def test_a_killed_sweep_resumes_without_rerunning_completed_trials(tmp_path):
     assert json.loads((study_dir / "1" / "run.json").read_text())["status"] == "RUNNING"  # left as evidence
 
 
+@pytest.mark.slow  # two sweeper processes (~30 s); a killed sweep resuming from the storage stays in the default suite
 def test_two_workers_share_one_study(tmp_path):
     args = ["trainer.learning_rate=tag(log, interval(1e-4, 1e-2))", "hydra.sweeper.n_trials=6",
             "hydra/sweeper/pruner=nop", "hydra.sweeper.heartbeat_interval=2"]

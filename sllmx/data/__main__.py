@@ -61,7 +61,7 @@ def check(overrides: list[str], out: Optional[str] = None, write_splits: Optiona
         source, model_cfg = reg.get("model", cfg.model.source), typed(cfg.model, "model", reg)
         path = source.resolve(model_cfg, os.path.expanduser(cfg.cache_dir))
         check_lengths(splits, AutoTokenizer.from_pretrained(path, **source.from_pretrained_kwargs(model_cfg)),
-                      cfg.trainer.get("max_length"))
+                      trainer.truncation_length(cfg.trainer))
     print("\n".join(report.lines()))
     leaked = sum(d["exact"] + d["near"] + d["exact_prompt"] + d["near_prompt"]
                  for d in report.leakage.get("pairs", {}).values())

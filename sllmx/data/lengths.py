@@ -72,14 +72,15 @@ def length_report(splits: dict[str, Any], tokenizer: Any, max_length: Optional[i
 
     Returns:
         ``(report, warnings)``: report ``{"max_length", "suggested_max_length", "truncated",
-        "truncated_pct", "p99", "by_split": {split: stats}}``; a warning when ``max_length``
+        "truncated_pct", "p99", "by_split": {split: stats}}`` (``suggested_max_length`` None when ``max_length``
+        is None: the trainer cuts nothing, e.g. continued pre-training's blocks); a warning when ``max_length``
         truncates more than 1% of train examples (and the suggestion is larger) or exceeds twice their p99,
         and one when it truncates any dev or test example.
     """
     by_split = {name: stats(token_lengths(ds, tokenizer), max_length)
                 for name, ds in splits.items() if ds is not None and len(ds)}
     train = by_split["train"]
-    suggested = int(math.ceil(train["p99"] / ROUND_TO) * ROUND_TO)
+    suggested = int(math.ceil(train["p99"] / ROUND_TO) * ROUND_TO) if max_length else None
     report = {"max_length": max_length, "suggested_max_length": suggested, "p99": train["p99"],
               "truncated": train.get("truncated", 0), "truncated_pct": train.get("truncated_pct", 0.0),
               "by_split": by_split}

@@ -1,4 +1,5 @@
-"""Reading data files into rows: JSONL (also gzipped), JSON arrays, CSV, Parquet, and ``datasets`` hub ids.
+"""Reading data files into rows: JSONL (also gzipped), JSON arrays, CSV, Parquet, ``datasets`` hub ids, and
+plain-text files (.txt / .md, one row per file or per paragraph, for continued pre-training).
 
 Each reader returns a :class:`~sllmx.interfaces.RawSplit`: the rows as dicts, as in the file, and
 ``line_of`` giving each row's position in words (``line 12``, ``row 3 (line 4)``, ``item 5``), so every
@@ -15,6 +16,7 @@ import gzip
 import json
 import os
 import random
+import re
 import zlib
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +27,10 @@ from sllmx.interfaces import RawSplit
 
 #: file suffixes the ``files`` source reads
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
+#: plain-text file suffixes (case-insensitive): a text corpus folder's files, a retrieval corpus
+TEXT_SUFFIXES = (".txt", ".md")
+#: a paragraph break: a line that is empty or only white space
+BLANK_LINE = re.compile(r"\n[ \t\f\v]*\n")
 
 
 def is_local(path: str) -> bool:
@@ -207,3 +213,90 @@ def read_hub(path: str, name: Optional[str], split: str, limit: Optional[int] = 
         raise SllmxError(f"the dataset {label} could not be loaded: it is not a local file, and "
                          f"datasets.load_dataset failed: {type(exc).__name__}: {exc}") from None
     return RawSplit(rows=rows, origin=path, line_of=_Positions(where, "row {}"))
+
+
+# -- plain text ---------------------------------------------------------------------------------------------
+
+def read_text(path: Path, what: str = "text file") -> str:
+    """The whole of a UTF-8 text file (a BOM dropped; ``\\r\\n`` and ``\\r`` line ends made ``\\n``).
+
+    Raises:
+        SllmxError: ``"<what> PATH: not UTF-8 text (...)"`` or ``"... cannot be read (...)"``.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SllmxError(f"{what} {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise SllmxError(f"{what} {path}: cannot be read ({e.strerror or e})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def paragraphs(text: str) -> list[str]:
+    """``text`` split at blank lines (:data:`BLANK_LINE`), each paragraph stripped, empty ones dropped."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return [p.strip() for p in BLANK_LINE.split(text) if p.strip()]
+
+
+def text_files(path: str, what: str = "text folder") -> list[tuple[Path, str]]:
+    """The .txt / .md files of ``path`` with their names: a folder's files found recursively (case-insensitive
+    suffix), sorted by the path relative to the folder, named by it; a single .txt / .md file, named by its file
+    name.
+
+    Returns:
+        ``[(file, name)]``, at least one.
+
+    Raises:
+        SllmxError: ``path`` is missing, a folder without .txt / .md files, or a file of another type.
+    """
+    p = Path(os.path.expanduser(path))
+    if not p.exists():
+        raise SllmxError(f"{what} {path}: no such file or folder (working directory {os.getcwd()})")
+    if p.is_dir():
+        files = sorted((f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES),
+                       key=lambda f: f.relative_to(p).as_posix())
+        if not files:
+            raise SllmxError(f"{what} {path}: no .txt or .md files in it")
+        return [(f, f.relative_to(p).as_posix()) for f in files]
+    if p.suffix.lower() not in TEXT_SUFFIXES:
+        raise SllmxError(f"{what} {path}: unknown type {p.suffix or '(no suffix)'!r}; give a folder of .txt / .md "
+                         f"files or one such file")
+    return [(p, p.name)]
+
+
+def read_text_files(path: str, unit: str = "file", limit: Optional[int] = None,
+                    sample_seed: Optional[int] = None) -> RawSplit:
+    """Plain-text documents as rows ``{"text": ...}``: a folder of .txt / .md files (:func:`text_files`) or one.
+
+    Args:
+        path: the folder or file.
+        unit: ``"file"``: one row per file, its whole text stripped (a file of white space only is left out);
+            ``"paragraph"``: one row per paragraph (:func:`paragraphs`).
+        limit, sample_seed: as :func:`read_file` (the first ``limit`` rows, or a seeded sample of them).
+
+    Returns:
+        A :class:`RawSplit` whose ``line_of`` names the file (``kobill/1809890.txt``) or the file and paragraph
+        (``kobill/1809890.txt, paragraph 3``), relative to the folder.
+
+    Raises:
+        SllmxError: as :func:`text_files` and :func:`read_text`; an unknown ``unit``; no text in any file.
+    """
+    if unit not in ("file", "paragraph"):
+        raise SllmxError(f"data.unit={unit}: not one of file, paragraph")
+    files = text_files(path)
+    rows: list[dict] = []
+    where: list[str] = []
+    for file, name in files:
+        text = read_text(file)
+        if unit == "file":
+            if text.strip():
+                rows.append({"text": text.strip()})
+                where.append(name)
+        else:
+            for n, para in enumerate(paragraphs(text), 1):
+                rows.append({"text": para})
+                where.append(f"{name}, paragraph {n}")
+    if not rows:
+        raise SllmxError(f"text folder {path}: its {len(files)} .txt/.md files hold no text")
+    rows, where = _limit(rows, where, limit, sample_seed)
+    return RawSplit(rows=rows, origin=path, line_of=_Positions(where, "{}"))
