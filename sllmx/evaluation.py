@@ -183,6 +183,8 @@ def evaluate_split(ctx: RunContext, dataset: Any, prefix: str,
 
     evaluator.remove_callback(PrinterCallback)  # it prints the metrics as a raw dict; the summary has them
     metrics = evaluator.evaluate(metric_key_prefix=prefix)
+    if prefix != "eval":  # TRL's trainers add their own metrics as eval_* whatever the prefix (DPO's rewards/...)
+        metrics = {(f"{prefix}_{k[5:]}" if k.startswith("eval_") else k): v for k, v in metrics.items()}
     add_loss_metrics(metrics, ctx.trainer, ctx.registry, prefix, ctx.cfg)
     wait_for_everyone(ctx.runtime)
     if ctx.runtime.is_main:

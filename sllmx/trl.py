@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from sllmx.errors import SllmxError
 from sllmx.interfaces import Trainer
 
-__all__ = ["GlobalBatchOrder", "TRLObjective", "label_positions_head", "trl_config"]
+__all__ = ["GlobalBatchOrder", "TRLObjective", "keeping_reference_adapter", "label_positions_head", "trl_config"]
 
 
 def config_fields(cfg: Any) -> dict[str, Any]:
@@ -100,6 +100,37 @@ def label_positions_head() -> bool:
     return True
 
 
+#: the adapter TRL's DPO, KTO and GRPO trainers add to a PEFT model as its frozen reference
+REFERENCE_ADAPTER = "ref"
+
+
+def keeping_reference_adapter(model: Any, build: Any) -> Any:
+    """``build()`` (a TRL trainer's constructor) on ``model``, keeping the reference adapter an earlier trainer left.
+
+    Given a PEFT model, TRL's DPO, KTO and GRPO trainers add an adapter ``"ref"``, a frozen copy of the
+    ``"default"`` adapter as it is then, and use it as the reference model.  A second trainer on the same model
+    (the test split's evaluation after training) would fail (PEFT: the adapter exists), and a fresh copy would make
+    the trained adapter its own reference (rewards and margins 0).  So an existing ``"ref"`` is set aside, TRL adds
+    its own, and the first one's weights are copied back into it: the reference stays the model training started
+    from.
+
+    Returns:
+        What ``build()`` returns.
+    """
+    config = getattr(model, "peft_config", None)
+    if not isinstance(config, dict) or REFERENCE_ADAPTER not in config:
+        return build()
+    marker = f".{REFERENCE_ADAPTER}."
+    kept = {name: p.detach().clone() for name, p in model.named_parameters() if marker in name}
+    model.delete_adapter(REFERENCE_ADAPTER)
+    trainer = build()
+    if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
+        for name, param in model.named_parameters():
+            if name in kept:
+                param.data.copy_(kept[name])
+    return trainer
+
+
 class GlobalBatchOrder:
     """A mixin for a ``transformers.Trainer`` subclass: the same training order for any number of processes.
 
@@ -142,5 +173,7 @@ class TRLObjective(Trainer):
         trainer_cls, config_cls = self.trl_classes()
         label_positions_head()
         trainer_cls = type(trainer_cls.__name__, (GlobalBatchOrder, trainer_cls), {})
-        return trainer_cls(model=model, args=trl_config(config_cls, cfg, args), processing_class=tokenizer,
-                           train_dataset=train_dataset, eval_dataset=eval_dataset, callbacks=callbacks)
+        trl_args = trl_config(config_cls, cfg, args)
+        return keeping_reference_adapter(model, lambda: trainer_cls(
+            model=model, args=trl_args, processing_class=tokenizer, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, callbacks=callbacks))

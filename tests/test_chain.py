@@ -69,3 +69,17 @@ def test_bad_chains_are_one_line_before_loading(sft_run, tmp_path):
         run(compose_config([*NEXT, "model=run", f"model.run_dir={tmp_path / 'nope'}"], tmp_path / "b",
                            tmp_path / "cache"))
     assert not (tmp_path / "a" / "run.json").exists() and not (tmp_path / "b" / "run.json").exists()
+
+
+@pytest.mark.parametrize("trainer", ["dpo", "kto"])
+def test_the_test_split_is_scored_against_the_reference_training_started_from(trainer, tmp_path, cache_dir):
+    """TRL gives a PEFT model a frozen copy of its adapter as the reference ("ref"); the test split's evaluation
+    builds a second trainer on the trained model, which keeps that reference (not a copy of the trained adapter,
+    which would score every margin 0 and the loss ln 2)."""
+    import math
+
+    record = run(compose_config([*FAST, f"trainer={trainer}", "trainer.learning_rate=0.01", "eval.test=true"],
+                                tmp_path / "run", cache_dir))
+    assert record.status == "COMPLETE"
+    test = record.test_metrics
+    assert abs(test["test_loss"] - math.log(2)) > 1e-3 and abs(test["test_rewards/margins"]) > 1e-3, test

@@ -1,0 +1,110 @@
+"""Training throughput of sllmx's DPO against a hand-written TRL DPO script (issue 19, item 8).
+
+    python benchmarks/preference.py                       # the three jobs below, one at a time (~15 min)
+    python benchmarks/preference.py --repeat 2 --max-steps 8
+
+The workload: SmolLM2-135M-Instruct, LoRA r=16 all-linear (dropout 0), fp32, no gradient checkpointing,
+batch 8 of the built-in task's preference pairs (the split sllmx trains on, written with ``python -m sllmx.data
+check --write-splits``), max_length 512, learning rate 5e-5, beta 0.1, ``--max-steps`` steps, then one
+evaluation of 8 dev pairs.  "real tokens/s" is the non-padding tokens of chosen and rejected
+(``num_input_tokens_seen``) over the training loop's time; "wall s" the whole process.
+
+Jobs (each its own process, one at a time; ``--repeat`` interleaves them):
+  trl                     the TRL script (benchmarks/peers/trl_dpo.py) with the settings above
+  sllmx-every-position    sllmx with TRL's fused LM head as TRL runs it on a CPU: every position
+                          projected through the head (sllmx.trl.label_positions_head switched off)
+  sllmx                   sllmx: the head only at the completion tokens (sllmx.trl.label_positions_head)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, machine, measured, model_dir, save, table  # noqa: E402
+
+SETTINGS = ["model=smollm2-135m", "data=support_ko", "data.n_dev=8", "trainer=dpo", "trainer.learning_rate=5e-5",
+            "trainer.beta=0.1", "trainer.precision=fp32", "trainer.gradient_checkpointing=false",
+            "trainer.logging_steps=1", "eval.before_training=false", "logger=none", "seed=0"]
+#: sllmx with TRL's every-position head (the patch switched off before the trainer plugins import it)
+EVERY_POSITION = ("import sys, runpy, sllmx.trl; sllmx.trl.label_positions_head = lambda: False; "
+                  "sys.argv = ['sllmx', *sys.argv[1:]]; runpy.run_module('sllmx', run_name='__main__')")
+
+
+def write_splits(folder: Path) -> tuple[Path, Path]:
+    """The train and dev pairs sllmx's DPO run trains and evaluates on, as conversational JSONL."""
+    out = folder / "splits"
+    cmd = [sys.executable, "-m", "sllmx.data", "check", *[s for s in SETTINGS if s.split("=")[0] in
+                                                            ("model", "data", "data.n_dev", "trainer")],
+           "--write-splits", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+    return out / "train.jsonl", out / "dev.jsonl"
+
+
+def run_job(name: str, work: Path, steps: int, model: str, train: Path, dev: Path) -> dict:
+    out = work / name
+    if name == "trl":
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "peers" / "trl_dpo.py"), "--model", model, "--train",
+               str(train), "--dev", str(dev), "--out", str(out), "--max-steps", str(steps)]
+        out.mkdir(parents=True)
+        m = measured(cmd, work / f"{name}.log")
+        r = json.loads((out / "result.json").read_text())
+        tokens, runtime, eval_loss = r["train_tokens"], r["train_runtime_s"], r["eval_loss"]
+        losses = r["losses"]
+    else:
+        head = [sys.executable, "-c", EVERY_POSITION] if name == "sllmx-every-position" else [sys.executable, "-m",
+                                                                                               "sllmx"]
+        cmd = [*head, *SETTINGS, f"trainer.max_steps={steps}", f"eval.eval_steps={steps}", f"output_dir={out}"]
+        m = measured(cmd, work / f"{name}.log")
+        r = json.loads((out / "run.json").read_text())
+        if r["status"] != "COMPLETE":
+            raise RuntimeError(f"{name}: run.json status {r['status']}")
+        tokens, runtime, eval_loss = r["train_tokens"], r["train_runtime_s"], r["dev_metric"]["final"]
+        losses = None
+    return {"job": name, "steps": steps, "train_tokens": tokens, "train_runtime_s": round(runtime, 2),
+            "tokens_per_s": round(tokens / runtime, 2), "eval_loss": eval_loss, "losses": losses,
+            "wall_s": m["wall_s"], "peak_rss_gib": round(m["peak_rss_bytes"] / 2**30, 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", default=["trl", "sllmx-every-position", "sllmx"])
+    p.add_argument("--max-steps", type=int, default=8)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--name", default="preference-dpo")
+    a = p.parse_args()
+    model = model_dir()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sllmx-bench-") as tmp:
+        work = Path(tmp)
+        train, dev = write_splits(work)
+        for rep in range(a.repeat):
+            for name in a.only:
+                row = run_job(name, work / f"rep{rep}", a.max_steps, model, train, dev)
+                row["repeat"] = rep
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    summary = []
+    for name in a.only:
+        mine = [r for r in rows if r["job"] == name]
+        summary.append({"job": name, "tokens_per_s": statistics.median(r["tokens_per_s"] for r in mine),
+                        "eval_loss": mine[-1]["eval_loss"], "wall_s": statistics.median(r["wall_s"] for r in mine),
+                        "peak_rss_gib": max(r["peak_rss_gib"] for r in mine), "n": len(mine)})
+    base = next((s["tokens_per_s"] for s in summary if s["job"] == "trl"), None)
+    for s in summary:
+        s["vs_trl"] = round(s["tokens_per_s"] / base, 3) if base else None
+    print(table(summary, [("job", "job", "{}"), ("tokens_per_s", "real tokens/s", "{:.1f}"),
+                          ("vs_trl", "× TRL", "{:.2f}"), ("eval_loss", "dev eval_loss", "{:.6f}"),
+                          ("wall_s", "wall s", "{:.0f}"), ("peak_rss_gib", "peak RSS GiB", "{:.2f}")]))
+    save(a.name, {"machine": machine(), "settings": SETTINGS, "max_steps": a.max_steps, "rows": rows,
+                  "summary": summary})
+
+
+if __name__ == "__main__":
+    main()
