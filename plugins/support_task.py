@@ -383,6 +383,12 @@ class JsonFieldsReward(Reward):
     def score(self, completions, references, prompts):
         return [json_scores(c, r, i)["json_fields"] for i, (c, r) in enumerate(zip(completions, references))]
 
+    def check(self, references):
+        """The first reference that is not a non-empty JSON object (the data is not this task's kind)."""
+        bad = next((i for i, r in enumerate(references) if not first_json_object(r)), None)
+        return None if bad is None else (f"reference answer {bad} is not a JSON object ({str(references[bad])[:60]!r}); "
+                                         f"json_fields scores JSON answers")
+
 
 @hookimpl
 def sllmx_data_sources() -> list[DataSource]:

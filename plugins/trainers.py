@@ -530,11 +530,13 @@ class GRPOTrainerConfig(TrainerConfig):
                                   "per_device_train_batch_size must be a multiple of it", 4, ge=2)
     max_completion_length: int = option("tokens generated per completion at most (TRL's default is 512)", 64, ge=1)
     temperature: float = option("sampling temperature of the completions", 1.0, gt=0)
-    beta: float = option("KL penalty towards the reference model (the base with the adapter off); TRL's default 0 "
-                         "keeps no reference", 0.0, ge=0)
+    beta: float = option("KL penalty towards the reference model (for a PEFT model TRL keeps a frozen copy of the "
+                         "adapter as it starts); TRL's default 0 keeps no reference", 0.0, ge=0)
     loss_type: str = option("TRL's loss: dapo (tokens of the whole batch), grpo (per sequence), dr_grpo, bnpo, "
                             "cispo, sapo, luspo, vespo", "dapo",
                             choices=("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"))
+    max_length: Optional[int] = option("not GRPO's: prompts are not truncated (completions stop at "
+                                       "max_completion_length); leave it null", None)
     per_device_train_batch_size: int = option("completions per device per step: prompts x num_generations", 8, ge=1)
     per_device_eval_batch_size: int = option("completions per device per dev step: prompts x num_generations", 8,
                                              ge=1)
@@ -544,6 +546,9 @@ class GRPOTrainerConfig(TrainerConfig):
         reason = super().check(key)
         if reason:
             return reason
+        if self.max_length is not None:
+            return (f"{key}.max_length={self.max_length}: GRPO does not truncate prompts; bound the completions with "
+                    f"{key}.max_completion_length")
         if not self.rewards:
             return (f"{key}.rewards is empty: name the reward plugins to maximise, e.g. "
                     f"'{key}.rewards=[json_valid,json_fields]' (python -m sllmx.plugins lists them)")
@@ -569,15 +574,21 @@ def reward_functions(names: list[str], weights: Optional[list[float]] = None) ->
     Raises:
         SllmxError: an unknown reward name (listing those installed).
     """
+    from sllmx.errors import SllmxError
+    from sllmx.interfaces import REWARD_READS
     from sllmx.plugins import registry
 
     reg = registry()
     funcs, signed = [], []
     for i, name in enumerate(names):
         reward = reg.get("reward", name)
+        unknown = sorted(set(reward.reads) - set(REWARD_READS))
+        if unknown:
+            raise SllmxError(f"reward {name!r} ({reg.dist_of('reward', name)}) reads {unknown[0]!r}; a reward reads "
+                             f"{', '.join(REWARD_READS)}")
 
         def fn(prompts, completions, reference=None, _reward=reward, **_):
-            texts = [c[-1].get("content", "") if isinstance(c, list) and c else c for c in completions]
+            texts = [(c[-1].get("content") or "") if isinstance(c, list) and c else (c or "") for c in completions]
             refs = list(reference) if "reference" in _reward.reads and reference is not None else None
             return _reward.score(texts, refs, list(prompts))
 
@@ -608,7 +619,7 @@ class GRPO(TRLObjective):
 
     name = "grpo"
     config = GRPOTrainerConfig
-    reference_model = True  # with beta > 0: the base with the adapter off
+    reference_model = True  # with beta > 0 (a frozen copy of the adapter as training starts, for a PEFT model)
     dev_metric = "eval_reward"
     higher_is_better = True
     learning_rates = {
@@ -628,9 +639,22 @@ class GRPO(TRLObjective):
         ``num_input_tokens_seen``)."""
         from trl import GRPOConfig, GRPOTrainer
 
+        from sllmx.errors import SllmxError
+        from sllmx.plugins import registry
+
         label_positions_head()
         fields = config_fields(cfg)
-        funcs, weights = reward_functions(list(fields.pop("rewards")), fields.pop("reward_weights"))
+        names = list(fields.pop("rewards"))
+        funcs, weights = reward_functions(names, fields.pop("reward_weights"))
+        train, dev = _with_reference(train_dataset), _with_reference(eval_dataset)
+        for name in names:  # the data's references, before any completion is generated
+            reward = registry().get("reward", name)
+            if "reference" in reward.reads:
+                for split, ds in (("train", train), ("dev", dev)):
+                    refs = list(ds["reference"]) if ds is not None and "reference" in ds.column_names else []
+                    reason = reward.check(refs) if refs else f"the {split} split has no reference answers"
+                    if reason:
+                        raise SllmxError(f"trainer.rewards: {name} on the {split} split: {reason}")
         fields.pop("max_length", None)
         fields["reward_weights"] = weights
 
@@ -640,9 +664,8 @@ class GRPO(TRLObjective):
 
         grpo_args = trl_config(GRPOConfig, fields, args)
         return keeping_reference_adapter(model, lambda: SllmxGRPOTrainer(
-            model=model, reward_funcs=funcs, args=grpo_args, processing_class=tokenizer,
-            train_dataset=_with_reference(train_dataset), eval_dataset=_with_reference(eval_dataset),
-            callbacks=callbacks))
+            model=model, reward_funcs=funcs, args=grpo_args, processing_class=tokenizer, train_dataset=train,
+            eval_dataset=dev, callbacks=callbacks))
 
 
 @hookimpl

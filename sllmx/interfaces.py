@@ -442,6 +442,14 @@ class Reward(Plugin):
         """
         raise NotImplementedError
 
+    def check(self, references: list[str]) -> str | None:
+        """Why the data's reference answers cannot be scored (one line naming the first bad one), or None.
+
+        Called for a reward that reads ``"reference"`` with the train and dev references before the objective is
+        built (before any completion is generated).  Default: None.
+        """
+        return None
+
 
 class Logger(Plugin):
     """Experiment tracking (``logger=<name>``): W&B, or none, or a plugin's.

@@ -83,11 +83,14 @@ def label_positions_head() -> bool:
         changed).
     """
     try:
+        import trl.kernels.chunked_logprob as trl_kernels
         import trl.trainer.utils as trl_utils
     except ImportError:
         return False
     decide = getattr(trl_utils, "_use_triton", None)
-    if decide is None:
+    # the kernel (Triton or PyTorch tiles) is chosen by trl.kernels' own name; only then is this name just the
+    # compact-or-every-position decision of add_fused_lm_head
+    if decide is None or getattr(trl_kernels, "_use_triton", None) is None:
         return False
     if getattr(decide, "sllmx_cpu", False):
         return True
@@ -120,15 +123,20 @@ def keeping_reference_adapter(model: Any, build: Any) -> Any:
     config = getattr(model, "peft_config", None)
     if not isinstance(config, dict) or REFERENCE_ADAPTER not in config:
         return build()
-    marker = f".{REFERENCE_ADAPTER}."
-    kept = {name: p.detach().clone() for name, p in model.named_parameters() if marker in name}
+    import re
+
+    # "...lora_A.ref.weight", and parameters held directly in a ParameterDict ("...ia3_l.ref")
+    marker = re.compile(rf"\.{REFERENCE_ADAPTER}(\.|$)")
+    kept = {name: p.detach().clone() for name, p in model.named_parameters() if marker.search(name)}
     model.delete_adapter(REFERENCE_ADAPTER)
-    trainer = build()
-    if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
+    try:
+        return build()
+    finally:  # also when the build fails: the model keeps its reference
+        if REFERENCE_ADAPTER not in getattr(model, "peft_config", {}):
+            model.add_adapter(REFERENCE_ADAPTER, model.peft_config["default"])
         for name, param in model.named_parameters():
             if name in kept:
                 param.data.copy_(kept[name])
-    return trainer
 
 
 class GlobalBatchOrder:

@@ -101,6 +101,7 @@ def test_grpo_trains_the_adapter_towards_its_reward(with_test_rewards, tmp_path)
     (["trainer.rewards=[json_valid]", "trainer.num_generations=3"], ["not a multiple of trainer.num_generations=3"]),
     (["trainer.rewards=[json_valid,json_fields]", "trainer.reward_weights=[1]"], ["1 values for 2 rewards"]),
     (["trainer.rewards=[json_valid]", "method=lora", "method.init_lora_weights=pissa"], ["pissa", "grpo"]),
+    (["trainer.rewards=[json_valid]", "trainer.max_length=256"], ["trainer.max_length=256", "max_completion_length"]),
 ])
 def test_grpo_refuses_configs_that_cannot_work_before_loading(tmp_path, overrides, words):
     with pytest.raises(SllmxError) as err:
@@ -130,3 +131,16 @@ def test_the_console_leaves_out_grpos_per_step_statistics_but_not_rewards_or_dpo
                            DevMetric(name="eval_reward", higher_is_better=True))
     assert "eval_rewards/json_valid/mean 0.75" in line and "eval_rewards/accuracies 0.625" in line
     assert "std" not in line and "clip_ratio" not in line and "completions/" not in line
+
+
+def test_a_reward_that_cannot_score_the_datas_references_stops_before_generating(tmp_path):
+    """json_fields on answers that are not JSON: one line naming the reward, the split and the answer."""
+    import json
+
+    rows = [{"prompt": f"Say {i}.", "completion": f"number {i}"} for i in range(30)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SllmxError) as err:
+        run(compose_config([*[o for o in GRPO if not o.startswith("data")], "data=files",
+                            f"data.path={tmp_path / 'train.jsonl'}", "trainer.rewards=[json_valid,json_fields]"],
+                           tmp_path / "run", tmp_path / "cache"))
+    assert "json_fields on the train split: reference answer" in str(err.value) and "not a JSON object" in str(err.value)

@@ -297,6 +297,6 @@ def read_text_files(path: str, unit: str = "file", limit: Optional[int] = None,
                 rows.append({"text": para})
                 where.append(f"{name}, paragraph {n}")
     if not rows:
-        raise SllmxError(f"text folder {path}: its {len(files)} .txt/.md files hold no text")
+        raise SllmxError(f"{path}: its {len(files)} .txt/.md file(s) hold no text")
     rows, where = _limit(rows, where, limit, sample_seed)
     return RawSplit(rows=rows, origin=path, line_of=_Positions(where, "{}"))
