@@ -118,6 +118,7 @@ def lifecycle(ctx: RunContext, work: Callable[[RunContext], str], started: float
         try:
             ctx.logger = start_logger(ctx) if main else None  # the logger plugin, on the main process only
             record.status = work(ctx)
+            stop.check()  # a signal that a library swallowed (the work went on): the run still ends INTERRUPTED
         except BaseException as exc:
             if ctx.hf_trainer is not None:
                 record.global_steps = ctx.hf_trainer.state.global_step

@@ -34,6 +34,9 @@ class GracefulStop(TrainerCallback):
         self.step: Optional[int] = None
         self._at = 0.0  # when the first signal came (time.monotonic)
         self._previous: dict[int, Any] = {}
+        #: a signal whose Interrupted was raised outside the training loop: if the code it landed in swallowed it
+        #: (``datasets``' fingerprinting catches everything, bare ``except:``), :meth:`check` raises it again
+        self.unhonoured: Optional[str] = None
 
     def __enter__(self) -> "GracefulStop":
         import signal
@@ -64,12 +67,26 @@ class GracefulStop(TrainerCallback):
         if self.signal == "SIGTERM" and name == "SIGTERM" and time.monotonic() - self._at < self.REPEAT_S:
             return  # the same SIGTERM again: SLURM signals every process and torchrun forwards it once more
         if self.signal is not None or not self.in_loop:
+            self.unhonoured = self.signal or name
             raise Interrupted(self.signal or name, self.step)
         self.signal, self._at = name, time.monotonic()
         logging.getLogger("sllmx").warning("%s: stopping after this step and saving a checkpoint for resume= "
                                            "(send it again to stop at once)", name)
 
+    def check(self) -> None:
+        """Raise :class:`~sllmx.errors.Interrupted` again for a signal that came outside the training loop and was
+        swallowed by the code it landed in (the run went on as if it had not come).
+
+        Raises:
+            Interrupted: when such a signal came.
+        """
+        from sllmx.errors import Interrupted
+
+        if self.unhonoured is not None:
+            raise Interrupted(self.unhonoured, self.step)
+
     def on_train_begin(self, args, state, control, **kwargs):
+        self.check()  # a signal during loading or data preparation that a library swallowed
         self.in_loop, self.step = True, state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -274,3 +274,25 @@ def test_a_diverged_run_ends_with_one_line_and_a_fail_record(tmp_path):
     assert err.strip().splitlines()[-1] == (f"sllmx: error: training diverged: loss or gradients not finite at step "
                                             f"{step}; {run_dir}/run.json records FAIL (a lower "
                                             f"trainer.learning_rate may help)")
+
+
+def test_a_signal_a_library_swallows_still_ends_the_run_interrupted():
+    """``datasets`` catches everything while it fingerprints a transform (bare ``except:``), so the Interrupted a
+    SIGTERM raises there can vanish; GracefulStop.check raises it again (the runner calls it at train begin and
+    when the work returns)."""
+    import os
+    import signal
+
+    from sllmx.errors import Interrupted
+    from sllmx.stops import GracefulStop
+
+    with GracefulStop() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except:  # noqa: E722 - what datasets' fingerprinting does
+            pass
+        with pytest.raises(Interrupted) as err:
+            stop.check()
+    assert err.value.signal == "SIGTERM"
+    with GracefulStop() as quiet:
+        quiet.check()  # no signal: nothing raised
