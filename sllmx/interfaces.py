@@ -16,7 +16,7 @@ imports belong inside the methods below.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from sllmx.runtime import Runtime  # noqa: F401  (part of the plugin interface: Method.load_model / wrap receive it)
 
@@ -177,7 +177,7 @@ class Trainer(Plugin):
     #: with the adapter switched off (DPO, KTO), so a method that changes the base weights cannot be used
     reference_model: bool = False
 
-    def truncation_length(self, cfg: Any) -> Optional[int]:
+    def truncation_length(self, cfg: Any) -> int | None:
         """Tokens beyond which a train or dev example is cut (the data-length check warns about them): this
         trainer config's ``max_length`` by default; None when nothing is cut (examples split over packed rows).
 
