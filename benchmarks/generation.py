@@ -1,0 +1,109 @@
+"""Speed of the dev evaluation's greedy generation (issue 19, item 8) against batched ``model.generate``.
+
+    python benchmarks/generation.py                 # the six cases below, each its own process (~6 min)
+
+The workload: SmolLM2-135M-Instruct, the built-in task's 32 dev prompts (``data=support_ko``, its system
+prompt, chat template, left padding), 128 new tokens, greedy, KV cache, the precision a run on this CPU picks
+(bf16 base weights where the CPU has avx512_bf16).  The adapter is freshly initialised (LoRA's B = 0), so every
+case computes the same function; the time is what differs.
+
+Cases:
+  peer                  a plain model (no PEFT), ``model.generate`` in batches of 32: what a user's script does
+                        with a merged model
+  lora                  sllmx.generation.generate on the run's PEFT LoRA model, batches of 16 (the default): today
+  lora-autocast-32      the same under ``torch.autocast`` at the run's dtype, batches of 32
+  lora-merged-32        a merged copy (PEFT ``merge_and_unload``) in batches of 32
+  qlora                 sllmx.generation.generate on the QLoRA model (4-bit base), batches of 16: today
+  qlora-autocast-32     the same under ``torch.autocast``, batches of 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ENV, ROOT, machine, save, table  # noqa: E402
+
+CASES = ["peer", "lora", "lora-autocast-32", "lora-merged-32", "qlora", "qlora-autocast-32"]
+
+
+def one_case(case: str) -> dict:
+    """Time one case in this process; returns its row."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from sllmx.compose import compose
+    from sllmx.generation import generate
+    from sllmx.plugins import registry, typed
+    from sllmx.runtime import Runtime, decide_precision
+
+    method = "qlora" if case.startswith("qlora") else "lora"
+    cfg = compose(["model=smollm2-135m", "logger=none", f"method={method}"])
+    reg = registry()
+    path = reg.get("model", cfg.model.source).resolve(typed(cfg.model, "model"), os.path.expanduser(cfg.cache_dir))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    runtime = Runtime(precision=decide_precision("auto", "cpu")[0])  # what a run picks here
+    from plugins.support_task import generate as task_rows  # the task's own rows (built-in plugin)
+
+    system = [{"role": "system", "content": cfg.data.system}]
+    prompts = [system + r["prompt"] for r in task_rows(256, 32, 64, 0)["dev"]]
+    batch = 32 if case.endswith("-32") or case == "peer" else 16
+    if case == "peer":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype).eval()
+        tokenizer.padding_side = "left"
+        texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        started = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            enc = tokenizer(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                model.generate(**enc, max_new_tokens=128, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        return {"case": case, "batch": batch, "seconds": round(time.perf_counter() - started, 2)}
+    plugin, mcfg = reg.get("method", method), typed(cfg.method, "method")
+    model = plugin.wrap(plugin.load_model(path, mcfg, runtime), mcfg, runtime, tokenizer)
+    if case.startswith("lora-merged"):
+        model = model.merge_and_unload()
+    ctx = (torch.autocast("cpu", dtype=runtime.compute_dtype) if "autocast" in case else contextlib.nullcontext())
+    started = time.perf_counter()
+    with ctx:
+        answers = generate(model, tokenizer, prompts, 128, batch, progress=False)
+    return {"case": case, "batch": batch, "seconds": round(time.perf_counter() - started, 2),
+            "precision": runtime.precision, "answers": len(answers)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", choices=CASES, help="run one case in this process (used by the driver)")
+    p.add_argument("--only", nargs="+", choices=CASES, default=CASES)
+    p.add_argument("--name", default="generation-support_ko")
+    a = p.parse_args()
+    if a.case:
+        print(json.dumps(one_case(a.case)), flush=True)
+        return
+    rows = []
+    for case in a.only:
+        out = subprocess.run([sys.executable, __file__, "--case", case], capture_output=True, text=True,
+                             env={**os.environ, **ENV}, cwd=ROOT)
+        if out.returncode:
+            sys.exit(f"{case} failed:\n{out.stderr[-2000:]}")
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    peer = next((r["seconds"] for r in rows if r["case"] == "peer"), None)
+    for r in rows:
+        r["vs_peer"] = round(r["seconds"] / peer, 2) if peer else None
+    print(table(rows, [("case", "case", "{}"), ("batch", "batch", "{}"), ("seconds", "s for 32 answers", "{:.1f}"),
+                       ("vs_peer", "× peer time", "{:.2f}")]))
+    save(a.name, {"machine": machine(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
