@@ -1,6 +1,6 @@
 """Speed of the dev evaluation's greedy generation (issue 19, item 8) against batched ``model.generate``.
 
-    python benchmarks/generation.py                 # the six cases below, each its own process (~6 min)
+    python benchmarks/generation.py                 # the six cases below, each its own process (~8 min)
 
 The workload: SmolLM2-135M-Instruct, the built-in task's 32 dev prompts (``data=support_ko``, its system
 prompt, chat template, left padding), 128 new tokens, greedy, KV cache, the precision a run on this CPU picks
@@ -10,17 +10,18 @@ case computes the same function; the time is what differs.
 Cases:
   peer                  a plain model (no PEFT), ``model.generate`` in batches of 32: what a user's script does
                         with a merged model
-  lora                  sllmx.generation.generate on the run's PEFT LoRA model, batches of 16 (the default): today
-  lora-autocast-32      the same under ``torch.autocast`` at the run's dtype, batches of 32
-  lora-merged-32        a merged copy (PEFT ``merge_and_unload``) in batches of 32
-  qlora                 sllmx.generation.generate on the QLoRA model (4-bit base), batches of 16: today
-  qlora-autocast-32     the same under ``torch.autocast``, batches of 32
+  lora-before           sllmx.generation.generate on the run's PEFT LoRA model as it was before issue 19's item 8:
+                        batches of 16, no autocast (``runtime=None``)
+  lora                  sllmx.generation.generate as a run calls it now: the run's runtime (``torch.autocast`` at
+                        its dtype), batches of 32 (the default ``eval.generation_batch_size``)
+  lora-merged-32        a merged copy (PEFT ``merge_and_unload``) in batches of 32, as ``lora``
+  qlora-before          the QLoRA model (4-bit base), as ``lora-before``
+  qlora                 the QLoRA model, as ``lora``
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -31,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ENV, ROOT, machine, save, table  # noqa: E402
 
-CASES = ["peer", "lora", "lora-autocast-32", "lora-merged-32", "qlora", "qlora-autocast-32"]
+CASES = ["peer", "lora-before", "lora", "lora-merged-32", "qlora-before", "qlora"]
 
 
 def one_case(case: str) -> dict:
@@ -56,7 +57,8 @@ def one_case(case: str) -> dict:
 
     system = [{"role": "system", "content": cfg.data.system}]
     prompts = [system + r["prompt"] for r in task_rows(256, 32, 64, 0)["dev"]]
-    batch = 32 if case.endswith("-32") or case == "peer" else 16
+    before = case.endswith("-before")
+    batch = 16 if before else 32
     if case == "peer":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.compute_dtype).eval()
         tokenizer.padding_side = "left"
@@ -71,10 +73,8 @@ def one_case(case: str) -> dict:
     model = plugin.wrap(plugin.load_model(path, mcfg, runtime), mcfg, runtime, tokenizer)
     if case.startswith("lora-merged"):
         model = model.merge_and_unload()
-    ctx = (torch.autocast("cpu", dtype=runtime.compute_dtype) if "autocast" in case else contextlib.nullcontext())
     started = time.perf_counter()
-    with ctx:
-        answers = generate(model, tokenizer, prompts, 128, batch, progress=False)
+    answers = generate(model, tokenizer, prompts, 128, batch, runtime=None if before else runtime, progress=False)
     return {"case": case, "batch": batch, "seconds": round(time.perf_counter() - started, 2),
             "precision": runtime.precision, "answers": len(answers)}
 

@@ -114,7 +114,14 @@ class AdaLoRA(_Adapter):
     peft_type = "ADALORA"
 
     def check(self, trainer: Any, cfg: Any) -> Optional[str]:
-        """With ``trainer.max_steps`` set, ``tinit + tfinal`` leave steps to allocate ranks in."""
+        """With ``trainer.max_steps`` set, ``tinit + tfinal`` leave steps to allocate ranks in; and no objective
+        with a reference model (DPO, KTO, GRPO: ``Trainer.reference_model``): TRL keeps the reference as a second
+        adapter ``"ref"`` beside the trained one, which PEFT refuses for AdaLoRA ("AdaLoraModel supports only 1
+        trainable adapter")."""
+        if getattr(trainer, "reference_model", False):
+            return (f"method=adalora with trainer={trainer.name}: TRL keeps the reference model as a second adapter, "
+                    f"and PEFT's AdaLoRA allows only one; use a reference-free objective (orpo, cpo, simpo) or "
+                    f"another method (lora)")
         steps, m = int(cfg.trainer.get("max_steps") or -1), cfg.method
         if steps > 0 and m.tinit + m.tfinal >= steps:
             return (f"method.tinit={m.tinit} + method.tfinal={m.tfinal} leave no step to allocate ranks in "

@@ -289,6 +289,11 @@ class DPOTrainerConfig(TrainerConfig):
                                  choices=("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
                                           "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
                                           "sft", "sigmoid_norm"))
+    prefix_sharing: bool = option("score each pair as one row, prompt + chosen + rejected, the rejected answer "
+                                  "masked from the chosen one (Wang et al., 2024, \"Accelerating Direct Preference "
+                                  "Optimization with Prefix Sharing\", arXiv:2410.20305): the prompt goes through "
+                                  "the model once instead of twice, the same log-probabilities (sllmx's, not "
+                                  "TRL's; sllmx.shared_prompt); false: TRL's two rows per pair", True)
 
     def check(self, key: str) -> Optional[str]:
         """At least one loss."""
@@ -318,6 +323,34 @@ class DPO(TRLObjective):
         from trl import DPOConfig, DPOTrainer
 
         return DPOTrainer, DPOConfig
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
+        """``trl.DPOTrainer``; with ``cfg.prefix_sharing`` its policy and reference forwards score each pair as
+        one packed row (:func:`sllmx.shared_prompt.share_prompts`, installed under the fused LM head TRL adds)."""
+        from trl import DPOConfig, DPOTrainer
+
+        from sllmx.shared_prompt import share_prompts
+
+        label_positions_head()
+        fields = config_fields(cfg)
+        sharing = bool(fields.pop("prefix_sharing", False))  # sllmx's option, not DPOConfig's
+
+        class SllmxDPOTrainer(GlobalBatchOrder, DPOTrainer):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **kw)
+                if not sharing:
+                    return
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+                installed = [share_prompts(m) for m in (base, self.ref_model) if m is not None]
+                if not all(installed):
+                    log.warning("dpo: prefix_sharing needs TRL's fused LM head and an sdpa or eager attention "
+                                "kernel; %s scores each pair as two rows", type(base).__name__)
+
+        dpo_args = trl_config(DPOConfig, fields, args)
+        return keeping_reference_adapter(model, lambda: SllmxDPOTrainer(
+            model=model, args=dpo_args, processing_class=tokenizer, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, callbacks=callbacks))
 
 
 # ----------------------------------------------------------------------------- ORPO

@@ -34,7 +34,8 @@ from typing import Any, Optional, Sequence, TextIO
 
 from sllmx.plugins import typed
 from sllmx.errors import OneLineParser, SllmxError, exit_with, say
-from sllmx.run_folder import ADAPTER_CONFIG, EXPORT_FILE, RunInfo, default_device, load_run_model, read_run
+from sllmx.run_folder import (ADAPTER_CONFIG, EXPORT_FILE, RunInfo, default_device, load_run_model, read_run,
+                              run_runtime)
 from sllmx.records import RUN_FILE
 
 #: the answer length when neither the run, the export nor the model's generation config gives one
@@ -126,6 +127,9 @@ class Chatter:
     max_new_tokens: int
     batch_size: int
     system: Optional[str]
+    #: the precision answers are generated at (:func:`sllmx.generation.generate`): a run's, or the base model's as
+    #: a run would start from it; None (a model folder): as loaded, no autocast
+    runtime: Optional[Any] = None
 
     def conversation(self, turns: list[dict]) -> list[dict]:
         """``turns`` with the system prompt first (when there is one and ``turns`` has none)."""
@@ -142,7 +146,7 @@ class Chatter:
 
         # a bar over a batch file's prompts; none for one interactive answer
         return generate(self.model, self.tokenizer, conversations, self.max_new_tokens, self.batch_size, truncated,
-                        progress=len(conversations) > 1)
+                        runtime=self.runtime, progress=len(conversations) > 1)
 
 
 def _load_folder(target: Target, device: str) -> tuple[Any, Any]:
@@ -174,8 +178,9 @@ def _load_folder(target: Target, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _load_base(target: Target, device: str) -> tuple[Any, Any]:
-    """The base model of a composed config, loaded by its method plugin as a run would start from it."""
+def _load_base(target: Target, device: str) -> tuple[Any, Any, Any]:
+    """The base model of a composed config, loaded by its method plugin as a run would start from it:
+    ``(model, tokenizer, runtime)``."""
     from transformers import AutoTokenizer
 
     from sllmx.plugins import registry
@@ -191,7 +196,7 @@ def _load_base(target: Target, device: str) -> tuple[Any, Any]:
     say(f"loading {path} ({precision}: {reason})")
     model = reg.get("method", cfg.method.name).load_model(path, typed(cfg.method, "method", reg), runtime, **kwargs)
     model.eval()
-    return model, AutoTokenizer.from_pretrained(path, **kwargs)
+    return model, AutoTokenizer.from_pretrained(path, **kwargs), runtime
 
 
 def load_chatter(target: Target, max_new_tokens: Optional[int] = None, batch_size: Optional[int] = None,
@@ -204,17 +209,19 @@ def load_chatter(target: Target, max_new_tokens: Optional[int] = None, batch_siz
     """
     device = device or default_device()
     say(f"loading {target.label}")
+    runtime = None
     if target.kind == "run":
         assert target.run is not None
         model, tokenizer = load_run_model(target.run, device)
+        runtime = run_runtime(target.run, device)
     elif target.kind == "folder":
         model, tokenizer = _load_folder(target, device)
     else:
-        model, tokenizer = _load_base(target, device)
+        model, tokenizer, runtime = _load_base(target, device)
     return Chatter(model=model, tokenizer=tokenizer, label=target.label,
                    max_new_tokens=int(max_new_tokens or target.max_new_tokens or DEFAULT_MAX_NEW_TOKENS),
                    batch_size=int(batch_size or target.batch_size),
-                   system=target.system if system is None else (system or None))
+                   system=target.system if system is None else (system or None), runtime=runtime)
 
 
 def read_prompts(path: str | os.PathLike) -> list[dict[str, Any]]:

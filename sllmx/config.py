@@ -204,7 +204,7 @@ class EvalConfig:
         "stop after this many evaluations without improvement; null disables early stopping", 3, ge=1)
     early_stopping_threshold: float = option("minimum improvement that resets patience", 0.0, ge=0)
     max_new_tokens: int = option("greedy generation length for generation metrics", 128, ge=1)
-    generation_batch_size: int = option("dev prompts per generate() call", 16, ge=1)
+    generation_batch_size: int = option("dev prompts per generate() call", 32, ge=1)
     before_training: bool = option("also evaluate the untrained model (the baseline in run.json)", True)
     generation_every: int = option(
         "score data.metric (generations cost far more than the loss) at every Nth dev evaluation, and always "

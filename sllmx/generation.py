@@ -7,6 +7,7 @@ functions (docs/plugins.md).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
@@ -71,8 +72,10 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
         batch_size: prompts per ``generate`` call.
         truncated: when given, extended with one flag per prompt: True when the answer reached
             ``max_new_tokens`` without an end-of-sequence token.
-        runtime: with several processes, the batches are split across the ranks and every rank
-            gets every answer (:func:`sllmx.runtime.map_batches`; a collective call).
+        runtime: the run's precision: under bf16/fp16 the model generates under ``torch.autocast`` at that dtype,
+            as the trainer computes (the adapter's fp32 weights and QLoRA's fp32 norms and head included); with
+            several processes, the batches are split across the ranks and every rank gets every answer
+            (:func:`sllmx.runtime.map_batches`; a collective call).  None: one process, no autocast.
         progress: a bar over the prompts on a terminal (:func:`sllmx.progress.batches_bar`); False for none.
 
     Returns:
@@ -82,12 +85,18 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
 
     eos = model.generation_config.eos_token_id
     eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id]))
+    runtime = runtime or Runtime()
+    dtype = runtime.compute_dtype
+    # the trainer's own mixed precision (transformers: autocast when bf16/fp16); measured on SmolLM2 + LoRA, 32 dev
+    # prompts: 1.2x (LoRA) and 1.4x (QLoRA) with batches of 32 (benchmarks/RESULTS.md section 15)
+    precision = (torch.autocast(device_type=torch.device(model.device).type, dtype=dtype)
+                 if dtype != torch.float32 else contextlib.nullcontext())
 
     def one_batch(batch: list[list[dict]]) -> list[tuple[str, bool]]:
         texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(model.device) for k, v in enc.items()}
-        with torch.no_grad():
+        with torch.no_grad(), precision:
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
         new = gen[:, enc["input_ids"].shape[1]:]
@@ -102,7 +111,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
     bar = batches_bar(len(prompts), "generate") if progress else None
     try:
         with inference(model, tokenizer, "left"):
-            out = map_batches(one_batch, prompts, batch_size, runtime or Runtime())
+            out = map_batches(one_batch, prompts, batch_size, runtime)
     finally:
         if bar is not None:
             bar.close()

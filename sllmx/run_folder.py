@@ -173,6 +173,19 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def run_runtime(info: RunInfo, device: Optional[str] = None) -> Any:
+    """The :class:`~sllmx.runtime.Runtime` a run's model is loaded and generates with on ``device`` (default:
+    :func:`default_device`): one process, the run's precision (run.json ``precision.dtype``; fp16 off a GPU
+    becomes fp32)."""
+    from sllmx.runtime import Runtime
+
+    device = device or default_device()
+    precision = (info.record.precision or {}).get("dtype") or "fp32"
+    if precision == "fp16" and not device.startswith("cuda"):
+        precision = "fp32"
+    return Runtime(device=device, precision=precision, precision_reason="as the run")
+
+
 def load_run_model(info: RunInfo, device: Optional[str] = None) -> tuple[Any, Any]:
     """The run's final model and tokenizer, loaded the way the run built them: the base through the
     run's method plugin (``method.load_model``: QLoRA loads it 4-bit) in the run's precision
@@ -190,13 +203,8 @@ def load_run_model(info: RunInfo, device: Optional[str] = None) -> tuple[Any, An
     from transformers import AutoTokenizer
 
     from sllmx.plugins import registry
-    from sllmx.runtime import Runtime
 
-    device = device or default_device()
-    precision = (info.record.precision or {}).get("dtype") or "fp32"
-    if precision == "fp16" and not device.startswith("cuda"):
-        precision = "fp32"
-    runtime = Runtime(device=device, precision=precision, precision_reason="as the run")
+    runtime = run_runtime(info, device)
     cfg = _omegaconf(info.record.config)
     method = registry().get("method", info.record.method)
     tokenizer = AutoTokenizer.from_pretrained(str(info.model_dir))

@@ -16,10 +16,14 @@ TRAINERS = ["sft", "dpo", "orpo", "kto"]
 #: issue 19's objectives: with lora and prompt_tuning in the default suite, with every method under -m slow
 MORE_TRAINERS = ["cpo", "simpo"]
 PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")
+#: combinations refused before loading (test_bad_lora_and_adalora_options_are_one_line_before_loading)
+REFUSED = {("adalora", "dpo"), ("adalora", "kto")}
 
 
 def _grid():
     for method, trainer in itertools.product(METHODS + MORE_METHODS, TRAINERS + MORE_TRAINERS):
+        if (method, trainer) in REFUSED:
+            continue
         if trainer in MORE_TRAINERS:
             slow = method != "lora"
         else:
@@ -132,6 +136,8 @@ def test_bad_lora_and_adalora_options_are_one_line_before_loading(tmp_path):
     for overrides, message in ((["method=lora", "method.init_lora_weights=eva"], "method.init_lora_weights=eva: use one of"),
                                (["method=adalora", "method.target_r=16", "method.init_r=8"], "method.target_r=16 is above"),
                                (["method=adalora", "method.tinit=2", "method.tfinal=2"], "leave no step to allocate"),
+                               (["method=adalora", "trainer=dpo"], "PEFT's AdaLoRA allows only one"),
+                               (["method=adalora", "trainer=kto"], "PEFT's AdaLoRA allows only one"),
                                (["method=lora", "method.init_lora_weights=pissa", "trainer=dpo"],
                                 "trainer=dpo's reference model"),
                                (["method=qlora", "method.init_lora_weights=olora"], "which QLoRA holds in 4 bits"),

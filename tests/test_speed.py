@@ -316,3 +316,63 @@ def test_run_records_memory_and_caches_splits(tmp_path):
     record = run(cfg)
     assert record.memory["gradient_checkpointing"] is True
     assert record.memory["set_by"] == "trainer.gradient_checkpointing"
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
+    """sllmx.shared_prompt (trainer.prefix_sharing, DPO): one packed row per pair, prompt + chosen + rejected, gives
+    the per-token log-probabilities, entropies, logits means and top-1 flags of TRL's two rows per pair, and the same
+    gradients (1e-5), from fewer positions; a batch it cannot pack (left padding, no shared first token) runs TRL's
+    own rows."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sllmx.shared_prompt import pack_pairs, share_prompts, unshared
+
+    path, tok, _ = tiny
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=kernel).train()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "mean_logits", "is_top1"))
+    assert share_prompts(model) and share_prompts(model)  # idempotent
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n):
+        return torch.randint(5, tok.vocab_size, (n,), generator=g).tolist()
+
+    # prompts of 1-9 tokens; answers of 1-7 tokens, one pair whose answers start alike
+    examples = [{"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)}
+                for p, c, r in [(9, 3, 7), (1, 5, 1), (4, 2, 2), (6, 7, 4)]]
+    examples[2]["rejected_ids"][0] = examples[2]["chosen_ids"][0]
+    batch = DataCollatorForPreference(pad_token_id=tok.pad_token_id)(examples)
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    fields = ("log_probs", "entropy", "mean_logits", "is_top1")
+
+    def scored():
+        model.zero_grad()
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                    fused_lm_head=True, use_cache=False)
+        out.log_probs.sum().backward()
+        return {f: getattr(out, f).detach() for f in fields}, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    packing = pack_pairs(batch["input_ids"], batch["attention_mask"], labels)
+    assert packing["input_ids"].numel() < 0.8 * batch["input_ids"].numel()
+    seen = []
+    hook = model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    shared, shared_grads = scored()
+    with unshared(model):
+        rows, rows_grads = scored()
+    hook.remove()
+    assert seen == [tuple(packing["input_ids"].shape), tuple(batch["input_ids"].shape)]
+    mask = labels[:, 1:] != -100
+    assert int(mask.sum()) == sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
+    for f in fields:
+        torch.testing.assert_close(shared[f][mask], rows[f][mask], atol=1e-5, rtol=1e-5)
+    assert not shared["log_probs"][~mask].any()
+    for name, grad in rows_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4)
+    # what cannot be packed is TRL's layout
+    assert pack_pairs(batch["input_ids"].flip(1), batch["attention_mask"].flip(1), labels.flip(1)) is None
+    other = batch["input_ids"].clone()
+    other[len(examples):, 0] += 1
+    assert pack_pairs(other, batch["attention_mask"], labels) is None

@@ -1,11 +1,13 @@
-"""A hand-written TRL DPO script: the peer sllmx's preference objectives are measured against
+"""A hand-written TRL DPO (or ORPO, KTO) script: the peer sllmx's preference objectives are measured against
 (benchmarks/preference.py).
 
 What a user writes from TRL's documentation: ``DPOTrainer`` + ``DPOConfig`` + a PEFT ``LoraConfig`` on a
 JSONL file of conversational ``prompt`` / ``chosen`` / ``rejected`` rows (here: the split sllmx itself trains
 on, written by ``python -m sllmx.data check ... --write-splits``); the reference model is the base with the
-adapter switched off (TRL's way with PEFT); evaluated once on the dev file after training.  The flags set what
-sllmx sets, so the two train the same model on the same batches.  Writes ``result.json`` into ``--out``.
+adapter switched off (TRL's way with PEFT); evaluated once on the dev file after training.  ``--objective orpo``
+uses ``trl.experimental.orpo``'s ORPOTrainer on the same rows, ``--objective kto`` ``KTOTrainer`` on unpaired
+``prompt`` / ``completion`` / ``label`` rows.  The flags set what sllmx sets, so the two train the same model on
+the same batches.  Writes ``result.json`` into ``--out``.
 
     python benchmarks/peers/trl_dpo.py --model DIR --train train.jsonl --dev dev.jsonl --out OUT --max-steps 8
 """
@@ -21,7 +23,7 @@ import torch  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-from trl import DPOConfig, DPOTrainer  # noqa: E402
+
 
 
 def main() -> None:
@@ -38,12 +40,19 @@ def main() -> None:
     p.add_argument("--lora-dropout", type=float, default=0.0)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--objective", choices=["dpo", "orpo", "kto"], default="dpo")
     a = p.parse_args()
+    if a.objective == "dpo":
+        from trl import DPOConfig as Config, DPOTrainer as Trainer
+    elif a.objective == "kto":
+        from trl import KTOConfig as Config, KTOTrainer as Trainer
+    else:
+        from trl.experimental.orpo import ORPOConfig as Config, ORPOTrainer as Trainer
 
     tokenizer = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     data = load_dataset("json", data_files={"train": a.train, "dev": a.dev})
-    args = DPOConfig(
+    args = Config(
         output_dir=a.out, per_device_train_batch_size=a.batch_size, per_device_eval_batch_size=a.batch_size,
         max_steps=a.max_steps, learning_rate=a.learning_rate, beta=a.beta, max_length=a.max_length, seed=a.seed,
         use_cpu=True, bf16=False, report_to=[], logging_steps=1, save_strategy="no",
@@ -52,7 +61,13 @@ def main() -> None:
     )
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=a.lora_dropout, target_modules="all-linear",
                              task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["dev"],
+    if a.objective == "orpo":  # its batches hold chosen_/rejected_ tensors, no input_ids for Trainer to count
+        class Trainer(Trainer):
+            def _track_num_input_tokens(self, inputs):
+                self.state.num_input_tokens_seen += int(inputs["chosen_attention_mask"].sum()
+                                                        + inputs["rejected_attention_mask"].sum())
+
+    trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["dev"],
                          processing_class=tokenizer, peft_config=peft_config)
     result = trainer.train()
     dev = trainer.evaluate()

@@ -1,0 +1,173 @@
+"""One forward per preference pair: the prompt once, its two answers beside it (prefix sharing).
+
+TRL's DPO trainer scores a batch of ``B`` pairs as ``2B`` rows, ``[prompt + chosen; prompt + rejected]``, so every
+prompt token goes through the model twice (and through the reference model twice more).  Prefix sharing (Wang et
+al., 2024, "Accelerating Direct Preference Optimization with Prefix Sharing", arXiv:2410.20305) packs each pair into
+one row, ``prompt + chosen + rejected``, with an attention mask under which the rejected answer sees the prompt but
+not the chosen answer, and position ids that restart the rejected answer where the prompt ends; every answer token
+then has exactly the context and position it has in TRL's layout, so the log-probabilities are the same function
+(the floating-point sums differ in the last bits).
+
+:func:`share_prompts` installs this under TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``): a call
+``model(input_ids, attention_mask, labels=..., fused_lm_head=True)`` whose rows are ``[chosen; rejected]`` is
+answered from the packed rows, with the per-token outputs laid back out as TRL's ``2B`` rows, so TRL's losses,
+metrics and reference forward run unchanged.  A call it cannot pack (an odd number of rows, left padding, a pair
+with no shared first token, prompt learning's ``inputs_embeds``, a mixture-of-experts model's router loss, an
+attention kernel other than ``sdpa``/``eager``, a sliding window shorter than a packed row) runs TRL's own way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Any
+
+#: the attention kernels that take a 4-D mask as it is built here (``sdpa``: boolean, True = attend; ``eager``:
+#: additive)
+KERNELS = ("sdpa", "eager")
+
+
+def pack_pairs(input_ids, attention_mask, labels):
+    """The packed layout of a ``[chosen; rejected]`` batch, or None where it cannot be packed.
+
+    Args:
+        input_ids: ``(2B, L)`` token ids, rows ``0..B-1`` the chosen, ``B..2B-1`` the rejected sequences of the same
+            ``B`` pairs, right-padded.
+        attention_mask: ``(2B, L)``, 1 on each row's tokens (a prefix of the row), 0 on padding.
+        labels: ``(2B, L)``, the token id where the token is scored (an answer token), -100 elsewhere.
+
+    Returns:
+        ``None`` when the batch is not of that form, else a dict:
+        ``input_ids`` ``(B, P)`` (``P`` the longest packed row: ``len(chosen) + len(rejected) - shared + 1``);
+        ``position_ids`` ``(B, P)``; ``allowed`` ``(B, 1, P, P)`` boolean, True where a query may attend to a key;
+        ``shift_labels`` ``(B, P)``, the label of the token each position predicts (-100: none);
+        ``index`` ``(2B, L - 1)`` and ``valid`` ``(2B, L - 1)``: TRL's per-token output at ``[row, j]`` (the
+        prediction of token ``j + 1``) is the packed output at ``[row mod B, index[row, j]]`` where ``valid``, else 0.
+    """
+    import torch
+
+    rows, width = input_ids.shape
+    if (rows % 2 or rows == 0 or attention_mask is None or attention_mask.shape != input_ids.shape
+            or labels.shape != input_ids.shape):
+        return None
+    lengths = attention_mask.sum(1)
+    positions = torch.arange(width, device=input_ids.device)
+    if not torch.equal(attention_mask.bool(), positions[None, :] < lengths[:, None]):
+        return None  # not right-padded
+    b = rows // 2
+    scored = (labels != -100) & attention_mask.bool()
+    first_scored = torch.where(scored.any(1), scored.int().argmax(1), lengths)
+    same = (input_ids[:b] == input_ids[b:]).int().cumprod(1).sum(1)
+    shared = torch.minimum(torch.minimum(first_scored[:b], first_scored[b:]), same)
+    shared = torch.minimum(shared, torch.minimum(lengths[:b], lengths[b:]))
+    if bool((shared < 1).any()):
+        return None
+    len_c, len_r = lengths[:b], lengths[b:]
+    packed_len = len_c + len_r - shared + 1
+    p = int(packed_len.max())
+
+    ids = input_ids.new_zeros(b, p)
+    pos = input_ids.new_zeros(b, p)
+    segment = input_ids.new_full((b, p), -1)  # 0 prompt, 1 chosen tail, 2 rejected tail, -1 padding
+    shift = labels.new_full((b, p), -100)
+    index = torch.zeros(rows, width - 1, dtype=torch.long, device=input_ids.device)
+    valid = torch.zeros(rows, width - 1, dtype=torch.bool, device=input_ids.device)
+    next_labels = torch.cat([labels[:, 1:], labels.new_full((rows, 1), -100)], 1)
+    for i in range(b):
+        c, r, s = int(len_c[i]), int(len_r[i]), int(shared[i])
+        tail = r - s + 1  # the rejected answer with the last shared token before it
+        ids[i, :c] = input_ids[i, :c]
+        ids[i, c:c + tail] = input_ids[b + i, s - 1:r]
+        pos[i, :c] = positions[:c]
+        pos[i, c:c + tail] = positions[s - 1:r]
+        segment[i, :s - 1] = 0
+        segment[i, s - 1:c] = 1
+        segment[i, c:c + tail] = 2
+        shift[i, :c] = next_labels[i, :c]
+        shift[i, c:c + tail] = next_labels[b + i, s - 1:r]
+        index[i, :c - 1] = positions[:c - 1]
+        valid[i, :c - 1] = True
+        index[b + i, s - 1:r - 1] = c + positions[:r - s]
+        valid[b + i, s - 1:r - 1] = True
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(p, p, dtype=torch.bool, device=input_ids.device).tril()
+    allowed = causal & (query >= 0) & (key >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(p, dtype=torch.bool, device=input_ids.device)  # a padding row attends to itself (no NaN)
+    return {"input_ids": ids, "position_ids": pos, "allowed": allowed[:, None], "shift_labels": shift,
+            "index": index, "valid": valid}
+
+
+def _unpack(value, packing):
+    """A packed per-token output ``(B, P)`` laid out as TRL's ``(2B, L - 1)`` rows (0 where nothing is scored)."""
+    if value is None:
+        return None
+    source = value.repeat(2, 1)  # row k of the 2B rows reads pair k mod B
+    picked = source.gather(1, packing["index"])
+    return picked.masked_fill(~packing["valid"], 0) if picked.dtype != bool else picked & packing["valid"]
+
+
+def share_prompts(model: Any) -> bool:
+    """Answer ``model``'s fused-head calls on ``[chosen; rejected]`` batches with one packed row per pair.
+
+    Args:
+        model: the transformers model whose ``forward`` TRL's ``add_fused_lm_head`` replaced (the base model under a
+            PEFT wrapper; DPOTrainer adds the head before it wraps or trains the model).
+
+    Returns:
+        True when installed (or already), False when the model has no fused head or its attention kernel is not one
+        of :data:`KERNELS` (nothing changed).
+    """
+    fused = getattr(model, "forward", None)
+    if getattr(fused, "sllmx_shared_prompt", False):
+        return True
+    config = getattr(model, "config", None)
+    kernel = getattr(config, "_attn_implementation", None)
+    if fused is None or "forward" not in vars(model) or kernel not in KERNELS:
+        return False
+    window = getattr(config.get_text_config(), "sliding_window", None) if config is not None else None
+
+    @functools.wraps(fused)
+    def forward(*args, fused_lm_head=False, labels=None, **kwargs):
+        packing = None
+        if (fused_lm_head and not args and labels is not None and kwargs.get("input_ids") is not None
+                and kwargs.get("position_ids") is None and kwargs.get("inputs_embeds") is None
+                and kwargs.get("past_key_values") is None and not kwargs.get("output_router_logits")
+                and "shift_labels" not in kwargs):
+            packing = pack_pairs(kwargs["input_ids"], kwargs.get("attention_mask"), labels)
+            if packing is not None and window is not None and packing["input_ids"].size(1) > window:
+                packing = None
+        if packing is None:
+            return fused(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+        import torch
+
+        allowed = packing["allowed"]
+        if kernel == "eager":
+            dtype = model.get_input_embeddings().weight.dtype
+            if torch.is_autocast_enabled("cpu") or not dtype.is_floating_point:
+                dtype = torch.float32
+            allowed = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+                ~allowed, torch.finfo(dtype).min)
+        kwargs.update(input_ids=packing["input_ids"], attention_mask=allowed, position_ids=packing["position_ids"])
+        out = fused(fused_lm_head=True, shift_labels=packing["shift_labels"], **kwargs)
+        for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask"):
+            if getattr(out, name, None) is not None:
+                setattr(out, name, _unpack(getattr(out, name), packing))
+        return out
+
+    forward.sllmx_shared_prompt = True
+    model.forward = forward
+    return True
+
+
+@contextlib.contextmanager
+def unshared(model: Any):
+    """Within the block, ``model`` (given to :func:`share_prompts`) runs TRL's own two rows per pair."""
+    forward = vars(model).get("forward")
+    if not getattr(forward, "sllmx_shared_prompt", False):
+        yield
+        return
+    model.forward = forward.__wrapped__
+    try:
+        yield
+    finally:
+        model.forward = forward
