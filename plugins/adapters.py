@@ -115,10 +115,11 @@ class AdaLoRA(_Adapter):
 
     def check(self, trainer: Any, cfg: Any) -> Optional[str]:
         """With ``trainer.max_steps`` set, ``tinit + tfinal`` leave steps to allocate ranks in; and no objective
-        with a reference model (DPO, KTO, GRPO: ``Trainer.reference_model``): TRL keeps the reference as a second
-        adapter ``"ref"`` beside the trained one, which PEFT refuses for AdaLoRA ("AdaLoraModel supports only 1
+        with a reference model (DPO, KTO, GRPO with ``beta > 0``: ``Trainer.reference_model``): TRL keeps the
+        reference as a second adapter ``"ref"`` beside the trained one, which PEFT refuses for AdaLoRA ("AdaLoraModel supports only 1
         trainable adapter")."""
-        if getattr(trainer, "reference_model", False):
+        # DPO and KTO: beta > 0 always; GRPO keeps no reference at beta 0 (its default)
+        if getattr(trainer, "reference_model", False) and float(cfg.trainer.get("beta", 1.0) or 0.0) > 0:
             return (f"method=adalora with trainer={trainer.name}: TRL keeps the reference model as a second adapter, "
                     f"and PEFT's AdaLoRA allows only one; use a reference-free objective (orpo, cpo, simpo) or "
                     f"another method (lora)")

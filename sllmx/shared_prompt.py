@@ -12,8 +12,9 @@ then has exactly the context and position it has in TRL's layout, so the log-pro
 ``model(input_ids, attention_mask, labels=..., fused_lm_head=True)`` whose rows are ``[chosen; rejected]`` is
 answered from the packed rows, with the per-token outputs laid back out as TRL's ``2B`` rows, so TRL's losses,
 metrics and reference forward run unchanged.  A call it cannot pack (an odd number of rows, left padding, a pair
-with no shared first token, prompt learning's ``inputs_embeds``, a mixture-of-experts model's router loss, an
-attention kernel other than ``sdpa``/``eager``, a sliding window shorter than a packed row) runs TRL's own way.
+with no shared first token, prompt learning's ``inputs_embeds`` or prefix key-values, a sliding window shorter than
+a packed row) runs TRL's own way, and so does every call of a model outside :data:`ARCHITECTURES` or with an
+attention kernel other than ``sdpa``/``eager``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ from typing import Any
 #: the attention kernels that take a 4-D mask as it is built here (``sdpa``: boolean, True = attend; ``eager``:
 #: additive)
 KERNELS = ("sdpa", "eager")
+#: the architectures packed (``config.get_text_config().model_type``): decoders of attention layers only, rotary
+#: positions taken from ``position_ids``, a 4-D mask used as given.  Others run TRL's rows: hybrid models (Mamba,
+#: gated delta nets, short convolutions: their recurrent layers ignore the mask and would carry the chosen answer
+#: into the rejected one), ALiBi models (Bloom builds its biases from a 2-D mask), mixture-of-experts models
+#: (their router loss reads a 2-D mask).
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2")
 
 
 def pack_pairs(input_ids, attention_mask, labels):
@@ -114,17 +121,20 @@ def share_prompts(model: Any) -> bool:
             PEFT wrapper; DPOTrainer adds the head before it wraps or trains the model).
 
     Returns:
-        True when installed (or already), False when the model has no fused head or its attention kernel is not one
-        of :data:`KERNELS` (nothing changed).
+        True when installed (or already), False when the model has no fused head, its attention kernel is not one
+        of :data:`KERNELS` or its architecture not one of :data:`ARCHITECTURES` (nothing changed).
     """
     fused = getattr(model, "forward", None)
     if getattr(fused, "sllmx_shared_prompt", False):
         return True
     config = getattr(model, "config", None)
     kernel = getattr(config, "_attn_implementation", None)
-    if fused is None or "forward" not in vars(model) or kernel not in KERNELS:
+    if fused is None or "forward" not in vars(model) or kernel not in KERNELS or config is None:
         return False
-    window = getattr(config.get_text_config(), "sliding_window", None) if config is not None else None
+    text = config.get_text_config()
+    if getattr(text, "model_type", None) not in ARCHITECTURES or getattr(text, "output_router_logits", False):
+        return False
+    window = getattr(text, "sliding_window", None)
 
     @functools.wraps(fused)
     def forward(*args, fused_lm_head=False, labels=None, **kwargs):

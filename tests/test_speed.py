@@ -376,3 +376,8 @@ def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
     other = batch["input_ids"].clone()
     other[len(examples):, 0] += 1
     assert pack_pairs(other, batch["attention_mask"], labels) is None
+    # an architecture not known to be attention-only (a hybrid's recurrent layers would ignore the mask) keeps TRL's
+    hybrid = AutoModelForCausalLM.from_pretrained(path, attn_implementation=kernel)
+    add_fused_lm_head(hybrid)
+    hybrid.config.model_type = "lfm2"
+    assert not share_prompts(hybrid) and not getattr(hybrid.forward, "sllmx_shared_prompt", False)
