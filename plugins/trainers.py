@@ -318,6 +318,7 @@ class DPO(TRLObjective):
         "prompt": (1.5e-3, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
     }
     layouts = (LAYOUT_PREFERENCE,)
+    own_options = ("prefix_sharing",)
 
     def trl_classes(self):
         from trl import DPOConfig, DPOTrainer
@@ -327,30 +328,17 @@ class DPO(TRLObjective):
     def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
         """``trl.DPOTrainer``; with ``cfg.prefix_sharing`` its policy and reference forwards score each pair as
         one packed row (:func:`sllmx.shared_prompt.share_prompts`, installed under the fused LM head TRL adds)."""
-        from trl import DPOConfig, DPOTrainer
-
         from sllmx.shared_prompt import share_prompts
 
-        label_positions_head()
-        fields = config_fields(cfg)
-        sharing = bool(fields.pop("prefix_sharing", False))  # sllmx's option, not DPOConfig's
-
-        class SllmxDPOTrainer(GlobalBatchOrder, DPOTrainer):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, **kw)
-                if not sharing:
-                    return
-                unwrapped = self.accelerator.unwrap_model(self.model)
-                base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-                installed = [share_prompts(m) for m in (base, self.ref_model) if m is not None]
-                if not all(installed):
-                    log.warning("dpo: prefix_sharing needs TRL's fused LM head and an sdpa or eager attention "
-                                "kernel; %s scores each pair as two rows", type(base).__name__)
-
-        dpo_args = trl_config(DPOConfig, fields, args)
-        return keeping_reference_adapter(model, lambda: SllmxDPOTrainer(
-            model=model, args=dpo_args, processing_class=tokenizer, train_dataset=train_dataset,
-            eval_dataset=eval_dataset, callbacks=callbacks))
+        hf_trainer = super().build(model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks)
+        if cfg.prefix_sharing:
+            policy = hf_trainer.model
+            policy = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+            if not all(share_prompts(m) for m in (policy, hf_trainer.ref_model) if m is not None):
+                log.warning("dpo: prefix_sharing needs TRL's fused LM head, an sdpa or eager attention kernel and "
+                            "an architecture of sllmx.shared_prompt.ARCHITECTURES; %s scores each pair as two rows",
+                            type(policy).__name__)
+        return hf_trainer
 
 
 # ----------------------------------------------------------------------------- ORPO

@@ -7,9 +7,8 @@ functions (docs/plugins.md).
 
 from __future__ import annotations
 
-import contextlib
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Optional
 
 from sllmx.interfaces import Metric
@@ -87,10 +86,10 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
     eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id]))
     runtime = runtime or Runtime()
     dtype = runtime.compute_dtype
-    # the trainer's own mixed precision (transformers: autocast when bf16/fp16); measured on SmolLM2 + LoRA, 32 dev
-    # prompts: 1.2x (LoRA) and 1.4x (QLoRA) with batches of 32 (benchmarks/RESULTS.md section 15)
+    # the trainer's own mixed precision (transformers: autocast when bf16/fp16); with batches of 32, 1.05-1.4x
+    # faster than fp32 in batches of 16 on SmolLM2 + LoRA / QLoRA (benchmarks/RESULTS.md sections 15-16)
     precision = (torch.autocast(device_type=torch.device(model.device).type, dtype=dtype)
-                 if dtype != torch.float32 else contextlib.nullcontext())
+                 if dtype != torch.float32 else nullcontext())
 
     def one_batch(batch: list[list[dict]]) -> list[tuple[str, bool]]:
         texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]

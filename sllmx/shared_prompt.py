@@ -19,7 +19,6 @@ attention kernel other than ``sdpa``/``eager``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Any
 
@@ -110,7 +109,7 @@ def _unpack(value, packing):
         return None
     source = value.repeat(2, 1)  # row k of the 2B rows reads pair k mod B
     picked = source.gather(1, packing["index"])
-    return picked.masked_fill(~packing["valid"], 0) if picked.dtype != bool else picked & packing["valid"]
+    return picked.masked_fill(~packing["valid"], 0)
 
 
 def share_prompts(model: Any) -> bool:
@@ -167,17 +166,3 @@ def share_prompts(model: Any) -> bool:
     forward.sllmx_shared_prompt = True
     model.forward = forward
     return True
-
-
-@contextlib.contextmanager
-def unshared(model: Any):
-    """Within the block, ``model`` (given to :func:`share_prompts`) runs TRL's own two rows per pair."""
-    forward = vars(model).get("forward")
-    if not getattr(forward, "sllmx_shared_prompt", False):
-        yield
-        return
-    model.forward = forward.__wrapped__
-    try:
-        yield
-    finally:
-        model.forward = forward

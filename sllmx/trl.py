@@ -170,6 +170,9 @@ class GlobalBatchOrder:
 class TRLObjective(Trainer):
     """A :class:`~sllmx.interfaces.Trainer` whose work is one TRL trainer class and its config class."""
 
+    #: fields of the objective's config that are sllmx's own, not the TRL config's (left out of it by :meth:`build`)
+    own_options: tuple[str, ...] = ()
+
     def trl_classes(self) -> tuple[type, type]:
         """``(TRL trainer class, TRL config class)``, imported when a run needs them."""
         raise NotImplementedError
@@ -181,7 +184,10 @@ class TRLObjective(Trainer):
         trainer_cls, config_cls = self.trl_classes()
         label_positions_head()
         trainer_cls = type(trainer_cls.__name__, (GlobalBatchOrder, trainer_cls), {})
-        trl_args = trl_config(config_cls, cfg, args)
+        fields = config_fields(cfg)
+        for key in self.own_options:
+            fields.pop(key, None)
+        trl_args = trl_config(config_cls, fields, args)
         return keeping_reference_adapter(model, lambda: trainer_cls(
             model=model, args=trl_args, processing_class=tokenizer, train_dataset=train_dataset,
             eval_dataset=eval_dataset, callbacks=callbacks))
