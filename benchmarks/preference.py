@@ -8,7 +8,9 @@ The workload: SmolLM2-135M-Instruct, LoRA r=16 all-linear (dropout 0), fp32, no 
 batch 8 of the built-in task's preference pairs (the split sllmx trains on, written with ``python -m sllmx.data
 check --write-splits``), max_length 512, learning rate 5e-5, beta 0.1, ``--max-steps`` steps, then one
 evaluation of 8 dev pairs.  "real tokens/s" is the non-padding tokens of chosen and rejected
-(``num_input_tokens_seen``) over the training loop's time; "wall s" the whole process.
+(``num_input_tokens_seen``) over the training steps' time (sllmx's dev evaluation at the last step runs inside
+``train()``: run.json's ``train_tokens_per_s`` leaves it out; the peer evaluates after ``train()``); "wall s" the
+whole process.
 
 Jobs (each its own process, one at a time; ``--repeat`` interleaves them):
   trl                     the TRL script (benchmarks/peers/trl_dpo.py) with the settings above
@@ -79,7 +81,13 @@ def run_job(name: str, work: Path, steps: int, model: str, train: Path, dev: Pat
         r = json.loads((out / "run.json").read_text())
         if r["status"] != "COMPLETE":
             raise RuntimeError(f"{name}: run.json status {r['status']}")
-        tokens, runtime, eval_loss = r["train_tokens"], r["train_runtime_s"], r["dev_metric"]["final"]
+        # the training steps' time: train() also runs the dev evaluation at the last step, which the peer runs
+        # after train(); run.json's train_tokens_per_s leaves out the evaluations' time (eval_runtime and
+        # eval_generation_runtime)
+        tokens, eval_loss = r["train_tokens"], r["dev_metric"]["final"]
+        if not r.get("train_tokens_per_s"):
+            raise RuntimeError(f"{name}: run.json has no train_tokens_per_s (no tokens counted)")
+        runtime = tokens / r["train_tokens_per_s"]
         losses = None
     return {"job": name, "steps": steps, "train_tokens": tokens, "train_runtime_s": round(runtime, 2),
             "tokens_per_s": round(tokens / runtime, 2), "eval_loss": eval_loss, "losses": losses,

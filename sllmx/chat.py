@@ -214,6 +214,11 @@ def load_chatter(target: Target, max_new_tokens: Optional[int] = None, batch_siz
         assert target.run is not None
         model, tokenizer = load_run_model(target.run, device)
         runtime = run_runtime(target.run, device)
+        from sllmx.generation import inference_copy
+
+        # made once here, as the run's evaluations make it for each generation: the same answers
+        faster = inference_copy(model, runtime)
+        model = faster if faster is not None else model
     elif target.kind == "folder":
         model, tokenizer = _load_folder(target, device)
     else:

@@ -7,6 +7,7 @@ functions (docs/plugins.md).
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Optional
@@ -47,6 +48,93 @@ def dev_prompts_and_references(dataset: Any) -> tuple[list[list[dict]], list[str
     return prompts, refs
 
 
+#: a copy for generation is made only when it takes at most this share of the memory available
+COPY_SHARE = 0.5
+
+
+def inference_copy(model: Any, runtime: Optional[Runtime] = None) -> Optional[Any]:
+    """A copy of a PEFT model that computes the same function faster on a CPU, for greedy generation; the model
+    itself is not touched.
+
+    - A 4-bit or 8-bit base (QLoRA): bitsandbytes dequantises every quantised weight at every call, which at
+      one token a step is most of the time.  The copy holds those weights dequantised once (transformers'
+      ``dequantize``) in the compute dtype, the values the 4-bit layers compute with; the base's other weights
+      back in the compute dtype where that changes no value (PEFT's ``prepare_model_for_kbit_training`` upcast
+      them to fp32); the adapter as it is.  So the weights are the same, and the activations are kept in the
+      compute dtype as in a LoRA run (the 4-bit layers return fp32).
+    - A full-precision base in a float32 run: the adapter merged into the copy's weights (PEFT's
+      ``merge_and_unload``), one product per layer instead of the base's and the adapter's.
+    - A bf16/fp16 run's unquantised base: no copy.  Merging would round the update into 16-bit weights: most of
+      a short run's update (each element below half a bf16 step of its weight) would vanish, and the answers be
+      closer to the base model's than the trained model's.
+
+    Measured on 2 CPU cores (benchmarks/RESULTS.md section 17), SmolLM2-135M's 32 dev answers: QLoRA in bf16
+    in 1.4x less time than through the 4-bit layers, LoRA in fp32 in 1.3x less than unmerged.  The copy is part of
+    the memory a run uses (its peak RSS).
+
+    Args:
+        model: the model being evaluated.
+        runtime: the run's precision, device and processes (default: one process, fp32, CPU).
+
+    Returns:
+        the copy in eval mode (a ``PeftModel`` over the dequantised base; a plain ``transformers`` model where
+        merged), or None: not a PEFT model, not on a CPU, not one active adapter, a prompt-learning adapter
+        (virtual tokens, not a weight update), a bf16/fp16 run's unquantised base, or a copy larger than
+        :data:`COPY_SHARE` of the memory available to this process (:func:`sllmx.memory.available_bytes`,
+        divided among the ranks on the host), which is said in a warning.
+    """
+    import copy
+
+    import torch
+    from peft import PeftModel
+
+    from sllmx.memory import available_bytes
+
+    runtime = runtime or Runtime()
+    if not isinstance(model, PeftModel) or runtime.accelerator != "cpu" or len(model.active_adapters) != 1:
+        return None
+    name = model.active_adapters[0]
+    quantized = getattr(model.get_base_model(), "hf_quantizer", None) is not None
+    dtype = runtime.compute_dtype
+    if model.peft_config[name].is_prompt_learning or not (quantized or dtype == torch.float32):
+        return None
+    _, params = model.get_nb_trainable_parameters()  # 4-bit weights counted as the values they hold
+    need = params * torch.finfo(dtype).bits // 8
+    free = available_bytes(runtime.device) // runtime.world_size
+    if need > COPY_SHARE * free:
+        logging.getLogger("sllmx").warning(
+            "generation: no room for a copy of the model without %s (%.1f GiB of %.1f GiB available); generating "
+            "with the model as it trains", "its 4-bit weights" if quantized else "the unmerged adapter",
+            need / 2**30, free / 2**30)
+        return None
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        # a forward replaced on the instance (TRL's fused LM head, sllmx.shared_prompt) is a closure over the
+        # original model: the copy computes with its own class's forward
+        module.__dict__.pop("forward", None)
+    if not quantized:
+        clone = clone.merge_and_unload(adapter_names=[name])
+    else:
+        for param in clone.parameters():
+            # the base's other weights (norms, embeddings, head), which PEFT's prepare_model_for_kbit_training
+            # upcast to fp32 from the dtype they were loaded in, back in that dtype where no value changes: the
+            # residual stream in the compute dtype as in a LoRA run, and no cast of the head at every token
+            if not param.requires_grad and param.is_floating_point() and param.dtype != dtype:
+                narrow = param.data.to(dtype)
+                if torch.equal(narrow.to(param.dtype), param.data):
+                    param.data = narrow
+        said = logging.getLogger("transformers.integrations.bitsandbytes")
+        level = said.level
+        said.setLevel(logging.ERROR)  # it warns that the weights are cast to dtype, which is the point
+        try:
+            clone.get_base_model().dequantize(dtype=dtype)  # the quantised layers inside the adapter's layers too
+        finally:
+            said.setLevel(level)
+    for param in clone.parameters():
+        param.requires_grad_(False)
+    return clone.eval()
+
+
 @contextmanager
 def inference(model: Any, tokenizer: Any, padding_side: str) -> Iterator[None]:
     """Evaluation mode and the given padding side for the block; both put back afterwards."""
@@ -71,10 +159,11 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
         batch_size: prompts per ``generate`` call.
         truncated: when given, extended with one flag per prompt: True when the answer reached
             ``max_new_tokens`` without an end-of-sequence token.
-        runtime: the run's precision: under bf16/fp16 the model generates under ``torch.autocast`` at that dtype,
-            as the trainer computes (the adapter's fp32 weights and QLoRA's fp32 norms and head included); with
-            several processes, the batches are split across the ranks and every rank gets every answer
-            (:func:`sllmx.runtime.map_batches`; a collective call).  None: one process, no autocast.
+        runtime: the run's precision: a PEFT model generates from :func:`inference_copy` where there is one,
+            made for the call, and under bf16/fp16 the model generates under
+            ``torch.autocast`` at that dtype, as the trainer computes; with several processes, the batches are
+            split across the ranks and every rank gets every answer (:func:`sllmx.runtime.map_batches`; a
+            collective call).  None: one process, the model as given, no autocast.
         progress: a bar over the prompts on a terminal (:func:`sllmx.progress.batches_bar`); False for none.
 
     Returns:
@@ -84,10 +173,11 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
 
     eos = model.generation_config.eos_token_id
     eos = torch.tensor([eos] if isinstance(eos, int) else list(eos or [tokenizer.eos_token_id]))
+    faster = inference_copy(model, runtime) if runtime is not None else None
+    model = faster if faster is not None else model
     runtime = runtime or Runtime()
     dtype = runtime.compute_dtype
-    # the trainer's own mixed precision (transformers: autocast when bf16/fp16); with batches of 32, 1.05-1.4x
-    # faster than fp32 in batches of 16 on SmolLM2 + LoRA / QLoRA (benchmarks/RESULTS.md sections 15-16)
+    # the trainer's own mixed precision (transformers: autocast when bf16/fp16)
     precision = (torch.autocast(device_type=torch.device(model.device).type, dtype=dtype)
                  if dtype != torch.float32 else nullcontext())
 
@@ -196,8 +286,8 @@ def score_split(metric: Metric, model: Any, tokenizer: Any, dataset: Any, max_ne
     hold the checks' shares (``empty_answers``, ``truncated_answers``, ``pii_answers``,
     ``banned_answers``, ``invalid_json_answers`` with ``expect_json``) and the cost of the answers:
     ``prompt_tokens`` (mean tokens per prompt, :func:`prompt_tokens`) and ``latency_s`` (seconds of greedy
-    generation per answer, in batches of ``batch_size``).  Each row holds its ``scores``
-    (:func:`per_example`; and ``prompt_tokens`` with generations).  Returns ``({}, [], None)``
+    generation per answer, in batches of ``batch_size``, the making of :func:`inference_copy` included).  Each row
+    holds its ``scores`` (:func:`per_example`; and ``prompt_tokens`` with generations).  Returns ``({}, [], None)``
     when the split has nothing the metric can use (e.g. generations of a plain-text split).  With
     ``runtime`` of several processes, the ranks share the batches and all get the same values
     (a collective call: every rank must make it).

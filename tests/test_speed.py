@@ -4,6 +4,7 @@ and gradient checkpointing follows the memory estimate.  (Speed itself is measur
 benchmarks/, not here.)"""
 
 import copy
+import functools
 import json
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def test_packed_per_example_losses_equal_unpacked(tiny):
 
 def _sft_trainer(tiny, tmp_path, dataset, **fields):
     from datasets import Dataset
+
+    import sllmx.validate  # noqa: F401  (the learning_rate default's resolver, as sllmx.compose imports it)
 
     path, tok, _ = tiny
     from transformers import AutoModelForCausalLM
@@ -382,3 +385,90 @@ def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
     add_fused_lm_head(hybrid)
     hybrid.config.model_type = "lfm2"
     assert not share_prompts(hybrid) and not getattr(hybrid.forward, "sllmx_shared_prompt", False)
+
+
+@pytest.mark.parametrize("method,precision", [("lora", "fp32"), ("dora", "fp32"), ("qlora", "fp32"),
+                                              ("qlora", "bf16"), ("lora", "bf16"), ("prompt_tuning", "fp32")])
+def test_inference_copy_computes_the_adapters_function_and_leaves_the_model_alone(method, precision, tmp_path,
+                                                                                  caplog, monkeypatch):
+    """Dev generation's copy (sllmx.generation.inference_copy): an fp32 run's adapter merged, a QLoRA base
+    dequantised; the copy computes what the model does and generates its greedy answers, with its own weights;
+    the trained model, its weights, the forward TRL replaced on it and the random state stay as they were.  No
+    copy for prompt tuning, for a bf16 run's unquantised base (the merge would round the update away), nor
+    without room."""
+    from contextlib import nullcontext
+
+    from transformers import AutoTokenizer
+
+    import sllmx.memory
+    from sllmx.generation import generate, inference_copy
+    from sllmx.plugins import registry, typed
+    from sllmx.runtime import Runtime
+    from tests.common import FAST, compose_config
+
+    reg = registry()
+    cfg = compose_config([*FAST, f"method={method}"], tmp_path / "run", tmp_path / "cache")
+    plugin, method_cfg = reg.get("method", method), typed(cfg.method, "method")
+    path = reg.get("model", "tiny").resolve(typed(cfg.model, "model"), str(tmp_path / "cache"))
+    tokenizer, runtime = AutoTokenizer.from_pretrained(path), Runtime(precision=precision)
+    torch.manual_seed(0)
+    model = plugin.wrap(plugin.load_model(path, method_cfg, runtime), method_cfg, runtime, tokenizer)
+    with torch.no_grad():  # an adapter that changes the answers (LoRA's B starts at zero)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    base = model.get_base_model()
+    forward = base.forward
+    base.forward = functools.wraps(type(base).forward)(lambda *a, **k: forward(*a, **k))  # as TRL's fused LM
+    # head and sllmx.shared_prompt replace it
+    patched = base.forward
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prompts = [[{"role": "user", "content": q}] for q, _ in CONVERSATIONS]
+
+    rng = torch.random.get_rng_state()
+    copied = inference_copy(model, runtime)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the training's random stream is not touched
+    assert base.forward is patched and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    if method == "prompt_tuning" or (method, precision) == ("lora", "bf16"):
+        assert copied is None
+        return
+    import bitsandbytes
+
+    four_bit = {n: m for n, m in model.named_modules() if isinstance(m, bitsandbytes.nn.Linear4bit)}
+    assert bool(four_bit) == (method == "qlora")
+    assert not any(isinstance(m, bitsandbytes.nn.Linear4bit) for m in copied.modules())
+    for name, layer in four_bit.items():  # the values the 4-bit layers compute with, dequantised once
+        dequantised = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        assert torch.equal(copied.get_submodule(name).weight, dequantised.to(runtime.compute_dtype))
+    if method == "qlora":  # norms, embeddings, head: the values the model holds, in the compute dtype
+        held = {n: p for n, p in model.named_parameters() if not p.requires_grad and p.is_floating_point()}
+        same = [torch.equal(p.float(), held[n].float()) and p.dtype == runtime.compute_dtype
+                for n, p in copied.named_parameters() if n in held]
+        assert same and all(same)
+    assert type(copied).__name__ == ("PeftModelForCausalLM" if method == "qlora" else "LlamaForCausalLM")
+    assert not any(p.requires_grad for p in copied.parameters())
+    ids = torch.tensor([_ids(tokenizer)[0]])
+    precise = precision == "fp32"
+    autocast = nullcontext() if precise else torch.autocast("cpu", dtype=torch.bfloat16)
+    relative = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    with torch.no_grad(), autocast:
+        logits, trained = copied(input_ids=ids).logits.float(), model(input_ids=ids).logits.float()
+        with model.disable_adapter():
+            effect = relative(trained, model(input_ids=ids).logits.float())  # what the adapter changes: ~1.4
+        # bf16: the same weights, but the copy's activations are bf16 where the 4-bit layers return fp32; on this
+        # random model the logits differ by ~10% after 40 tokens, a fourteenth of the adapter's effect
+        assert relative(logits, trained) < (1e-5 if precise else 0.25 * effect)
+        assert effect > 0.5
+    unmerged = generate(model, tokenizer, prompts, 12, 2, runtime=None, progress=False)
+    if precise:
+        assert generate(model, tokenizer, prompts, 12, 2, runtime=runtime, progress=False) == unmerged
+    assert base.forward is patched and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad(), autocast:  # the copy computes with its own weights, not through the original's modules
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.zero_()
+        assert torch.equal(copied(input_ids=ids).logits.float(), logits)
+
+    monkeypatch.setattr(sllmx.memory, "available_bytes", lambda device: 1000)
+    assert inference_copy(model, runtime) is None
+    assert "no room for a copy of the model" in caplog.text
