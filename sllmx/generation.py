@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator, Optional
 
 from sllmx.interfaces import Metric
-from sllmx.runtime import Runtime, map_batches
+from sllmx.runtime import Runtime, from_main, map_batches
 
 
 def dev_prompts_and_references(dataset: Any) -> tuple[list[list[dict]], list[str]]:
@@ -56,7 +56,7 @@ def inference_copy(model: Any, runtime: Optional[Runtime] = None) -> Optional[An
     """A copy of a PEFT model that computes the same function faster on a CPU, for greedy generation; the model
     itself is not touched.
 
-    - A 4-bit or 8-bit base (QLoRA): bitsandbytes dequantises every quantised weight at every call, which at
+    - A bitsandbytes 4-bit base (QLoRA): bitsandbytes dequantises every quantised weight at every call, which at
       one token a step is most of the time.  The copy holds those weights dequantised once (transformers'
       ``dequantize``) in the compute dtype, the values the 4-bit layers compute with; the base's other weights
       back in the compute dtype where that changes no value (PEFT's ``prepare_model_for_kbit_training`` upcast
@@ -67,10 +67,13 @@ def inference_copy(model: Any, runtime: Optional[Runtime] = None) -> Optional[An
     - A bf16/fp16 run's unquantised base: no copy.  Merging would round the update into 16-bit weights: most of
       a short run's update (each element below half a bf16 step of its weight) would vanish, and the answers be
       closer to the base model's than the trained model's.
+    - Other quantised bases (LLM.int8 also quantises the activations; other quantisers have no ``dequantize``): no
+      copy.
 
-    Measured on 2 CPU cores (benchmarks/RESULTS.md section 17), SmolLM2-135M's 32 dev answers: QLoRA in bf16
-    in 1.4x less time than through the 4-bit layers, LoRA in fp32 in 1.3x less than unmerged.  The copy is part of
-    the memory a run uses (its peak RSS).
+    Measured on 2 CPU cores (benchmarks/RESULTS.md section 17), SmolLM2-135M's 32 dev answers in a fresh process:
+    QLoRA in bf16 in 1.3-1.4x less time than through the 4-bit layers, LoRA in fp32 in 1.3x less than unmerged
+    (during a training run, only the evaluation before training gained).  The copy is part of the memory a run
+    uses (its peak RSS).
 
     Args:
         model: the model being evaluated.
@@ -78,10 +81,12 @@ def inference_copy(model: Any, runtime: Optional[Runtime] = None) -> Optional[An
 
     Returns:
         the copy in eval mode (a ``PeftModel`` over the dequantised base; a plain ``transformers`` model where
-        merged), or None: not a PEFT model, not on a CPU, not one active adapter, a prompt-learning adapter
-        (virtual tokens, not a weight update), a bf16/fp16 run's unquantised base, or a copy larger than
-        :data:`COPY_SHARE` of the memory available to this process (:func:`sllmx.memory.available_bytes`,
-        divided among the ranks on the host), which is said in a warning.
+        merged; marked ``sllmx_inference_copy``), or None: not a PEFT model, a copy already, not on a CPU, not one
+        active adapter, a prompt-learning adapter (virtual tokens, not a weight update), a bf16/fp16 run's
+        unquantised base, another quantised base, or a copy larger than :data:`COPY_SHARE` of the memory
+        available to the main process (:func:`sllmx.memory.available_bytes`, divided among the ranks on the
+        host; the main process decides for all ranks, so that they answer with the same function), which is said
+        in a warning.  With several processes a collective call.
     """
     import copy
 
@@ -91,17 +96,20 @@ def inference_copy(model: Any, runtime: Optional[Runtime] = None) -> Optional[An
     from sllmx.memory import available_bytes
 
     runtime = runtime or Runtime()
-    if not isinstance(model, PeftModel) or runtime.accelerator != "cpu" or len(model.active_adapters) != 1:
+    if not isinstance(model, PeftModel) or getattr(model, "sllmx_inference_copy", False) \
+            or runtime.accelerator != "cpu" or len(model.active_adapters) != 1:
         return None
     name = model.active_adapters[0]
-    quantized = getattr(model.get_base_model(), "hf_quantizer", None) is not None
+    base = model.get_base_model()
+    quantized = getattr(base, "hf_quantizer", None) is not None
     dtype = runtime.compute_dtype
-    if model.peft_config[name].is_prompt_learning or not (quantized or dtype == torch.float32):
+    if model.peft_config[name].is_prompt_learning or not (quantized or dtype == torch.float32) \
+            or (quantized and not getattr(base, "is_loaded_in_4bit", False)):
         return None
     _, params = model.get_nb_trainable_parameters()  # 4-bit weights counted as the values they hold
     need = params * torch.finfo(dtype).bits // 8
     free = available_bytes(runtime.device) // runtime.world_size
-    if need > COPY_SHARE * free:
+    if not from_main(need <= COPY_SHARE * free, runtime):
         logging.getLogger("sllmx").warning(
             "generation: no room for a copy of the model without %s (%.1f GiB of %.1f GiB available); generating "
             "with the model as it trains", "its 4-bit weights" if quantized else "the unmerged adapter",
@@ -132,6 +140,7 @@ def inference_copy(model: Any, runtime: Optional[Runtime] = None) -> Optional[An
             said.setLevel(level)
     for param in clone.parameters():
         param.requires_grad_(False)
+    clone.sllmx_inference_copy = True  # sllmx.chat generates from it: no copy of the copy
     return clone.eval()
 
 

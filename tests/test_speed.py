@@ -437,9 +437,10 @@ def test_inference_copy_computes_the_adapters_function_and_leaves_the_model_alon
     four_bit = {n: m for n, m in model.named_modules() if isinstance(m, bitsandbytes.nn.Linear4bit)}
     assert bool(four_bit) == (method == "qlora")
     assert not any(isinstance(m, bitsandbytes.nn.Linear4bit) for m in copied.modules())
-    for name, layer in four_bit.items():  # the values the 4-bit layers compute with, dequantised once
-        dequantised = bitsandbytes.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
-        assert torch.equal(copied.get_submodule(name).weight, dequantised.to(runtime.compute_dtype))
+    for name, layer in four_bit.items():  # the products the 4-bit layers compute, from weights dequantised once
+        x = torch.randn(3, layer.in_features, dtype=runtime.compute_dtype)
+        with torch.no_grad():
+            assert torch.equal(torch.nn.functional.linear(x, copied.get_submodule(name).weight), layer(x))
     if method == "qlora":  # norms, embeddings, head: the values the model holds, in the compute dtype
         held = {n: p for n, p in model.named_parameters() if not p.requires_grad and p.is_floating_point()}
         same = [torch.equal(p.float(), held[n].float()) and p.dtype == runtime.compute_dtype
@@ -457,11 +458,13 @@ def test_inference_copy_computes_the_adapters_function_and_leaves_the_model_alon
             effect = relative(trained, model(input_ids=ids).logits.float())  # what the adapter changes: ~1.4
         # bf16: the same weights, but the copy's activations are bf16 where the 4-bit layers return fp32; on this
         # random model the logits differ by ~10% after 40 tokens, a fourteenth of the adapter's effect
-        assert relative(logits, trained) < (1e-5 if precise else 0.25 * effect)
+        assert relative(logits, trained) < (1e-5 if precise else 0.1 * effect)
         assert effect > 0.5
+    assert inference_copy(copied, runtime) is None  # sllmx.chat generates from the copy: no copy of it
     unmerged = generate(model, tokenizer, prompts, 12, 2, runtime=None, progress=False)
-    if precise:
-        assert generate(model, tokenizer, prompts, 12, 2, runtime=runtime, progress=False) == unmerged
+    answers = generate(model, tokenizer, prompts, 12, 2, runtime=runtime, progress=False)
+    assert answers == (unmerged if precise else generate(copied, tokenizer, prompts, 12, 2, runtime=runtime,
+                                                          progress=False))
     assert base.forward is patched and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     with torch.no_grad(), autocast:  # the copy computes with its own weights, not through the original's modules
         for p in model.parameters():
