@@ -64,7 +64,8 @@ def model_dir() -> str:
 
 def measured(cmd: list[str], log: Path, env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None,
              timeout: float = 3600) -> dict[str, Any]:
-    """Run ``cmd`` alone; return ``{"rc", "wall_s", "peak_rss_bytes"}`` (``os.wait4``'s ``ru_maxrss``).
+    """Run ``cmd`` alone; return ``{"rc", "wall_s", "peak_rss_bytes", "minor_faults", "system_s"}`` (``os.wait4``'s
+    ``ru_maxrss``, ``ru_minflt``, ``ru_stime``).
 
     stdout and stderr go to ``log``.  Raises ``RuntimeError`` naming the log when the command fails.
     """
@@ -79,7 +80,8 @@ def measured(cmd: list[str], log: Path, env: Optional[dict[str, str]] = None, cw
     if proc.returncode:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}); see {log}:\n" + "\n".join(tail))
-    return {"rc": proc.returncode, "wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024}
+    return {"rc": proc.returncode, "wall_s": round(wall, 2), "peak_rss_bytes": usage.ru_maxrss * 1024,
+            "minor_faults": usage.ru_minflt, "system_s": round(usage.ru_stime, 1)}
 
 
 def machine() -> dict[str, Any]:

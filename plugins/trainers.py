@@ -308,14 +308,14 @@ class DPO(TRLObjective):
     config = DPOTrainerConfig
     reference_model = True
     learning_rates = {
-        "adapter": (5e-5, "Zephyr's QLoRA DPO recipe trains at 5e-6 (alignment-handbook); " + LORA_WITHOUT_REGRET
-                          + " gives 1e-5; 5e-5 for the short runs of small models: measured on SmolLM2-135M, 16 LoRA "
-                          "steps on the built-in task's pairs move dev eval_loss 0.693 -> 0.662 and preference accuracy "
-                          "to 0.875, on HH-RLHF neither (0.6931 -> 0.6932, accuracy 0.52; 5e-6 gave 0.6928) "
-                          "(benchmarks/RESULTS.md section 13)"),
+        "adapter": (5e-4, "TRL's QLoRA DPO example for Llama-2 (examples/research_projects/stack_llama_2; Hugging Face "
+                          "blog \"Fine-tune Llama 2 with DPO\", 2023) trains at 5e-4; measured on SmolLM2-135M, "
+                          "16 LoRA steps on HH-RLHF move dev eval_loss 0.6931 -> 0.6815 and TRL's "
+                          "rewards/accuracies to 0.64, where 5e-5 and Zephyr's QLoRA recipe rate 5e-6 move neither "
+                          "(benchmarks/RESULTS.md sections 13, 18)"),
         "full": (1e-6, "TRL's DPOConfig default and the SmolLM2 DPO recipe (alignment-handbook recipes/smollm2); "
                        "Zephyr-7B used 5e-7 (Tunstall et al., 2023)"),
-        "prompt": (1.5e-3, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
+        "prompt": (1.5e-2, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
     }
     layouts = (LAYOUT_PREFERENCE,)
     own_options = ("prefix_sharing",)
@@ -352,6 +352,10 @@ class ORPOTrainerConfig(TrainerConfig):
     name: str = "orpo"
     learning_rate: float = option(LEARNING_RATE_HELP, "${sllmx_learning_rate:${oc.select:method.name,null},orpo,5e-6}")
     beta: float = option("weight of the odds-ratio term (lambda in the paper)", 0.1, gt=0)
+    prefix_sharing: bool = option("score each pair as one row, prompt + chosen + rejected, through TRL's fused LM "
+                                  "head (as trainer=dpo does; sllmx.shared_prompt): the same losses from the prompt "
+                                  "computed once and no full-vocabulary logits; false: TRL's two rows and logits",
+                                  True)
 
 
 def _reference_free_pair_trainer(base: type) -> type:
@@ -363,9 +367,13 @@ def _reference_free_pair_trainer(base: type) -> type:
 
     class Counting(base):
         sllmx_virtual_tokens = 0
+        #: answer ORPO's forward from TRL's fused LM head, one packed row per pair (set by ORPO.build)
+        sllmx_fused_forward = False
 
         def concatenated_forward(self, model, batch):
             n = self.sllmx_virtual_tokens
+            if self.sllmx_fused_forward and not self.is_encoder_decoder and not self.aux_loss_enabled:
+                return _orpo_fused_forward(self, model, batch)
             if not n:
                 return super().concatenated_forward(model, batch)
             forward = model.forward
@@ -390,6 +398,36 @@ def _reference_free_pair_trainer(base: type) -> type:
 
     Counting.__name__ = Counting.__qualname__ = f"Counting{base.__name__}"
     return Counting
+
+
+def _orpo_fused_forward(trainer, model, batch):
+    """TRL ORPOTrainer's ``concatenated_forward`` (TRL 1.x, ``trl.experimental.orpo``) computed through TRL's fused LM
+    head (``trl.trainer.utils.add_fused_lm_head``) instead of the ``(2B, L, vocabulary)`` logits.
+
+    The chosen rows are scored at every token (ORPO's NLL term covers prompt and answer, Hong et al., 2024, eq. 6 as
+    TRL implements it), the rejected rows at their answer tokens only; with ``share_prompts`` installed under the
+    head each pair is one packed row.  Returns TRL's tuple: the answers' mean log-probabilities ``(B,)`` chosen and
+    rejected, the per-position logit means (mean over the vocabulary) at the scored positions of the chosen and
+    the rejected rows (1-D: the positions that predict a scored token; TRL returns the full logits, whose mean
+    over every position, padding included, its metrics ``logits/chosen`` / ``logits/rejected`` log), and the
+    chosen rows' mean token NLL.  In fp32 the losses equal TRL's (tests/test_speed.py compares them and their
+    gradients to 1e-5); under bf16 autocast the fused head's log-softmax runs in fp32 where TRL's takes the bf16
+    logits."""
+    import torch
+
+    concatenated = trainer.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=trainer.padding_value,
+                                               device=trainer.accelerator.device)
+    ids = concatenated["concatenated_input_ids"]
+    mask = concatenated["concatenated_attention_mask"]
+    answers = concatenated["concatenated_labels"]
+    b = batch["chosen_labels"].shape[0]
+    labels = torch.cat([ids[:b].masked_fill(mask[:b] == 0, -100), answers[b:]])
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True, use_cache=False)
+    scored = labels[:, 1:] != -100
+    in_answer = answers[:, 1:] != -100
+    nll = -(out.log_probs[:b] * scored[:b]).sum() / scored[:b].sum()
+    mean_logps = (out.log_probs * in_answer).sum(-1) / in_answer.sum(-1)
+    return (mean_logps[:b], mean_logps[b:], out.mean_logits[:b][scored[:b]], out.mean_logits[b:][scored[b:]], nll)
 
 
 class _ReferenceFree(TRLObjective):
@@ -417,6 +455,8 @@ class ORPO(_ReferenceFree):
         "prompt": (1.5e-3, "no published rate: the adapter rate times SFT's prompt/adapter ratio (30)"),
     }
 
+    own_options = ("prefix_sharing",)
+
     def trl_classes(self):
         import os
 
@@ -424,6 +464,40 @@ class ORPO(_ReferenceFree):
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         return _reference_free_pair_trainer(ORPOTrainer), ORPOConfig
+
+    def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
+        """TRL's ORPOTrainer; with ``cfg.prefix_sharing`` its forward goes through TRL's fused LM head with one
+        packed row per pair (:func:`_orpo_fused_forward`, :func:`sllmx.shared_prompt.share_prompts`).  Not for
+        prompt tuning (virtual tokens), nor where the output head is not a plain ``nn.Linear`` (an adapter on
+        ``lm_head``, PEFT's trainable tokens: the fused head reads the base weight only), nor where
+        ``share_prompts`` cannot pack (then with a warning): TRL's own forward."""
+        import torch
+        from trl.trainer.utils import add_fused_lm_head
+
+        from sllmx.shared_prompt import share_prompts
+
+        hf_trainer = super().build(model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens)
+        if not cfg.prefix_sharing or virtual_tokens:
+            return hf_trainer
+        base = hf_trainer.model
+        base = base.get_base_model() if hasattr(base, "get_base_model") else base
+        if type(base.get_output_embeddings()) is not torch.nn.Linear:
+            log.warning("orpo: prefix_sharing needs a plain linear output head (TRL's fused head reads its weight "
+                        "only); %s has %s: TRL's two rows and logits", type(base).__name__,
+                        type(base.get_output_embeddings()).__name__)
+            return hf_trainer
+        added = "forward" not in vars(base)  # else a trainer before this one (the test split's) added the head
+        if added:
+            add_fused_lm_head(base, outputs=("log_probs", "mean_logits"))
+        if share_prompts(base):
+            hf_trainer.sllmx_fused_forward = True
+        else:
+            log.warning("orpo: prefix_sharing needs an sdpa or eager attention kernel, an architecture of "
+                        "sllmx.shared_prompt.ARCHITECTURES and no MoE router logits; %s scores each pair as TRL's "
+                        "two rows", type(base).__name__)
+            if added:
+                del base.forward
+        return hf_trainer
 
 
 # ----------------------------------------------------------------------------- CPO, SimPO

@@ -13,6 +13,41 @@ from typing import Any, Optional
 
 #: gradient checkpointing goes on when the estimate exceeds this share of the available memory
 CHECKPOINTING_SHARE = 0.5
+#: glibc ``mallopt`` parameters (``<malloc.h>``) set for a run on a CPU: (number, value)
+MALLOPT = {"M_TRIM_THRESHOLD": (-1, -1), "M_MMAP_MAX": (-4, 0)}
+
+
+def keep_freed_memory() -> Optional[str]:
+    """Make glibc's allocator keep freed memory for reuse instead of handing it back to the kernel; return what was
+    set (for run.json ``memory.allocator``), or None where nothing was changed.
+
+    A training step on a CPU allocates and frees the same large activations at every step.  With glibc's defaults a
+    block over the mmap threshold (adaptive, at most 32 MiB) is mapped fresh and unmapped when freed, and a free heap
+    top over the trim threshold is returned to the kernel, so every step faults its pages in again: millions of
+    page faults a run, a fifth of its CPU time in the kernel.  ``mallopt`` (glibc manual, "Malloc Tunable
+    Parameters") with ``M_MMAP_MAX`` 0 (the main heap serves large blocks too; other threads' arenas still map
+    what exceeds their 64 MiB heaps) and ``M_TRIM_THRESHOLD`` -1 (no trimming) keeps the pages in the heap for the
+    next step (measured in benchmarks/RESULTS.md section 18).  Free heap is kept until the process exits or the
+    next run in it starts (:func:`reset_peak_memory` trims it).  PyTorch's CPU performance guide recommends
+    jemalloc or tcmalloc for the same reason; with any ``LD_PRELOAD`` (such an allocator, or another library the
+    user preloads), ``MALLOC_*`` variables or malloc ``GLIBC_TUNABLES`` set, or a C library other than glibc,
+    nothing is changed.  Idempotent.
+    """
+    import ctypes
+    import os
+    import platform
+
+    if (platform.system() != "Linux" or os.environ.get("LD_PRELOAD")
+            or any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
+            or platform.libc_ver()[0] != "glibc"):
+        return None
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    done = [f"{name} {value}" for name, (number, value) in MALLOPT.items() if mallopt(number, value) == 1]
+    return f"glibc mallopt: {', '.join(done)}" if done else None
 
 
 def activation_bytes(model_config: Any, batch_size: int, seq_len: int, bytes_per_value: int = 4) -> int:
@@ -75,7 +110,10 @@ def reset_peak_memory(device: str) -> None:
     """Start this run's peaks anew, so that runs sharing a process (a sweep's trials under Hydra's basic
     launcher) each record their own: the peak resident set (Linux: ``5`` written to ``/proc/self/clear_refs``
     resets ``VmHWM``, proc(5)) and ``torch.cuda.reset_peak_memory_stats``.  Where that is not possible the
-    peaks are the process's."""
+    peaks are the process's.  First the free memory an earlier run left in glibc's heap is handed back to the
+    kernel (``malloc_trim(0)``; :func:`keep_freed_memory` keeps it otherwise), so it counts neither in this run's
+    peak nor against the memory available to its decisions."""
+    _trim_heap()
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")
@@ -87,6 +125,18 @@ def reset_peak_memory(device: str) -> None:
         try:
             torch.cuda.reset_peak_memory_stats(torch.device(device))
         except RuntimeError:  # no CUDA context yet: nothing to reset
+            pass
+
+
+def _trim_heap() -> None:
+    """glibc's ``malloc_trim(0)``: free heap pages back to the kernel (nothing elsewhere)."""
+    import ctypes
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
             pass
 
 

@@ -87,7 +87,8 @@ class RunRecord:
     ``data_check`` artifact); ``output_checks`` the guardrail checks of the generated answers
     (:func:`sllmx.safety.check_outputs`) at the latest dev evaluation (``dev``) and on ``test``;
     ``memory`` the gradient-checkpointing decision and the activation estimate behind it
-    (:func:`sllmx.memory.decide_checkpointing`).  ``world_size`` counts the run's processes
+    (:func:`sllmx.memory.decide_checkpointing`), and ``allocator``, the C allocator settings made for a CPU run
+    (:func:`sllmx.memory.keep_freed_memory`; None when none were).  ``world_size`` counts the run's processes
     (torchrun, accelerate launch, a submitit job's tasks), ``backend`` is their
     ``torch.distributed`` backend (None for one process), ``global_batch_size`` the examples per
     optimizer step (per-device batch x gradient accumulation x world size); ``precision`` holds

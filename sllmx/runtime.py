@@ -46,6 +46,8 @@ class Runtime:
         world_size: processes of this run (1 without a multi-process launcher).
         rank: this process's global rank; 0 is the main process.
         backend: the ``torch.distributed`` backend (``gloo``, ``nccl``), None for one process.
+        allocator: on a CPU, the C allocator settings made for the run (:func:`sllmx.memory.keep_freed_memory`),
+            None when none were.
     """
 
     device: str = "cpu"
@@ -54,6 +56,7 @@ class Runtime:
     world_size: int = 1
     rank: int = 0
     backend: Optional[str] = None
+    allocator: Optional[str] = None
 
     @property
     def bf16(self) -> bool:
@@ -108,7 +111,8 @@ def _state(backend: Optional[str] = None, timeout_s: Optional[float] = None) -> 
 
 def detect_runtime(precision: str = "auto", ddp_backend: Optional[str] = None,
                    ddp_timeout: Optional[float] = None) -> Runtime:
-    """The device, ranks and precision of this process.
+    """The device, ranks and precision of this process; on a CPU, glibc's allocator is told to keep freed memory
+    (:func:`sllmx.memory.keep_freed_memory`, a process-wide setting).
 
     Starts ``torch.distributed`` (through accelerate's ``PartialState``: gloo on CPU, nccl on
     CUDA, or ``ddp_backend``; a collective waits at most ``ddp_timeout`` seconds, torch's default
@@ -132,8 +136,11 @@ def detect_runtime(precision: str = "auto", ddp_backend: Optional[str] = None,
         backend = None
     device = str(state.device) if state.device.type == "cuda" else "cpu"
     chosen, reason = decide_precision(precision, device)
+    from sllmx.memory import keep_freed_memory
+
     return Runtime(device=device, precision=chosen, precision_reason=reason, world_size=state.num_processes,
-                   rank=state.process_index, backend=backend)
+                   rank=state.process_index, backend=backend,
+                   allocator=keep_freed_memory() if device == "cpu" else None)
 
 
 def cpu_flags() -> set[str]:

@@ -40,7 +40,8 @@ def pack_pairs(input_ids, attention_mask, labels):
         input_ids: ``(2B, L)`` token ids, rows ``0..B-1`` the chosen, ``B..2B-1`` the rejected sequences of the same
             ``B`` pairs, right-padded.
         attention_mask: ``(2B, L)``, 1 on each row's tokens (a prefix of the row), 0 on padding.
-        labels: ``(2B, L)``, the token id where the token is scored (an answer token), -100 elsewhere.
+        labels: ``(2B, L)``, the token id where the token is scored, -100 elsewhere: the rejected rows' answer
+            tokens (the packed row holds their prompt once), the chosen rows' answer tokens or any of their tokens.
 
     Returns:
         ``None`` when the batch is not of that form, else a dict:
@@ -64,7 +65,9 @@ def pack_pairs(input_ids, attention_mask, labels):
     scored = (labels != -100) & attention_mask.bool()
     first_scored = torch.where(scored.any(1), scored.int().argmax(1), lengths)
     same = (input_ids[:b] == input_ids[b:]).int().cumprod(1).sum(1)
-    shared = torch.minimum(torch.minimum(first_scored[:b], first_scored[b:]), same)
+    # the chosen row is laid out whole (its prompt tokens may be scored too: ORPO's NLL); the rejected one from the
+    # last shared token on, so nothing at or before that token may be scored in it
+    shared = torch.minimum(first_scored[b:], same)
     shared = torch.minimum(shared, torch.minimum(lengths[:b], lengths[b:]))
     if bool((shared < 1).any()):
         return None

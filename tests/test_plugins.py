@@ -151,7 +151,7 @@ def test_default_learning_rate_is_chosen_by_method_family_and_objective():
 
     assert rate() == rate("method=dora") == rate("method=qlora") == rate("method=adalora") == 1e-3
     assert rate("method=full") == 1e-4 and rate("method=prompt_tuning") == rate("method=prefix_tuning") == 3e-2
-    assert rate("trainer=dpo") == 5e-5 and rate("method=full", "trainer=dpo") == 1e-6
+    assert rate("trainer=dpo") == 5e-4 and rate("method=full", "trainer=dpo") == 1e-6
     assert rate("method=ia3") == pytest.approx(3e-3) and rate("method=vera", "trainer=kto") == pytest.approx(1e-4)
     assert rate("trainer.learning_rate=3e-4") == 3e-4 and rate("method=full", "trainer.learning_rate=3e-4") == 3e-4
 

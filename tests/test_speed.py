@@ -307,6 +307,9 @@ def test_run_records_memory_and_caches_splits(tmp_path):
     record = run(cfg)
     assert record.status == "COMPLETE"
     assert record.memory["set_by"] == "memory estimate" and record.memory["gradient_checkpointing"] is False
+    from sllmx.memory import keep_freed_memory
+
+    assert record.memory["allocator"] == keep_freed_memory()  # what it set (None where it sets nothing)
     assert 0 < record.memory["activation_estimate_bytes"] < record.memory["available_bytes"]
     assert record.peak_rss_bytes > 100 * 2**20
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -319,6 +322,54 @@ def test_run_records_memory_and_caches_splits(tmp_path):
     record = run(cfg)
     assert record.memory["gradient_checkpointing"] is True
     assert record.memory["set_by"] == "trainer.gradient_checkpointing"
+
+
+def test_keep_freed_memory_keeps_large_blocks_in_the_heap_and_leaves_a_users_allocator(monkeypatch):
+    """On glibc, sllmx.memory.keep_freed_memory (called for every CPU run) stops the allocator from mapping large
+    blocks fresh (and unmapping them when freed) and from trimming the heap: a 64 MiB tensor comes from the heap,
+    which keeps its size when the tensor is freed; reset_peak_memory (at a run's start) trims it.  A preloaded
+    library or the user's own MALLOC_* settings are left alone."""
+    import ctypes
+    import os
+    import platform
+
+    from sllmx.memory import keep_freed_memory, reset_peak_memory
+
+    libc = ctypes.CDLL(None)
+    maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+    if (platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not hasattr(libc, "mallinfo2")
+            or "jemalloc" in maps or "tcmalloc" in maps):
+        pytest.skip("glibc's own malloc (mallopt, mallinfo2) only")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["LD_PRELOAD", "GLIBC_TUNABLES"]:
+        monkeypatch.delenv(name, raising=False)
+    assert keep_freed_memory() == "glibc mallopt: M_TRIM_THRESHOLD -1, M_MMAP_MAX 0"
+    mapped, size = libc.mallinfo2().hblkhd, 64 * 2**20
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    assert libc.mallinfo2().hblkhd <= mapped  # not an mmap of its own
+    heap = libc.mallinfo2().arena
+    assert heap >= size
+    libc.free(block)
+    assert libc.mallinfo2().arena == heap  # the freed top of the heap is kept, not trimmed
+
+    def resident():
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    kept = resident()
+    reset_peak_memory("cpu")  # a run's start hands the kept pages back
+    assert kept - resident() >= 32 * 2**20
+    monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
+    assert keep_freed_memory() is None
+    monkeypatch.delenv("LD_PRELOAD")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert keep_freed_memory() is None
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "eager"])
@@ -385,6 +436,66 @@ def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
     add_fused_lm_head(hybrid)
     hybrid.config.model_type = "lfm2"
     assert not share_prompts(hybrid) and not getattr(hybrid.forward, "sllmx_shared_prompt", False)
+
+
+def test_orpo_through_the_fused_head_gives_trls_losses_and_gradients(tiny, tmp_path):
+    """trainer=orpo with prefix_sharing (the default): ORPO's forward through TRL's fused LM head, one packed row per
+    pair, gives TRL's loss, NLL, log-probabilities and gradients (1e-5) without the full logits, for a full model and
+    a LoRA one; the logits metrics are means over the scored positions; prefix_sharing=false, or an adapter on the
+    output head (which the fused head would not see), keeps TRL's forward."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import sllmx.validate  # noqa: F401  (the learning_rate default's resolver)
+    from sllmx_plugins.trainers import ORPO, ORPOTrainerConfig
+
+    path, tok, _ = tiny
+    pairs = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
+              "rejected": [{"role": "assistant", "content": CONVERSATIONS[(i + 1) % 4][1][: 5 + 3 * i]}]}
+             for i, (q, a) in enumerate(CONVERSATIONS)]
+    dataset = Dataset.from_list(pairs)
+
+    def trainer(targets=None, **fields):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
+        if targets:
+            model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ORPOTrainerConfig), fields))
+        args = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to=[], seed=0,
+                    per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=1)
+        return ORPO().build(model, tok, dataset, dataset, cfg, args, [])
+
+    fused, plain = trainer(), trainer(prefix_sharing=False)
+    assert fused.sllmx_fused_forward and not plain.sllmx_fused_forward and "forward" not in vars(plain.model)
+    batch = fused.data_collator([fused.train_dataset[i] for i in range(4)])
+    seen = []
+    hook = fused.model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    results = {}
+    for name, t in (("fused", fused), ("plain", plain)):
+        t.model.train()
+        t.model.zero_grad()
+        loss, metrics = t.get_batch_loss_metrics(t.model, dict(batch))
+        loss.backward()
+        results[name] = loss.detach(), metrics, {n: p.grad.clone() for n, p in t.model.named_parameters()}
+    hook.remove()
+    rows = 2 * 4
+    assert len(seen) == 1 and seen[0][0] == rows // 2  # one packed row per pair
+    assert seen[0][1] < batch["chosen_input_ids"].shape[1] + batch["rejected_input_ids"].shape[1]
+    (a, ma, ga), (b, mb, gb) = results["fused"], results["plain"]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for key in ("nll_loss", "logps/chosen", "logps/rejected", "log_odds_ratio", "rewards/margins"):
+        assert ma[key] == pytest.approx(mb[key], abs=1e-5), key
+    assert ma["logits/chosen"] != mb["logits/chosen"] and abs(ma["logits/chosen"] - mb["logits/chosen"]) < 1.0
+    for name, grad in gb.items():
+        torch.testing.assert_close(ga[name], grad, atol=1e-5, rtol=1e-4)
+
+    lora, lora_plain = trainer(["q_proj", "v_proj"]), trainer(["q_proj", "v_proj"], prefix_sharing=False)
+    assert lora.sllmx_fused_forward
+    (a, _), (b, _) = (t.get_batch_loss_metrics(t.model, dict(batch)) for t in (lora, lora_plain))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not trainer(["q_proj", "lm_head"]).sllmx_fused_forward
 
 
 @pytest.mark.parametrize("method,precision", [("lora", "fp32"), ("dora", "fp32"), ("qlora", "fp32"),

@@ -467,7 +467,7 @@ def test_ready_sweep_ranges_follow_common_practice():
     assert params["sft_lora"]["trainer.learning_rate"] == "tag(log, interval(1e-5, 2e-3))"
     assert params["sft_lora"]["method.r"] == "choice(4, 8, 16, 32, 64)"
     assert params["qlora"]["trainer.num_train_epochs"] == "choice(1, 2, 3)"
-    assert params["dpo"]["trainer.learning_rate"] == "tag(log, interval(5e-7, 5e-6))"
+    assert params["dpo"]["trainer.learning_rate"] == "tag(log, interval(5e-5, 2e-3))"
     assert params["dpo"]["trainer.beta"] == "tag(log, interval(0.01, 0.5))"
     assert params["methods"]["method"] == "choice(lora, dora, qlora, prompt_tuning, full)"
 
