@@ -467,26 +467,31 @@ class ORPO(_ReferenceFree):
 
     def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
         """TRL's ORPOTrainer; with ``cfg.prefix_sharing`` its forward goes through TRL's fused LM head with one
-        packed row per pair (:func:`_orpo_fused_forward`, :func:`sllmx.shared_prompt.share_prompts`).  Not for
-        prompt tuning (virtual tokens), nor where the output head is not a plain ``nn.Linear`` (an adapter on
-        ``lm_head``, PEFT's trainable tokens: the fused head reads the base weight only), nor where
-        ``share_prompts`` cannot pack (then with a warning): TRL's own forward."""
+        packed row per pair (:func:`_orpo_fused_forward`, :func:`sllmx.shared_prompt.share_prompts`; a batch that
+        cannot be packed, e.g. left-padded, goes through the head as two rows per pair).  TRL's own forward, with
+        a warning where the user may expect the fused one, for prompt learning (prompt and prefix tuning), an
+        output head that is not a plain ``nn.Linear`` (an adapter on ``lm_head``, PEFT's trainable tokens: the
+        fused head reads the base weight only), a ``forward`` already replaced by something other than sllmx, or a
+        model ``share_prompts`` does not pack (attention kernel, architecture, router logits)."""
         import torch
         from trl.trainer.utils import add_fused_lm_head
 
         from sllmx.shared_prompt import share_prompts
 
         hf_trainer = super().build(model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens)
-        if not cfg.prefix_sharing or virtual_tokens:
+        peft_config = getattr(hf_trainer.model, "active_peft_config", None)
+        if not cfg.prefix_sharing or virtual_tokens or getattr(peft_config, "is_prompt_learning", False):
             return hf_trainer
         base = hf_trainer.model
         base = base.get_base_model() if hasattr(base, "get_base_model") else base
-        if type(base.get_output_embeddings()) is not torch.nn.Linear:
+        head, replaced = base.get_output_embeddings(), vars(base).get("forward")
+        if type(head) is not torch.nn.Linear or (replaced is not None
+                                                 and not getattr(replaced, "sllmx_shared_prompt", False)):
             log.warning("orpo: prefix_sharing needs a plain linear output head (TRL's fused head reads its weight "
-                        "only); %s has %s: TRL's two rows and logits", type(base).__name__,
-                        type(base.get_output_embeddings()).__name__)
+                        "only) and the model's own forward; %s has %s%s: TRL's two rows and logits",
+                        type(base).__name__, type(head).__name__, " and a replaced forward" if replaced else "")
             return hf_trainer
-        added = "forward" not in vars(base)  # else a trainer before this one (the test split's) added the head
+        added = replaced is None  # else an earlier build (the test split's trainer) installed the head and packing
         if added:
             add_fused_lm_head(base, outputs=("log_probs", "mean_logits"))
         if share_prompts(base):

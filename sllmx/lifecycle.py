@@ -74,7 +74,7 @@ def new_record(cfg: DictConfig, out: Path, method: str, trainer: str, splits: An
         seed=cfg.seed, config=resolved, dev_metric=dev, output_dir=str(out), started_at=now(),
         device=runtime.device, world_size=runtime.world_size, backend=runtime.backend, precision=runtime.record(),
         hostname=socket.gethostname(), pid=os.getpid(), versions=library_versions(), git_commit=git_commit(os.getcwd()),
-        defaults=applied_defaults(cfg))
+        defaults=applied_defaults(cfg), memory={"allocator": runtime.allocator})
     if splits.options is not None and splits.options.checks:
         record.data_checks = splits.report.summary()
         if runtime.is_main:

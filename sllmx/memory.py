@@ -23,15 +23,16 @@ def keep_freed_memory() -> Optional[str]:
 
     A training step on a CPU allocates and frees the same large activations at every step.  With glibc's defaults a
     block over the mmap threshold (adaptive, at most 32 MiB) is mapped fresh and unmapped when freed, and a free heap
-    top over the trim threshold is returned to the kernel, so every step faults its pages in again: millions of
-    page faults a run, a fifth of its CPU time in the kernel.  ``mallopt`` (glibc manual, "Malloc Tunable
-    Parameters") with ``M_MMAP_MAX`` 0 (the main heap serves large blocks too; other threads' arenas still map
-    what exceeds their 64 MiB heaps) and ``M_TRIM_THRESHOLD`` -1 (no trimming) keeps the pages in the heap for the
-    next step (measured in benchmarks/RESULTS.md section 18).  Free heap is kept until the process exits or the
-    next run in it starts (:func:`reset_peak_memory` trims it).  PyTorch's CPU performance guide recommends
-    jemalloc or tcmalloc for the same reason; with any ``LD_PRELOAD`` (such an allocator, or another library the
-    user preloads), ``MALLOC_*`` variables or malloc ``GLIBC_TUNABLES`` set, or a C library other than glibc,
-    nothing is changed.  Idempotent.
+    top over the trim threshold is returned to the kernel, so every step faults its pages in again.  ``mallopt``
+    (glibc manual, "Malloc Tunable Parameters") with ``M_MMAP_MAX`` 0 (the main heap serves large blocks too; other
+    threads' arenas still map what exceeds their 64 MiB heaps) and ``M_TRIM_THRESHOLD`` -1 (no trimming) keeps the
+    pages in the heap for the next step: 5 QLoRA DPO steps of SmolLM2-135M had a fifth of the page faults, half the
+    kernel time and 1.20x the tokens/s (benchmarks/RESULTS.md section 18).  The settings hold for the rest of the
+    process; the free memory they keep is handed back when the next run in it starts (:func:`reset_peak_memory`)
+    and whenever sllmx reads the available memory (:func:`available_bytes`).  PyTorch's CPU performance guide
+    recommends jemalloc or tcmalloc for the same reason; with such an allocator in the process (``LD_PRELOAD``,
+    ``/etc/ld.so.preload``: seen in ``/proc/self/maps``), any ``LD_PRELOAD``, ``MALLOC_*`` variables or malloc
+    ``GLIBC_TUNABLES`` set, or a C library other than glibc, nothing is changed.  Idempotent.
     """
     import ctypes
     import os
@@ -39,7 +40,7 @@ def keep_freed_memory() -> Optional[str]:
 
     if (platform.system() != "Linux" or os.environ.get("LD_PRELOAD")
             or any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
-            or platform.libc_ver()[0] != "glibc"):
+            or platform.libc_ver()[0] != "glibc" or _other_allocator()):
         return None
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -77,11 +78,13 @@ def activation_bytes(model_config: Any, batch_size: int, seq_len: int, bytes_per
 
 def available_bytes(device: str) -> int:
     """Memory free for activations now: free memory of the CUDA ``device`` (``cuda``, ``cuda:1``),
-    else the host's ``MemAvailable`` (psutil)."""
+    else the host's ``MemAvailable`` (psutil), after the free memory glibc keeps in this process
+    (:func:`keep_freed_memory`) is handed back (``malloc_trim``), so that it counts as available."""
     if device.startswith("cuda"):
         import torch
 
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    _trim_heap()
     import psutil
 
     return int(psutil.virtual_memory().available)
@@ -111,8 +114,8 @@ def reset_peak_memory(device: str) -> None:
     launcher) each record their own: the peak resident set (Linux: ``5`` written to ``/proc/self/clear_refs``
     resets ``VmHWM``, proc(5)) and ``torch.cuda.reset_peak_memory_stats``.  Where that is not possible the
     peaks are the process's.  First the free memory an earlier run left in glibc's heap is handed back to the
-    kernel (``malloc_trim(0)``; :func:`keep_freed_memory` keeps it otherwise), so it counts neither in this run's
-    peak nor against the memory available to its decisions."""
+    kernel (``malloc_trim(0)``; :func:`keep_freed_memory` keeps it otherwise), so it does not count in this run's
+    peak."""
     _trim_heap()
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
@@ -126,6 +129,17 @@ def reset_peak_memory(device: str) -> None:
             torch.cuda.reset_peak_memory_stats(torch.device(device))
         except RuntimeError:  # no CUDA context yet: nothing to reset
             pass
+
+
+def _other_allocator() -> bool:
+    """Whether an allocator other than glibc's is mapped into this process (jemalloc, tcmalloc, mimalloc), however
+    it got there: glibc's ``mallopt`` would then change nothing that allocates."""
+    try:
+        with open("/proc/self/maps", encoding="ascii", errors="replace") as f:
+            maps = f.read()
+    except OSError:
+        return False
+    return any(name in maps for name in ("jemalloc", "tcmalloc", "mimalloc"))
 
 
 def _trim_heap() -> None:

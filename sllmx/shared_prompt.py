@@ -10,11 +10,12 @@ then has exactly the context and position it has in TRL's layout, so the log-pro
 
 :func:`share_prompts` installs this under TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``): a call
 ``model(input_ids, attention_mask, labels=..., fused_lm_head=True)`` whose rows are ``[chosen; rejected]`` is
-answered from the packed rows, with the per-token outputs laid back out as TRL's ``2B`` rows, so TRL's losses,
-metrics and reference forward run unchanged.  A call it cannot pack (an odd number of rows, left padding, a pair
-with no shared first token, prompt learning's ``inputs_embeds`` or prefix key-values, a sliding window shorter than
-a packed row) runs TRL's own way, and so does every call of a model outside :data:`ARCHITECTURES` or with an
-attention kernel other than ``sdpa``/``eager``.
+answered from the packed rows, with the per-token outputs laid back out as TRL's ``2B`` rows, so DPO's losses,
+metrics and reference forward run unchanged in TRL's DPOTrainer, and ORPO's in sllmx's forward for TRL's
+ORPOTrainer (``sllmx_plugins.trainers``), which scores the chosen rows at every token.  A call it cannot pack (an
+odd number of rows, left padding, a pair with no shared first token, prompt learning's ``inputs_embeds`` or prefix
+key-values, a sliding window shorter than a packed row) runs TRL's own way, and so does every call of a model
+outside :data:`ARCHITECTURES` or with an attention kernel other than ``sdpa``/``eager``.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def share_prompts(model: Any) -> bool:
 
     Args:
         model: the transformers model whose ``forward`` TRL's ``add_fused_lm_head`` replaced (the base model under a
-            PEFT wrapper; DPOTrainer adds the head before it wraps or trains the model).
+            PEFT wrapper; DPOTrainer adds the head when it is built, sllmx's ORPO build after TRL's trainer is).
 
     Returns:
         True when installed (or already), False when the model has no fused head, its attention kernel is not one

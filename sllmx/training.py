@@ -212,6 +212,5 @@ def _checkpointing(ctx: RunContext) -> bool:
         decision["set_by"] = f"method={ctx.method.name} cannot train with it"
     else:
         decision["set_by"] = "memory estimate"
-    decision["allocator"] = runtime.allocator
-    ctx.record.memory = decision
+    ctx.record.memory.update(decision)
     return decision["gradient_checkpointing"]

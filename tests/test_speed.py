@@ -332,21 +332,23 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap_and_leaves_a_users_all
     import ctypes
     import os
     import platform
+    import threading
 
     from sllmx.memory import keep_freed_memory, reset_peak_memory
 
     libc = ctypes.CDLL(None)
     maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
     if (platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or not hasattr(libc, "mallinfo2")
-            or "jemalloc" in maps or "tcmalloc" in maps):
-        pytest.skip("glibc's own malloc (mallopt, mallinfo2) only")
+            or "jemalloc" in maps or "tcmalloc" in maps or threading.current_thread() is not threading.main_thread()):
+        pytest.skip("glibc's own malloc (mallopt, mallinfo2), from the main thread (its heap is not capped at 64 MiB)")
 
     class MallInfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     libc.mallinfo2.restype = MallInfo2
-    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
     for name in [k for k in os.environ if k.startswith("MALLOC_")] + ["LD_PRELOAD", "GLIBC_TUNABLES"]:
         monkeypatch.delenv(name, raising=False)
     assert keep_freed_memory() == "glibc mallopt: M_TRIM_THRESHOLD -1, M_MMAP_MAX 0"
@@ -357,7 +359,7 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap_and_leaves_a_users_all
     heap = libc.mallinfo2().arena
     assert heap >= size
     libc.free(block)
-    assert libc.mallinfo2().arena == heap  # the freed top of the heap is kept, not trimmed
+    assert libc.mallinfo2().arena >= heap  # the freed top of the heap is kept, not trimmed
 
     def resident():
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -440,11 +442,11 @@ def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
 
 def test_orpo_through_the_fused_head_gives_trls_losses_and_gradients(tiny, tmp_path):
     """trainer=orpo with prefix_sharing (the default): ORPO's forward through TRL's fused LM head, one packed row per
-    pair, gives TRL's loss, NLL, log-probabilities and gradients (1e-5) without the full logits, for a full model and
-    a LoRA one; the logits metrics are means over the scored positions; prefix_sharing=false, or an adapter on the
-    output head (which the fused head would not see), keeps TRL's forward."""
+    pair, gives TRL's loss, NLL, log-probabilities and gradients (1e-5) without the full logits (a full model; a
+    LoRA one: the loss); its logits metrics differ from TRL's (other positions averaged); prefix_sharing=false, an
+    adapter on the output head (which the fused head would not see) or prefix tuning keeps TRL's forward."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PrefixTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     import sllmx.validate  # noqa: F401  (the learning_rate default's resolver)
@@ -459,7 +461,9 @@ def test_orpo_through_the_fused_head_gives_trls_losses_and_gradients(tiny, tmp_p
     def trainer(targets=None, **fields):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa")
-        if targets:
+        if targets == "prefix":
+            model = get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+        elif targets:
             model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, init_lora_weights=False))
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ORPOTrainerConfig), fields))
         args = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to=[], seed=0,
@@ -495,7 +499,7 @@ def test_orpo_through_the_fused_head_gives_trls_losses_and_gradients(tiny, tmp_p
     assert lora.sllmx_fused_forward
     (a, _), (b, _) = (t.get_batch_loss_metrics(t.model, dict(batch)) for t in (lora, lora_plain))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-    assert not trainer(["q_proj", "lm_head"]).sllmx_fused_forward
+    assert not trainer(["q_proj", "lm_head"]).sllmx_fused_forward and not trainer("prefix").sllmx_fused_forward
 
 
 @pytest.mark.parametrize("method,precision", [("lora", "fp32"), ("dora", "fp32"), ("qlora", "fp32"),
