@@ -8,6 +8,7 @@ of the largest batch would take more than half of the memory available once the 
 
 from __future__ import annotations
 
+import functools
 import resource
 from typing import Any, Optional
 
@@ -36,16 +37,12 @@ def keep_freed_memory() -> Optional[str]:
     """
     import ctypes
     import os
-    import platform
 
-    if (platform.system() != "Linux" or os.environ.get("LD_PRELOAD")
-            or any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
-            or platform.libc_ver()[0] != "glibc" or _other_allocator()):
+    libc = _glibc()
+    if (libc is None or os.environ.get("LD_PRELOAD") or any(k.startswith("MALLOC_") for k in os.environ)
+            or "malloc" in os.environ.get("GLIBC_TUNABLES", "") or _other_allocator()):
         return None
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return None
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     done = [f"{name} {value}" for name, (number, value) in MALLOPT.items() if mallopt(number, value) == 1]
     return f"glibc mallopt: {', '.join(done)}" if done else None
@@ -142,16 +139,23 @@ def _other_allocator() -> bool:
     return any(name in maps for name in ("jemalloc", "tcmalloc", "mimalloc"))
 
 
+@functools.lru_cache(maxsize=1)
+def _glibc() -> Any:
+    """This process's C library (``ctypes.CDLL``) when it is glibc, else None."""
+    import ctypes
+    import os
+
+    try:  # "glibc 2.41"; on other C libraries an unknown name (ValueError) or None
+        return ctypes.CDLL(None) if os.confstr("CS_GNU_LIBC_VERSION") else None
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _trim_heap() -> None:
     """glibc's ``malloc_trim(0)``: free heap pages back to the kernel (nothing elsewhere)."""
-    import ctypes
-    import platform
-
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        try:
-            ctypes.CDLL(None).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def _high_water_mark() -> Optional[int]:
