@@ -191,19 +191,41 @@ class QLoRA(LoRA):
         return model
 
     def wrap(self, model: Any, cfg: Any, runtime: Runtime, tokenizer: Any = None) -> Any:
-        """``peft.prepare_model_for_kbit_training``, then LoRA."""
-        from peft import prepare_model_for_kbit_training
-
-        # Gradient checkpointing is the trainer's decision (TrainerConfig.gradient_checkpointing).
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return super().wrap(model, cfg, runtime, tokenizer)
+        """:func:`prepare_for_kbit_training`, then LoRA."""
+        return super().wrap(prepare_for_kbit_training(model), cfg, runtime, tokenizer)
 
     def continue_adapter(self, model: Any, adapter_dir: str, cfg: Any, runtime: Runtime) -> Any:
-        """``peft.prepare_model_for_kbit_training``, then the saved LoRA adapter, trainable."""
-        from peft import prepare_model_for_kbit_training
+        """:func:`prepare_for_kbit_training`, then the saved LoRA adapter, trainable."""
+        return super().continue_adapter(prepare_for_kbit_training(model), adapter_dir, cfg, runtime)
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return super().continue_adapter(model, adapter_dir, cfg, runtime)
+
+def prepare_for_kbit_training(model: Any) -> Any:
+    """A quantised base frozen for adapter training, its other weights (norms, embeddings, output head) in the dtype
+    they were loaded in, except float16.
+
+    PEFT's ``prepare_model_for_kbit_training`` (without gradient checkpointing, which is the trainer's decision)
+    where any of those weights is float16, whose range norms can overflow: it freezes the model and upcasts them to
+    float32.  Loaded in bfloat16 (the compute dtype of a bf16 run) or float32 they are only frozen, as TRL's own
+    QLoRA preparation does (``trl.experimental.utils.prepare_peft_model``, TRL 1.x, which upcasts nothing): the
+    residual stream then stays in the compute dtype, as in a LoRA run on the same base, instead of fp32 tensors
+    cast to bf16 and back around every 4-bit layer (bitsandbytes returns its input's dtype), which measured 1.2x
+    slower training steps on a CPU (benchmarks/RESULTS.md section 19).  The adapter's own weights are fp32 after
+    ``wrap`` (PEFT's ``autocast_adapter_dtype``); TRL's trainers then cast a quantised model's adapter to bf16.
+
+    Args:
+        model: a ``transformers`` model loaded with a quantisation config; changed in place.
+
+    Returns:
+        ``model``.
+    """
+    import torch
+    from peft import prepare_model_for_kbit_training
+
+    if any(p.dtype == torch.float16 for p in model.parameters() if type(p).__name__ != "Params4bit"):
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
 
 
 @dataclass

@@ -301,6 +301,64 @@ class DPOTrainerConfig(TrainerConfig):
                                       if not self.loss_type else None)
 
 
+def _dev_reference_once(base: type) -> type:
+    """``base`` (TRL's DPOTrainer) computing the dev split's reference log-probabilities once per trainer instead of
+    at every evaluation: the reference does not change during training (the base under a disabled adapter, TRL's
+    frozen ``"ref"`` adapter, or a separate reference model), so every evaluation after the first runs the policy
+    alone.
+
+    At the first evaluation of its own dev split the trainer computes each dev pair's reference log-probabilities
+    with TRL's ``compute_ref_log_probs``, in eval mode, in sequential batches of ``per_device_eval_batch_size`` (as
+    TRL's ``precompute_ref_log_probs`` does, which sllmx leaves off: it would also precompute the training split
+    and cache the result on disk under a hash of the weights alone), and keeps them in memory as TRL's
+    ``ref_chosen_logps`` / ``ref_rejected_logps`` columns, which TRL's loss reads instead of a reference forward.
+    Left to TRL: a dataset passed to ``evaluate``, several dev splits, TRL's own precomputation, vision datasets,
+    and ``sync_ref_model`` (TR-DPO, whose reference moves).  The first evaluation's ``eval_runtime`` leaves the
+    reference pass out."""
+    import torch
+    from datasets import Dataset
+
+    class DevReferenceOnce(base):
+        #: (the dev split, the same with its reference log-probabilities), after the first evaluation of that split
+        sllmx_dev_reference = None
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            if (eval_dataset is not None or self.precompute_ref_logps or self.args.sync_ref_model
+                    or self._is_vision_dataset or not isinstance(self.eval_dataset, Dataset)):
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            dev = self.eval_dataset
+            if self.sllmx_dev_reference is None or self.sllmx_dev_reference[0] is not dev:
+                self.sllmx_dev_reference = dev, self._sllmx_reference_columns(dev)
+            self.eval_dataset, self.precompute_ref_logps = self.sllmx_dev_reference[1], True
+            try:
+                return super().evaluate(None, ignore_keys, metric_key_prefix)
+            finally:
+                self.eval_dataset, self.precompute_ref_logps = dev, False
+
+        def _sllmx_reference_columns(self, dataset):
+            from torch.utils.data import DataLoader
+
+            loader = self.accelerator.prepare(DataLoader(
+                dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator,
+                num_workers=self.args.dataloader_num_workers, shuffle=False))
+            model = self.ref_model or self.model
+            training = model.training
+            model.eval()
+            chosen, rejected = [], []
+            try:
+                for batch in loader:
+                    c, r = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(model, batch))
+                    chosen.append(c.float().cpu())
+                    rejected.append(r.float().cpu())
+            finally:
+                model.train(training)
+            return (dataset.add_column("ref_chosen_logps", torch.cat(chosen).numpy())
+                    .add_column("ref_rejected_logps", torch.cat(rejected).numpy()))
+
+    DevReferenceOnce.__name__ = DevReferenceOnce.__qualname__ = base.__name__
+    return DevReferenceOnce
+
+
 class DPO(TRLObjective):
     """Direct Preference Optimization with trl.DPOTrainer (trainer.loss_type=[ipo] gives IPO)."""
 
@@ -323,7 +381,7 @@ class DPO(TRLObjective):
     def trl_classes(self):
         from trl import DPOConfig, DPOTrainer
 
-        return DPOTrainer, DPOConfig
+        return _dev_reference_once(DPOTrainer), DPOConfig
 
     def build(self, model, tokenizer, train_dataset, eval_dataset, cfg, args, callbacks, virtual_tokens=0):
         """``trl.DPOTrainer``; with ``cfg.prefix_sharing`` its policy and reference forwards score each pair as

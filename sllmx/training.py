@@ -15,6 +15,7 @@ from sllmx.arguments import training_args
 from sllmx.context import GenerationSettings, RunContext
 from sllmx.errors import Interrupted
 from sllmx.evaluation import count_parameters, evaluate_split, load_tokenizer, virtual_tokens
+from sllmx.generation import contiguous_head_input
 from sllmx.plugins import typed
 from sllmx.runtime import from_main, gather, on_main, wait_for_everyone
 
@@ -46,6 +47,7 @@ def train(ctx: RunContext) -> str:
         ctx.model = ctx.method.continue_adapter(model, adapter, method_cfg, ctx.runtime)
     else:
         ctx.model = ctx.method.wrap(model, method_cfg, ctx.runtime, tokenizer=ctx.tokenizer)
+    contiguous_head_input(ctx.model)  # generation's prefill with a frozen head (dev answers, GRPO's completions)
     record.trainable_params, record.total_params = count_parameters(ctx.model)
 
     callbacks: list[Any] = []

@@ -228,6 +228,31 @@ def test_qlora_on_cpu_keeps_gradients_through_4bit_weights_after_an_evaluation(t
     assert before.abs().sum() > 0 and torch.allclose(before, after, atol=1e-6)
 
 
+@pytest.mark.parametrize("compute_dtype", ["bfloat16", "float16"])
+def test_qlora_keeps_the_bases_other_weights_in_their_dtype_but_float16(compute_dtype, tmp_path):
+    """A QLoRA base loaded in bf16 keeps its norms, embeddings and head in bf16 (TRL's QLoRA preparation; the
+    residual stream as in a LoRA run); loaded in fp16 they are upcast to fp32 (PEFT's
+    prepare_model_for_kbit_training).  Only the adapter is trainable, fp32 after wrap (TRL's trainers then cast
+    a quantised model's adapter to bf16)."""
+    import torch
+
+    from sllmx.interfaces import Runtime
+
+    cfg = compose_config([*FAST, "method=qlora", f"method.bnb_4bit_compute_dtype={compute_dtype}"],
+                         tmp_path / "run", tmp_path / "cache")
+    reg = registry()
+    qlora = reg.get("method", "qlora")
+    path = reg.get("model", "tiny").resolve(typed(cfg.model, "model"), str(tmp_path / "cache"))
+    method_cfg = typed(cfg.method, "method")
+    model = qlora.wrap(qlora.load_model(path, method_cfg, Runtime()), method_cfg, Runtime())
+    base = {n: p.dtype for n, p in model.named_parameters() if "lora_" not in n and p.is_floating_point()}
+    assert any("norm" in n for n in base) and any("embed_tokens" in n for n in base)
+    want = torch.bfloat16 if compute_dtype == "bfloat16" else torch.float32
+    assert set(base.values()) == {want}
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable) and set(trainable.values()) == {torch.float32}
+
+
 def test_dpo_with_the_ipo_loss_trains(tmp_path):
     record = run(compose_config([*FAST, "trainer=dpo", "trainer.loss_type=[ipo]", "trainer.learning_rate=0.001"],
                                 tmp_path / "run", tmp_path / "cache"))

@@ -502,6 +502,83 @@ def test_orpo_through_the_fused_head_gives_trls_losses_and_gradients(tiny, tmp_p
     assert not trainer(["q_proj", "lm_head"]).sllmx_fused_forward and not trainer("prefix").sllmx_fused_forward
 
 
+def test_the_output_head_gets_a_contiguous_input_once_hooked(tiny):
+    """contiguous_head_input: generation's prefill slices the last position (not contiguous), which PyTorch's CPU
+    matmul with a frozen weight broadcasts into a weight copy per row (pytorch/pytorch#151934); the hook hands the
+    head a contiguous input, the same logits, and is registered once however often it is called."""
+    from transformers import AutoModelForCausalLM
+
+    from sllmx.generation import contiguous_head_input
+
+    path, _, _ = tiny
+    model = AutoModelForCausalLM.from_pretrained(path).requires_grad_(False)
+    head = model.get_output_embeddings()
+    hidden = torch.randn(3, 7, head.in_features)[:, -1:, :]
+    assert not hidden.is_contiguous()
+    seen = []
+    contiguous_head_input(model)
+    contiguous_head_input(model)
+    head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        out = head(hidden)
+        torch.testing.assert_close(out, torch.nn.functional.linear(hidden.contiguous(), head.weight))
+        ids = torch.tensor([[1, 5, 9, 13], [1, 6, 10, 14]])
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False)
+    assert seen and all(seen) and len(head._forward_pre_hooks) == 2  # ours once, the recorder
+
+
+def test_dpo_computes_the_dev_references_once_and_gives_trls_evaluation(tiny, tmp_path):
+    """trainer=dpo: the dev split's reference log-probabilities are computed at the first evaluation only; every
+    evaluation, before and after training, gives what TRL's own evaluation (a reference forward per batch) gives,
+    and a dataset passed to evaluate() goes TRL's way."""
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import sllmx.validate  # noqa: F401  (the learning_rate default's resolver)
+    from sllmx_plugins.trainers import DPO, DPOTrainerConfig
+
+    path, tok, _ = tiny
+    pairs = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
+              "rejected": [{"role": "assistant", "content": CONVERSATIONS[(i + 1) % 4][1][: 5 + 3 * i]}]}
+             for i, (q, a) in enumerate(CONVERSATIONS)]
+    dataset = Dataset.from_list(pairs)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa"),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DPOTrainerConfig),
+                                                {"learning_rate": 1e-2, "per_device_train_batch_size": 4,
+                                                 "per_device_eval_batch_size": 2, "max_steps": 1}))
+    args = dict(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to=[], seed=0, save_strategy="no")
+    trainer = DPO().build(model, tok, dataset, dataset, cfg, args, [])
+    calls = []
+    hook = model.get_base_model().model.register_forward_pre_hook(lambda module, a: calls.append(1))
+
+    def evaluation(own):
+        calls.clear()
+        metrics = (trainer.evaluate() if own else trl.DPOTrainer.evaluate(trainer))
+        return metrics, len(calls)
+
+    assert trainer.sllmx_dev_reference is None
+    (first, n_first), (trls, n_trl) = evaluation(True), evaluation(False)
+    assert trainer.sllmx_dev_reference[0] is trainer.eval_dataset
+    assert "ref_chosen_logps" not in trainer.eval_dataset.column_names
+    assert "ref_chosen_logps" in trainer.sllmx_dev_reference[1].column_names
+    assert n_first == n_trl == 4  # 2 batches: the references once (2), the policy (2); TRL: both per batch
+    trainer.train()
+    (after, n_after), (trls_after, _) = evaluation(True), evaluation(False)
+    assert n_after == 2  # the policy only
+    for ours, theirs in ((first, trls), (after, trls_after)):
+        for key in ("eval_loss", "eval_rewards/chosen", "eval_rewards/margins", "eval_logps/chosen"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+    assert after["eval_loss"] != pytest.approx(first["eval_loss"], abs=1e-4)  # the step moved the policy
+    calls.clear()
+    trainer.evaluate(dataset, metric_key_prefix="test")
+    assert len(calls) == 4  # a passed dataset: TRL's way, a reference forward per batch
+    hook.remove()
+
+
 @pytest.mark.parametrize("method,precision", [("lora", "fp32"), ("dora", "fp32"), ("qlora", "fp32"),
                                               ("qlora", "bf16"), ("lora", "bf16"), ("prompt_tuning", "fp32")])
 def test_inference_copy_computes_the_adapters_function_and_leaves_the_model_alone(method, precision, tmp_path,
@@ -571,8 +648,9 @@ def test_inference_copy_computes_the_adapters_function_and_leaves_the_model_alon
         logits, trained = copied(input_ids=ids).logits.float(), model(input_ids=ids).logits.float()
         with model.disable_adapter():
             effect = relative(trained, model(input_ids=ids).logits.float())  # what the adapter changes: ~1.4
-        # bf16: the same weights, but the copy's activations are bf16 where the 4-bit layers return fp32; on this
-        # random model the logits differ by ~10% after 40 tokens, a fourteenth of the adapter's effect
+        # bf16: the same weights; the copy's products run outside the 4-bit layers (another kernel, other
+        # rounding); on this random model the logits differed by ~10% after 40 tokens, a fourteenth of the
+        # adapter's effect
         assert relative(logits, trained) < (1e-5 if precise else 0.1 * effect)
         assert effect > 0.5
     assert inference_copy(copied, runtime) is None  # sllmx.chat generates from the copy: no copy of it
