@@ -1,6 +1,6 @@
 """Speed of the dev evaluation's greedy generation (issue 19, item 8) against batched ``model.generate``.
 
-    python benchmarks/generation.py                 # the eight cases below, each its own process (~9 min)
+    python benchmarks/generation.py                 # the nine cases below, each its own process (~10 min)
 
 The workload: SmolLM2-135M-Instruct, the built-in task's 32 dev prompts (``data=support_ko``, its system
 prompt, chat template, left padding), 128 new tokens, greedy, KV cache, the precision a run on this CPU picks
@@ -17,7 +17,9 @@ Cases:
   qlora-before          the QLoRA model (4-bit base), as ``lora-before``
   qlora-4bit            the QLoRA model as a run called it after RESULTS.md section 16: as ``lora``, through the
                         4-bit layers (``sllmx.generation.inference_copy`` switched off)
-  qlora                 as a run calls it now: as ``lora``, on a copy with the 4-bit weights dequantised once
+  qlora-unshared        as ``qlora`` without the shared start (each prompt's system prompt computed in its row)
+  qlora                 as a run calls it now: as ``lora``, on a copy with the 4-bit weights dequantised once,
+                        the prompts' shared start (the system prompt) computed once (``shared_start``)
   lora-fp32-unmerged    a float32 run's LoRA (fp32 base), ``inference_copy`` switched off
   lora-fp32             a float32 run's LoRA as a run calls it now: merged into a copy
 The time of a case includes making the copy.
@@ -36,7 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ENV, ROOT, machine, save, table  # noqa: E402
 
-CASES = ["peer", "lora-before", "lora", "qlora-before", "qlora-4bit", "qlora", "lora-fp32-unmerged", "lora-fp32"]
+CASES = ["peer", "lora-before", "lora", "qlora-before", "qlora-4bit", "qlora-unshared", "qlora", "lora-fp32-unmerged",
+         "lora-fp32"]
 
 
 def one_case(case: str, adapter_noise: float = 0.0) -> dict:
@@ -82,10 +85,12 @@ def one_case(case: str, adapter_noise: float = 0.0) -> dict:
             for name, param in model.named_parameters():
                 if "lora_B" in name:
                     param.add_(torch.randn_like(param) * adapter_noise)
-    if case.endswith(("-unmerged", "-4bit")):
-        import sllmx.generation
+    import sllmx.generation
 
+    if case.endswith(("-unmerged", "-4bit")):
         sllmx.generation.inference_copy = lambda model, runtime=None: None
+    if before or case.endswith("-unshared"):  # no shared start (sllmx.generation.shared_start)
+        sllmx.generation._cache_kwarg = lambda model: None
     started = time.perf_counter()
     answers = generate(model, tokenizer, prompts, 128, batch, runtime=None if before else runtime, progress=False)
     return {"case": case, "batch": batch, "seconds": round(time.perf_counter() - started, 2),

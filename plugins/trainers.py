@@ -292,8 +292,10 @@ class DPOTrainerConfig(TrainerConfig):
     prefix_sharing: bool = option("score each pair as one row, prompt + chosen + rejected, the rejected answer "
                                   "masked from the chosen one (Wang et al., 2024, \"Accelerating Direct Preference "
                                   "Optimization with Prefix Sharing\", arXiv:2410.20305): the prompt goes through "
-                                  "the model once instead of twice, the same log-probabilities (sllmx's, not "
-                                  "TRL's; sllmx.shared_prompt); false: TRL's two rows per pair", True)
+                                  "the model once instead of twice, and the first tokens every pair of a batch "
+                                  "shares (a system prompt) once per batch, as the rows' key-value cache; the same "
+                                  "log-probabilities (sllmx's, not TRL's; sllmx.shared_prompt); false: TRL's two "
+                                  "rows per pair", True)
 
     def check(self, key: str) -> Optional[str]:
         """At least one loss."""

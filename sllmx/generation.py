@@ -173,6 +173,64 @@ def inference_copy(model: Any, runtime: Optional[Runtime] = None) -> Optional[An
     return clone.eval()
 
 
+def _cache_kwarg(model: Any) -> Optional[str]:
+    """The name under which ``model.generate`` takes a filled key-value cache (``cache`` in transformers >= 5.2x,
+    ``past_key_values`` before), or None where :func:`shared_start` does not apply: an architecture not in
+    :data:`sllmx.shared_prompt.ARCHITECTURES` (a recurrent layer would read the padding between the shared start and
+    the rest), an attention kernel not in :data:`sllmx.shared_prompt.KERNELS`, a sliding window (it counts the
+    padding as distance), or a prompt-learning adapter (its virtual tokens come first)."""
+    import inspect
+
+    from sllmx.shared_prompt import ARCHITECTURES, KERNELS
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    peft = getattr(model, "peft_config", None)
+    if config is None or (peft and any(c.is_prompt_learning for c in peft.values())):
+        return None
+    text = config.get_text_config()
+    if (getattr(text, "model_type", None) not in ARCHITECTURES or getattr(text, "sliding_window", None) is not None
+            or getattr(config, "_attn_implementation", None) not in KERNELS):
+        return None
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def shared_start(model: Any, tokenizer: Any, texts: list[str]) -> Optional[tuple[dict[str, Any], Any]]:
+    """The batch's shared first tokens (a system prompt) computed once, as every row's key-value cache: the prompts
+    laid out as ``shared start + left padding + the rest``, the padding masked, so each row's tokens keep the
+    positions they have alone (transformers counts positions from the attention mask), and the cache of the shared
+    start repeated for every row.  ``model.generate`` then computes the rest only (HF's "re-use a prompt cache";
+    transformers docs, "Caching").
+
+    Args:
+        model: the model generating (called once here, under the caller's ``no_grad`` and precision).
+        texts: the rendered prompts of one batch.
+
+    Returns:
+        ``({"input_ids": (B, L), "attention_mask": (B, L)}, cache)``, or None when fewer than two prompts or fewer
+        than :data:`sllmx.shared_prompt.MIN_COMMON_PREFIX` shared tokens (each prompt keeps at least one of its own).
+    """
+    import os
+
+    import torch
+    from transformers import DynamicCache
+
+    from sllmx.shared_prompt import MIN_COMMON_PREFIX
+
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    k = min(len(os.path.commonprefix(rows)), min(len(r) for r in rows) - 1)
+    if len(rows) < 2 or k < MIN_COMMON_PREFIX:
+        return None
+    width, pad = max(len(r) for r in rows), tokenizer.pad_token_id
+    ids = torch.tensor([r[:k] + [pad] * (width - len(r)) + r[k:] for r in rows])
+    mask = torch.tensor([[1] * k + [0] * (width - len(r)) + [1] * (len(r) - k) for r in rows])
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache = DynamicCache(config=base.config)
+    model(input_ids=ids[:1, :k].to(model.device), use_cache=True, **{_cache_kwarg(model): cache})
+    cache.batch_repeat_interleave(len(rows))
+    return {"input_ids": ids, "attention_mask": mask}, cache
+
+
 @contextmanager
 def inference(model: Any, tokenizer: Any, padding_side: str) -> Iterator[None]:
     """Evaluation mode and the given padding side for the block; both put back afterwards."""
@@ -222,11 +280,16 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
 
     def one_batch(batch: list[list[dict]]) -> list[tuple[str, bool]]:
         texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = {k: v.to(model.device) for k, v in enc.items()}
+        extra: dict[str, Any] = {}
         with torch.no_grad(), precision:
+            enc = shared_start(model, tokenizer, texts) if sharing is not None else None
+            if enc is not None:
+                enc, extra[sharing] = enc
+            else:
+                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, **extra)
         new = gen[:, enc["input_ids"].shape[1]:]
         ended = torch.isin(new.cpu(), eos).any(dim=1)
         cut = [bool(new.shape[1] >= max_new_tokens and not e) for e in ended]
@@ -236,6 +299,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[dict]], max_new_toke
 
     from sllmx.progress import batches_bar
 
+    sharing = _cache_kwarg(model)
     bar = batches_bar(len(prompts), "generate") if progress else None
     try:
         with inference(model, tokenizer, "left"):

@@ -30,7 +30,7 @@ def keep_freed_memory() -> Optional[str]:
     pages in the heap for the next step: 5 QLoRA DPO steps of SmolLM2-135M had a fifth of the page faults, half the
     kernel time and 1.20x the tokens/s (benchmarks/RESULTS.md section 18).  The settings hold for the rest of the
     process; the free memory they keep is handed back when the next run in it starts (:func:`reset_peak_memory`)
-    and whenever sllmx reads the available memory (:func:`available_bytes`).  PyTorch's CPU performance guide
+    and counted as available where sllmx checks for room (:func:`available_bytes`).  PyTorch's CPU performance guide
     recommends jemalloc or tcmalloc for the same reason; with such an allocator in the process (``LD_PRELOAD``,
     ``/etc/ld.so.preload``: seen in ``/proc/self/maps``), any ``LD_PRELOAD``, ``MALLOC_*`` variables or malloc
     ``GLIBC_TUNABLES`` set, or a C library other than glibc, nothing is changed.  Idempotent.
@@ -75,16 +75,17 @@ def activation_bytes(model_config: Any, batch_size: int, seq_len: int, bytes_per
 
 def available_bytes(device: str) -> int:
     """Memory free for activations now: free memory of the CUDA ``device`` (``cuda``, ``cuda:1``),
-    else the host's ``MemAvailable`` (psutil), after the free memory glibc keeps in this process
-    (:func:`keep_freed_memory`) is handed back (``malloc_trim``), so that it counts as available."""
+    else the host's ``MemAvailable`` (psutil) plus the free memory glibc keeps in this process's heap
+    (:func:`keep_freed_memory`; ``mallinfo2().fordblks``), which the process reuses without the kernel.  The heap is
+    not trimmed here: a trim during training (the room check of every dev evaluation's generation copy) made the
+    next steps fault all their memory in again (benchmarks/RESULTS.md section 20)."""
     if device.startswith("cuda"):
         import torch
 
         return int(torch.cuda.mem_get_info(torch.device(device))[0])
-    _trim_heap()
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    return int(psutil.virtual_memory().available) + _kept_free_bytes()
 
 
 def decide_checkpointing(model_config: Any, batch_size: int, seq_len: int, device: str,
@@ -149,6 +150,22 @@ def _glibc() -> Any:
         return ctypes.CDLL(None) if os.confstr("CS_GNU_LIBC_VERSION") else None
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _kept_free_bytes() -> int:
+    """Bytes free in glibc's heaps, all arenas (``mallinfo2().fordblks``, glibc >= 2.33), or 0 elsewhere."""
+    import ctypes
+
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2") or _other_allocator():
+        return 0
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+    return int(libc.mallinfo2().fordblks)
 
 
 def _trim_heap() -> None:

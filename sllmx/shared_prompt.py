@@ -16,6 +16,11 @@ ORPOTrainer (``sllmx_plugins.trainers``), which scores the chosen rows at every 
 odd number of rows, left padding, a pair with no shared first token, prompt learning's ``inputs_embeds`` or prefix
 key-values, a sliding window shorter than a packed row) runs TRL's own way, and so does every call of a model
 outside :data:`ARCHITECTURES` or with an attention kernel other than ``sdpa``/``eager``.
+
+The first tokens that every packed row of a batch shares, none of them scored (a system prompt: 82 of the ~300
+tokens of a packed pair of the built-in task), are computed once per batch, from one row, and handed to every row
+as its key-value cache (:func:`common_prefix`); the rows run from there, their keys and queries as before.  Not under
+gradient checkpointing (a recomputed layer would drop the cache) or with a sliding window.
 """
 
 from __future__ import annotations
@@ -107,6 +112,38 @@ def pack_pairs(input_ids, attention_mask, labels):
             "index": index, "valid": valid}
 
 
+#: the fewest shared first tokens worth a forward of their own
+MIN_COMMON_PREFIX = 16
+
+
+def common_prefix(packing) -> int:
+    """How many first tokens every packed row of a batch shares (ids and positions), none of them scored: the part
+    computed once and given to every row as its key-value cache (a system prompt, the same for every example).
+
+    Args:
+        packing: :func:`pack_pairs`' result for ``B`` pairs.
+
+    Returns:
+        ``k``, or 0 when the batch has one row or fewer than :data:`MIN_COMMON_PREFIX` such tokens.  No output is
+        scored before ``k`` (``shift_labels`` -100 there), so the rows' outputs from ``k`` on are all the loss reads.
+    """
+    ids, shift = packing["input_ids"], packing["shift_labels"]
+    if ids.size(0) < 2:
+        return 0
+    same = (ids == ids[:1]).all(0) & (packing["position_ids"] == packing["position_ids"][:1]).all(0)
+    same &= (shift == -100).all(0)  # nothing scored: an output there is the fused head's 0 in every row
+    k = int(same.int().cumprod(0).sum())
+    return k if k >= MIN_COMMON_PREFIX and k < ids.size(1) else 0
+
+
+def _checkpointed(model) -> bool:
+    """Whether a layer of ``model`` recomputes in the backward (gradient checkpointing drops a cache passed in)."""
+    import torch
+
+    return model.training and torch.is_grad_enabled() and any(
+        getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
 def _unpack(value, packing):
     """A packed per-token output ``(B, P)`` laid out as TRL's ``(2B, L - 1)`` rows (0 where nothing is scored)."""
     if value is None:
@@ -138,6 +175,10 @@ def share_prompts(model: Any) -> bool:
     if getattr(text, "model_type", None) not in ARCHITECTURES or getattr(text, "output_router_logits", False):
         return False
     window = getattr(text, "sliding_window", None)
+    import inspect
+
+    backbone_forward = type(getattr(model, "base_model")).forward
+    cache_kwarg = "cache" if "cache" in inspect.signature(backbone_forward).parameters else "past_key_values"
 
     @functools.wraps(fused)
     def forward(*args, fused_lm_head=False, labels=None, **kwargs):
@@ -160,11 +201,27 @@ def share_prompts(model: Any) -> bool:
                 dtype = torch.float32
             allowed = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
                 ~allowed, torch.finfo(dtype).min)
-        kwargs.update(input_ids=packing["input_ids"], attention_mask=allowed, position_ids=packing["position_ids"])
-        out = fused(fused_lm_head=True, shift_labels=packing["shift_labels"], **kwargs)
+        ids, positions, shift = packing["input_ids"], packing["position_ids"], packing["shift_labels"]
+        k = common_prefix(packing) if window is None and not _checkpointed(model) else 0
+        if k:
+            # the batch's shared first tokens (a system prompt) once: their keys and values, computed from one row,
+            # are every row's cache, and the rows run from token k on
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=model.config)
+            getattr(model, "base_model")(input_ids=ids[:1, :k], position_ids=positions[:1, :k],
+                                         **{cache_kwarg: cache}, use_cache=True)
+            cache.batch_repeat_interleave(ids.size(0))
+            kwargs[cache_kwarg] = cache
+            ids, positions, shift, allowed = ids[:, k:], positions[:, k:], shift[:, k:], allowed[:, :, k:]
+        kwargs.update(input_ids=ids, attention_mask=allowed, position_ids=positions)
+        out = fused(fused_lm_head=True, shift_labels=shift, **kwargs)
         for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask"):
-            if getattr(out, name, None) is not None:
-                setattr(out, name, _unpack(getattr(out, name), packing))
+            value = getattr(out, name, None)
+            if value is not None:
+                if k:  # nothing is scored in the shared tokens: the fused head's 0 there
+                    value = torch.cat([value.new_zeros(value.size(0), k), value], 1)
+                setattr(out, name, _unpack(value, packing))
         return out
 
     forward.sllmx_shared_prompt = True

@@ -327,14 +327,17 @@ def test_run_records_memory_and_caches_splits(tmp_path):
 def test_keep_freed_memory_keeps_large_blocks_in_the_heap_and_leaves_a_users_allocator(monkeypatch):
     """On glibc, sllmx.memory.keep_freed_memory (called for every CPU run) stops the allocator from mapping large
     blocks fresh (and unmapping them when freed) and from trimming the heap: a 64 MiB tensor comes from the heap,
-    which keeps its size when the tensor is freed; reset_peak_memory (at a run's start) trims it.  A preloaded
+    which keeps its size when the tensor is freed; available_bytes counts it as available without trimming it;
+    reset_peak_memory (at a run's start) trims it.  A preloaded
     library or the user's own MALLOC_* settings are left alone."""
     import ctypes
     import os
     import platform
     import threading
 
-    from sllmx.memory import keep_freed_memory, reset_peak_memory
+    import psutil
+
+    from sllmx.memory import available_bytes, keep_freed_memory, reset_peak_memory
 
     libc = ctypes.CDLL(None)
     maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
@@ -365,6 +368,9 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap_and_leaves_a_users_all
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
     kept = resident()
+    # a room check counts the kept free heap as available and keeps it (a trim mid-run re-faults the next steps)
+    assert available_bytes("cpu") - psutil.virtual_memory().available >= size // 2
+    assert resident() >= kept - 2**20
     reset_peak_memory("cpu")  # a run's start hands the kept pages back
     assert kept - resident() >= 32 * 2**20
     monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
@@ -374,12 +380,15 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap_and_leaves_a_users_all
     assert keep_freed_memory() is None
 
 
-@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
-def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
+@pytest.mark.parametrize("kernel,system", [("sdpa", 0), ("eager", 0), ("sdpa", 20), ("eager", 20)])
+def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel, system):
     """sllmx.shared_prompt (trainer.prefix_sharing, DPO): one packed row per pair, prompt + chosen + rejected, gives
     the per-token log-probabilities, entropies, logits means and top-1 flags of TRL's two rows per pair, and the same
-    gradients (1e-5), from fewer positions; a batch it cannot pack (left padding, no shared first token) runs TRL's
-    own rows."""
+    gradients (1e-5), from fewer positions; where every prompt starts with the same ``system`` tokens, those are
+    computed once, as the rows' cache; a batch it cannot pack (left padding, no shared first token) runs TRL's own
+    rows."""
+    from sllmx.shared_prompt import MIN_COMMON_PREFIX, common_prefix
+
     from transformers import AutoModelForCausalLM
     from trl.trainer.dpo_trainer import DataCollatorForPreference
     from trl.trainer.utils import add_fused_lm_head
@@ -399,6 +408,9 @@ def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
     examples = [{"prompt_ids": ids(p), "chosen_ids": ids(c), "rejected_ids": ids(r)}
                 for p, c, r in [(9, 3, 7), (1, 5, 1), (4, 2, 2), (6, 7, 4)]]
     examples[2]["rejected_ids"][0] = examples[2]["chosen_ids"][0]
+    head = ids(system)
+    for e in examples:
+        e["prompt_ids"] = head + e["prompt_ids"]
     batch = DataCollatorForPreference(pad_token_id=tok.pad_token_id)(examples)
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     fields = ("log_probs", "entropy", "mean_logits", "is_top1")
@@ -412,6 +424,10 @@ def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
 
     packing = pack_pairs(batch["input_ids"], batch["attention_mask"], labels)
     assert packing["input_ids"].numel() < 0.8 * batch["input_ids"].numel()
+    k = common_prefix(packing)
+    # the shortest prompt has system + 1 tokens, whose last one predicts the first scored token
+    assert k == (system if system >= MIN_COMMON_PREFIX else 0)
+    width = packing["input_ids"].size(1)
     seen = []
     hook = model.base_model.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
@@ -420,7 +436,8 @@ def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel):
     rows, rows_grads = scored()
     model.forward = packed_forward
     hook.remove()
-    assert seen == [tuple(packing["input_ids"].shape), tuple(batch["input_ids"].shape)]
+    packed = [(1, k), (len(examples), width - k)] if k else [(len(examples), width)]
+    assert seen == packed + [tuple(batch["input_ids"].shape)]
     mask = labels[:, 1:] != -100
     assert int(mask.sum()) == sum(len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
     for f in fields:
@@ -525,6 +542,45 @@ def test_the_output_head_gets_a_contiguous_input_once_hooked(tiny):
         ids = torch.tensor([[1, 5, 9, 13], [1, 6, 10, 14]])
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False)
     assert seen and all(seen) and len(head._forward_pre_hooks) == 2  # ours once, the recorder
+
+
+def test_generation_computes_the_shared_system_prompt_once_and_gives_the_same_answers(tiny, monkeypatch):
+    """generate(): prompts that start alike (a system prompt) have that start computed once, as every row's cache,
+    the rest left-padded after it; the greedy answers and their truncation flags are those of the plain left-padded
+    batch, and prompts without such a start (or a model it does not apply to) go the plain way."""
+    import sllmx.generation
+    from sllmx.generation import generate
+    from sllmx.shared_prompt import MIN_COMMON_PREFIX
+
+    path, tok, model = tiny
+    system = [{"role": "system", "content": "You are a support agent of a shop. Answer in one short sentence."}]
+    prompts = [system + [{"role": "user", "content": q}] for q, _ in CONVERSATIONS]
+    seen, tokens = [], []
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    plain_generate = model.generate
+
+    def recorded(input_ids, **kwargs):
+        out = plain_generate(input_ids=input_ids, **kwargs)
+        tokens.append(out[:, input_ids.size(1):])
+        return out
+
+    monkeypatch.setattr(model, "generate", recorded, raising=False)
+    try:
+        cut_shared: list[bool] = []
+        shared = generate(model, tok, prompts, 6, 4, cut_shared, progress=False)
+        shared_calls, seen[:] = list(seen), []
+        monkeypatch.setattr(sllmx.generation, "_cache_kwarg", lambda model: None)
+        cut_plain: list[bool] = []
+        plain = generate(model, tok, prompts, 6, 4, cut_plain, progress=False)
+        plain_calls = list(seen)
+    finally:
+        hook.remove()
+    assert shared == plain and cut_shared == cut_plain
+    assert len(tokens) == 2 and torch.equal(tokens[0], tokens[1]) and tokens[0].size(1) == 6
+    k, width = shared_calls[0][1], plain_calls[0][1]
+    assert shared_calls[0][0] == 1 and k >= MIN_COMMON_PREFIX
+    assert shared_calls[1] == (len(prompts), width - k) and plain_calls[0] == (len(prompts), width)
 
 
 def test_dpo_computes_the_dev_references_once_and_gives_trls_evaluation(tiny, tmp_path):
