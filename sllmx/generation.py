@@ -174,14 +174,16 @@ def inference_copy(model: Any, runtime: Optional[Runtime] = None) -> Optional[An
 
 
 def _cache_kwarg(model: Any) -> Optional[str]:
-    """The name under which ``model.generate`` takes a filled key-value cache (``cache`` in transformers >= 5.2x,
-    ``past_key_values`` before), or None where :func:`shared_start` does not apply: an architecture not in
-    :data:`sllmx.shared_prompt.ARCHITECTURES` (a recurrent layer would read the padding between the shared start and
-    the rest), an attention kernel not in :data:`sllmx.shared_prompt.KERNELS`, a sliding window (it counts the
-    padding as distance), or a prompt-learning adapter (its virtual tokens come first)."""
+    """The name under which ``model.generate`` takes a filled key-value cache (``cache`` in transformers 5.24,
+    ``past_key_values`` in versions before that rename), or None where :func:`shared_start` does not apply: an
+    architecture not in :data:`sllmx.shared_prompt.ARCHITECTURES` (a recurrent layer would read the padding between
+    the shared start and the rest), an attention kernel not in :data:`sllmx.shared_prompt.KERNELS`, a sliding window
+    or length-dependent positions (:func:`sllmx.shared_prompt.plain_attention`: a window counts the padding as
+    distance), a model's own ``generation_config.cache_implementation`` (``generate`` then refuses a cache passed in),
+    or a prompt-learning adapter (its virtual tokens come first)."""
     import inspect
 
-    from sllmx.shared_prompt import ARCHITECTURES, KERNELS
+    from sllmx.shared_prompt import ARCHITECTURES, KERNELS, plain_attention
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
@@ -189,8 +191,9 @@ def _cache_kwarg(model: Any) -> Optional[str]:
     if config is None or (peft and any(c.is_prompt_learning for c in peft.values())):
         return None
     text = config.get_text_config()
-    if (getattr(text, "model_type", None) not in ARCHITECTURES or getattr(text, "sliding_window", None) is not None
-            or getattr(config, "_attn_implementation", None) not in KERNELS):
+    if (getattr(text, "model_type", None) not in ARCHITECTURES or not plain_attention(config)
+            or getattr(config, "_attn_implementation", None) not in KERNELS
+            or getattr(getattr(base, "generation_config", None), "cache_implementation", None) is not None):
         return None
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
@@ -199,8 +202,8 @@ def shared_start(model: Any, tokenizer: Any, texts: list[str]) -> Optional[tuple
     """The batch's shared first tokens (a system prompt) computed once, as every row's key-value cache: the prompts
     laid out as ``shared start + left padding + the rest``, the padding masked, so each row's tokens keep the
     positions they have alone (transformers counts positions from the attention mask), and the cache of the shared
-    start repeated for every row.  ``model.generate`` then computes the rest only (HF's "re-use a prompt cache";
-    transformers docs, "Caching").
+    start repeated for every row.  ``model.generate`` then computes the rest only (after transformers' "re-use a
+    prompt cache", docs "Caching", which continues from a cache; here with padding after the cached start).
 
     Args:
         model: the model generating (called once here, under the caller's ``no_grad`` and precision).
@@ -226,7 +229,7 @@ def shared_start(model: Any, tokenizer: Any, texts: list[str]) -> Optional[tuple
     mask = torch.tensor([[1] * k + [0] * (width - len(r)) + [1] * (len(r) - k) for r in rows])
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache = DynamicCache(config=base.config)
-    model(input_ids=ids[:1, :k].to(model.device), use_cache=True, **{_cache_kwarg(model): cache})
+    model(input_ids=ids[:1, :k].to(model.device), use_cache=True, logits_to_keep=1, **{_cache_kwarg(model): cache})
     cache.batch_repeat_interleave(len(rows))
     return {"input_ids": ids, "attention_mask": mask}, cache
 

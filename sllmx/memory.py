@@ -152,8 +152,14 @@ def _glibc() -> Any:
         return None
 
 
+#: ``mallinfo2().fordblks`` right after the last ``malloc_trim``: free chunks whose pages the trim handed back stay
+#: in glibc's free lists, and the kernel already counts those pages as available
+_TRIMMED_FREE = [0]
+
+
 def _kept_free_bytes() -> int:
-    """Bytes free in glibc's heaps, all arenas (``mallinfo2().fordblks``, glibc >= 2.33), or 0 elsewhere."""
+    """Bytes free in glibc's heaps, all arenas (``mallinfo2().fordblks``, glibc >= 2.33), beyond what was free right
+    after the last trim (:func:`_trim_heap`; that memory is the kernel's again); 0 elsewhere."""
     import ctypes
 
     libc = _glibc()
@@ -165,7 +171,7 @@ def _kept_free_bytes() -> int:
                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     libc.mallinfo2.restype = MallInfo2
-    return int(libc.mallinfo2().fordblks)
+    return max(0, int(libc.mallinfo2().fordblks) - _TRIMMED_FREE[0])
 
 
 def _trim_heap() -> None:
@@ -173,6 +179,8 @@ def _trim_heap() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+        _TRIMMED_FREE[0] = 0
+        _TRIMMED_FREE[0] = _kept_free_bytes()
 
 
 def _high_water_mark() -> Optional[int]:

@@ -19,8 +19,9 @@ outside :data:`ARCHITECTURES` or with an attention kernel other than ``sdpa``/``
 
 The first tokens that every packed row of a batch shares, none of them scored (a system prompt: 82 of the ~300
 tokens of a packed pair of the built-in task), are computed once per batch, from one row, and handed to every row
-as its key-value cache (:func:`common_prefix`); the rows run from there, their keys and queries as before.  Not under
-gradient checkpointing (a recomputed layer would drop the cache) or with a sliding window.
+as its key-value cache (:func:`common_prefix`); the rows run from there, their keys and queries as before.  Not in
+a training forward with gradient checkpointing, sharded parameters or dropout (:func:`_cache_unsafe`), nor for a
+model with a sliding window or length-dependent positions (:func:`plain_attention`).
 """
 
 from __future__ import annotations
@@ -136,12 +137,36 @@ def common_prefix(packing) -> int:
     return k if k >= MIN_COMMON_PREFIX and k < ids.size(1) else 0
 
 
-def _checkpointed(model) -> bool:
-    """Whether a layer of ``model`` recomputes in the backward (gradient checkpointing drops a cache passed in)."""
+def plain_attention(config) -> bool:
+    """Whether every layer of ``config``'s text model attends to all earlier tokens with positions that do not depend
+    on the length of the call: no sliding window or chunked attention (``sliding_window``, ``layer_types``,
+    ``attention_chunk_size``) and no length-dependent rotary scaling (``dynamic``, ``longrope``).  A cache of shared
+    first tokens, computed in a call of its own, then gives the rows what they would compute themselves."""
+    text = config.get_text_config()
+    if getattr(text, "sliding_window", None) is not None or getattr(text, "attention_chunk_size", None):
+        return False
+    if any(t != "full_attention" for t in (getattr(text, "layer_types", None) or ())):
+        return False
+    rope = [getattr(text, name, None) for name in ("rope_parameters", "rope_scaling")]
+    return not any(isinstance(r, dict) and r.get("rope_type", r.get("type")) in ("dynamic", "longrope") for r in rope)
+
+
+def _cache_unsafe(model) -> bool:
+    """Whether a training forward of ``model`` cannot take the shared tokens as a cache: a layer recomputed in the
+    backward (transformers' gradient checkpointing, PyTorch's ``CheckpointWrapper``: the recompute drops or re-appends
+    a passed cache), parameters sharded across processes (FSDP, DeepSpeed ZeRO: ranks whose batches share different
+    starts would make different numbers of gathering calls), or dropout (one mask for the shared tokens of every
+    row)."""
     import torch
 
-    return model.training and torch.is_grad_enabled() and any(
-        getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    if not (model.training and torch.is_grad_enabled()):
+        return False
+    for m in model.modules():
+        name = type(m).__name__
+        if (getattr(m, "gradient_checkpointing", False) or name == "CheckpointWrapper" or "FullyShard" in name
+                or name.startswith("FSDP") or (isinstance(m, torch.nn.Dropout) and m.p > 0)):
+            return True
+    return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
 def _unpack(value, packing):
@@ -177,6 +202,7 @@ def share_prompts(model: Any) -> bool:
     window = getattr(text, "sliding_window", None)
     import inspect
 
+    plain = plain_attention(config)
     backbone_forward = type(getattr(model, "base_model")).forward
     cache_kwarg = "cache" if "cache" in inspect.signature(backbone_forward).parameters else "past_key_values"
 
@@ -185,7 +211,8 @@ def share_prompts(model: Any) -> bool:
         packing = None
         if (fused_lm_head and not args and labels is not None and kwargs.get("input_ids") is not None
                 and kwargs.get("position_ids") is None and kwargs.get("inputs_embeds") is None
-                and kwargs.get("past_key_values") is None and not kwargs.get("output_router_logits")
+                and kwargs.get("past_key_values") is None and kwargs.get("cache") is None
+                and not kwargs.get("output_router_logits")
                 and "shift_labels" not in kwargs):
             packing = pack_pairs(kwargs["input_ids"], kwargs.get("attention_mask"), labels)
             if packing is not None and window is not None and packing["input_ids"].size(1) > window:
@@ -202,15 +229,16 @@ def share_prompts(model: Any) -> bool:
             allowed = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
                 ~allowed, torch.finfo(dtype).min)
         ids, positions, shift = packing["input_ids"], packing["position_ids"], packing["shift_labels"]
-        k = common_prefix(packing) if window is None and not _checkpointed(model) else 0
+        k = common_prefix(packing) if plain and not _cache_unsafe(model) else 0
         if k:
             # the batch's shared first tokens (a system prompt) once: their keys and values, computed from one row,
             # are every row's cache, and the rows run from token k on
             from transformers import DynamicCache
 
             cache = DynamicCache(config=model.config)
+            # the shared tokens are prompt tokens of every row, so their mask is the rows' own (causal) one
             getattr(model, "base_model")(input_ids=ids[:1, :k], position_ids=positions[:1, :k],
-                                         **{cache_kwarg: cache}, use_cache=True)
+                                         attention_mask=allowed[:1, :, :k, :k], **{cache_kwarg: cache}, use_cache=True)
             cache.batch_repeat_interleave(ids.size(0))
             kwargs[cache_kwarg] = cache
             ids, positions, shift, allowed = ids[:, k:], positions[:, k:], shift[:, k:], allowed[:, :, k:]

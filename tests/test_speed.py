@@ -335,9 +335,11 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap_and_leaves_a_users_all
     import platform
     import threading
 
+    import types
+
     import psutil
 
-    from sllmx.memory import available_bytes, keep_freed_memory, reset_peak_memory
+    from sllmx.memory import _kept_free_bytes, available_bytes, keep_freed_memory, reset_peak_memory
 
     libc = ctypes.CDLL(None)
     maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
@@ -369,10 +371,14 @@ def test_keep_freed_memory_keeps_large_blocks_in_the_heap_and_leaves_a_users_all
 
     kept = resident()
     # a room check counts the kept free heap as available and keeps it (a trim mid-run re-faults the next steps)
-    assert available_bytes("cpu") - psutil.virtual_memory().available >= size // 2
+    assert _kept_free_bytes() >= size
+    real = psutil.virtual_memory
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=2**30))
+    assert abs(available_bytes("cpu") - 2**30 - _kept_free_bytes()) < 2**20
+    monkeypatch.setattr(psutil, "virtual_memory", real)
     assert resident() >= kept - 2**20
-    reset_peak_memory("cpu")  # a run's start hands the kept pages back
-    assert kept - resident() >= 32 * 2**20
+    reset_peak_memory("cpu")  # a run's start hands the kept pages back, and they no longer count as kept
+    assert kept - resident() >= 32 * 2**20 and _kept_free_bytes() < size
     monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
     assert keep_freed_memory() is None
     monkeypatch.delenv("LD_PRELOAD")
@@ -445,6 +451,22 @@ def test_prefix_sharing_gives_trls_log_probs_and_gradients(tiny, kernel, system)
     assert not shared["log_probs"][~mask].any()
     for name, grad in rows_grads.items():
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4)
+    if system:  # no shared start where it would change the function: dropout in training, a sliding window
+        from sllmx.shared_prompt import plain_attention
+
+        seen[:] = []
+        hook = model.base_model.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+        dropout = torch.nn.Dropout(0.1)
+        model.base_model.layers[0].add_module("sllmx_test_dropout", dropout)
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+              fused_lm_head=True, use_cache=False)
+        del model.base_model.layers[0].sllmx_test_dropout
+        hook.remove()
+        assert seen == [(len(examples), width)]
+        assert plain_attention(model.config)
+        windowed = type(model.config).from_dict({**model.config.to_dict(), "sliding_window": 8})
+        assert not plain_attention(windowed)
     # what cannot be packed is TRL's layout
     assert pack_pairs(batch["input_ids"].flip(1), batch["attention_mask"].flip(1), labels.flip(1)) is None
     other = batch["input_ids"].clone()
